@@ -1,0 +1,64 @@
+/* config.h - the daemon configuration (etc/benefitd.yaml).
+ * Every key is documented in README.md "Configuration reference". Loading
+ * collects located errors; a config with any error is refused whole. */
+#ifndef BENEFITD_CONFIG_H
+#define BENEFITD_CONFIG_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include "diag.h"
+#include "../decode/event.h"
+
+typedef enum { OUT_STREAM, OUT_LIST } output_kind;
+
+typedef struct channel_cfg {
+    char *name;          /* channel name as used by grant.channel; "*" = default */
+    output_kind kind;
+    char *key;           /* key template: "{prefix}" and "{channel}" are substituted */
+    long long maxlen;    /* streams: approximate MAXLEN, 0 = unbounded */
+} channel_cfg_t;
+
+typedef struct kv { char *key, *value; } kv_t;
+
+typedef struct config {
+    char *path;                 /* file it was loaded from (NULL = built-in defaults) */
+    /* kafka */
+    char *brokers;              /* "localhost:9092" */
+    char **topics; size_t n_topics;   /* ["events"] */
+    char *group_id;             /* "benefitd" */
+    kv_t *kafka_props; size_t n_kafka_props;  /* passed through to librdkafka */
+    /* redis */
+    char *redis_host;           /* "127.0.0.1" */
+    int redis_port;             /* 6379 */
+    char *redis_password;       /* NULL; or from password_file / password_env */
+    int redis_db;               /* 0 */
+    char *key_prefix;           /* "bd:" */
+    long long claim_ttl_ms;     /* how long a grant id is remembered: 30d */
+    long long max_inflight;     /* Redis writes in flight before Kafka pauses: 10000 */
+    /* rules */
+    char *rules_dir;            /* "rules" (relative to the config file's dir) */
+    char *timezone;             /* "UTC" */
+    /* output */
+    channel_cfg_t *channels; size_t n_channels;  /* always holds a "*" default */
+    char *dead_letter_key;      /* "{prefix}deadletter" resolved */
+    long long dead_letter_maxlen; /* 100000 */
+    /* decode */
+    decoder_t decoder;
+    char *decode_strs[10];      /* owned strings behind decoder.map */
+    /* daemon */
+    int allow_root;             /* false */
+    long long shutdown_timeout_ms; /* 10s: how long SIGTERM waits for Redis acks */
+} config_t;
+
+/* Defaults, as documented. */
+void config_init_default(config_t *c);
+/* Loads path over the defaults. Returns 0, or -1 with errors in diag. */
+int config_load(config_t *c, const char *path, diag_t *diag);
+void config_free(config_t *c);
+/* The output settings for a channel (falls back to "*"). */
+const channel_cfg_t *config_channel(const config_t *c, const char *channel);
+/* Expands a channel key template into out. */
+struct strbuf;
+void config_channel_key(const config_t *c, const channel_cfg_t *ch, const char *channel, struct strbuf *out);
+
+#endif

@@ -1,0 +1,59 @@
+/* util.h - small helpers shared by every subsystem: growable strings,
+ * hashing, durations and time formatting. Nothing here allocates behind the
+ * caller's back except strbuf, whose memory the caller frees with sb_free. */
+#ifndef BENEFITD_UTIL_H
+#define BENEFITD_UTIL_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdarg.h>
+
+typedef struct strbuf {
+    char *s;      /* always NUL-terminated once anything was appended */
+    size_t len;
+    size_t cap;
+} strbuf;
+
+void sb_init(strbuf *b);
+void sb_free(strbuf *b);
+void sb_reset(strbuf *b);                /* keeps capacity */
+void sb_append(strbuf *b, const char *s, size_t n);
+void sb_puts(strbuf *b, const char *s);
+void sb_putc(strbuf *b, char c);
+void sb_printf(strbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Appends s as a JSON string literal (with quotes), escaping as RFC 8259 asks. */
+void sb_json_str(strbuf *b, const char *s, size_t n);
+
+/* Aborts on allocation failure: a daemon that cannot allocate 64 bytes has
+ * nothing sensible left to do, and checking every small malloc would bury
+ * the real error paths. */
+void *xmalloc(size_t n);
+void *xcalloc(size_t n, size_t m);
+void *xrealloc(void *p, size_t n);
+char *xstrdup(const char *s);
+char *xstrndup(const char *s, size_t n);
+
+/* 64-bit FNV-1a, with a seed so two independent hashes can be derived. */
+uint64_t hash64(const void *data, size_t n, uint64_t seed);
+
+/* Parses "90s 30m 12h 7d 2w" (also "500ms"), one unit, into milliseconds.
+ * Returns 0 on success, -1 on syntax error. */
+int parse_duration_ms(const char *s, int64_t *out_ms);
+/* Parses a rate "N/duration" ("1/7d"). */
+int parse_rate(const char *s, int64_t *count, int64_t *period_ms);
+
+/* Formats epoch milliseconds as 2026-11-24T10:30:00.000Z into out (>= 25 bytes). */
+void format_iso8601_ms(int64_t ms, char *out, size_t outlen);
+/* Parses ISO-8601 (date, date+time, optional fraction, Z or +hh:mm offset).
+ * Returns 0 on success. */
+int parse_iso8601_ms(const char *s, int64_t *out_ms);
+/* Parses a date "YYYY-MM-DD" or a full ISO-8601 time as local time in the
+ * named IANA zone ("UTC", "Europe/Paris"). Returns 0 on success. */
+int parse_local_time_ms(const char *s, const char *tz, int64_t *out_ms);
+
+/* Wall clock in epoch milliseconds. */
+int64_t now_wall_ms(void);
+/* Monotonic clock in microseconds, for measuring durations only. */
+int64_t now_mono_us(void);
+
+#endif
