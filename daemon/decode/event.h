@@ -15,6 +15,7 @@ typedef struct event {
     const char *name;         /* track: event name; identify: "identify" */
     const char *user_id;      /* userId, else anonymousId */
     char message_id[80];      /* messageId, or "h-<hash of payload>" when absent */
+    char user_buf[72];        /* holds a numeric user id as text */
     int64_t ts_ms;            /* event time, epoch ms */
     const cJSON *properties;  /* may be NULL */
     const cJSON *context;     /* may be NULL */

@@ -1,4 +1,4 @@
-/* rules.h - scenario rules: loading rules/*.yaml, and the index by event name.
+/* rules.h - scenario rules: loading the rule files of a directory, and the index by event name.
  * A ruleset is immutable once loaded; reload builds a new one and swaps the
  * pointer between two events, so a bad set never replaces a good one. */
 #ifndef BENEFITD_RULES_H

@@ -1,0 +1,96 @@
+/* main.c - the command line: run (the daemon), check, replay, version. */
+#include "config.h"
+#include "daemon.h"
+#include "diag.h"
+#include "log.h"
+#include "../replay/replay.h"
+#include "../rules/rules.h"
+
+#include <getopt.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+#define BENEFITD_VERSION "0.1.0"
+
+static void usage(FILE *f) {
+    fputs("usage:\n"
+          "  benefitd [run] [-c FILE] [-v]        run the daemon (default config: /etc/benefitd/benefitd.yaml)\n"
+          "  benefitd check [-c FILE] [--rules DIR]\n"
+          "                                       check config and rules without starting (like nginx -t)\n"
+          "  benefitd replay --rules DIR [--config FILE] [--until TIME] [--explain] [--pool NAME=FILE]... EVENTS.jsonl|-\n"
+          "                                       run rules over recorded events on a virtual clock\n"
+          "  benefitd version\n",
+          f);
+}
+
+/* `benefitd check`: exit 0 when config and rules are valid, 1 otherwise, with
+ * every error as file:line:col: message on stderr. */
+static int check_main(int argc, char **argv) {
+    const char *config_path = NULL, *rules_dir = NULL;
+    static const struct option opts[] = {{"config", required_argument, 0, 'c'}, {"rules", required_argument, 0, 'r'},
+                                         {0, 0, 0, 0}};
+    int c;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "c:r:", opts, NULL)) != -1) {
+        if (c == 'c') config_path = optarg;
+        else if (c == 'r') rules_dir = optarg;
+        else { usage(stderr); return 1; }
+    }
+    if (optind != argc) { usage(stderr); return 1; }
+    config_t cfg;
+    config_init_default(&cfg);
+    diag_t diag;
+    diag_init(&diag);
+    int rc = 1;
+    if (config_path && config_load(&cfg, config_path, &diag) != 0) {
+        diag_print(&diag, stderr);
+        fprintf(stderr, "benefitd check: %s: %zu error(s)\n", config_path, diag.n);
+        goto out;
+    }
+    const char *dir = rules_dir ? rules_dir : cfg.rules_dir;
+    ruleset_t *rs = ruleset_load_dir(dir, cfg.timezone, &diag);
+    if (!rs) {
+        diag_print(&diag, stderr);
+        fprintf(stderr, "benefitd check: %s: %zu error(s)\n", dir, diag.n);
+        goto out;
+    }
+    printf("benefitd check: %s%s%zu rules in %s OK (version %s)\n", config_path ? config_path : "",
+           config_path ? " OK, " : "", ruleset_count(rs), dir, ruleset_version(rs));
+    ruleset_free(rs);
+    rc = 0;
+out:
+    diag_free(&diag);
+    config_free(&cfg);
+    return rc;
+}
+
+static int run_main(int argc, char **argv) {
+    const char *config_path = NULL;
+    int c;
+    optind = 1;
+    while ((c = getopt(argc, argv, "c:vh")) != -1) {
+        if (c == 'c') config_path = optarg;
+        else if (c == 'v') log_set_level(LOG_DEBUG);
+        else if (c == 'h') { usage(stdout); return 0; }
+        else { usage(stderr); return 1; }
+    }
+    if (!config_path && access("/etc/benefitd/benefitd.yaml", R_OK) == 0) config_path = "/etc/benefitd/benefitd.yaml";
+    return daemon_run(config_path);
+}
+
+int main(int argc, char **argv) {
+    if (argc >= 2 && argv[1][0] != '-') {
+        const char *cmd = argv[1];
+        if (!strcmp(cmd, "run")) return run_main(argc - 1, argv + 1);
+        if (!strcmp(cmd, "check")) return check_main(argc - 1, argv + 1);
+        if (!strcmp(cmd, "replay")) return replay_main(argc - 1, argv + 1);
+        if (!strcmp(cmd, "version")) { printf("benefitd %s\n", BENEFITD_VERSION); return 0; }
+        if (!strcmp(cmd, "help")) { usage(stdout); return 0; }
+        fprintf(stderr, "benefitd: unknown command '%s'\n", cmd);
+        usage(stderr);
+        return 1;
+    }
+    if (argc >= 2 && (!strcmp(argv[1], "-t"))) return check_main(argc - 1, argv + 1);
+    return run_main(argc, argv);
+}

@@ -1,0 +1,162 @@
+/* decode.c - Kafka message bytes -> event_t, or a reason for the dead-letter queue. */
+#include "event.h"
+#include "../core/util.h"
+
+#include <stdio.h>
+#include <string.h>
+
+void decoder_init_default(decoder_t *d) {
+    d->map.type = "type";
+    d->map.event = "event";
+    d->map.user_id = "userId";
+    d->map.anonymous_id = "anonymousId";
+    d->map.message_id = "messageId";
+    d->map.timestamp = "timestamp";
+    d->map.properties = "properties";
+    d->map.context = "context";
+    d->map.traits = "traits";
+    d->map.default_type = NULL;
+    d->max_bytes = DECODE_DEFAULT_MAX_BYTES;
+    d->max_depth = DECODE_DEFAULT_MAX_DEPTH;
+}
+
+/* One pass over the raw bytes before cJSON sees them: rejects invalid UTF-8
+ * and nesting deeper than max_depth, so hostile input is refused cheaply and
+ * never reaches cJSON's recursion. Returns NULL or a static reason. */
+static const char *prescan(const unsigned char *p, size_t n, int max_depth) {
+    int depth = 0, in_str = 0;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = p[i];
+        if (c >= 0x80) {
+            size_t extra;
+            unsigned min;
+            unsigned cp;
+            if ((c & 0xe0) == 0xc0) { extra = 1; min = 0x80; cp = c & 0x1f; }
+            else if ((c & 0xf0) == 0xe0) { extra = 2; min = 0x800; cp = c & 0x0f; }
+            else if ((c & 0xf8) == 0xf0) { extra = 3; min = 0x10000; cp = c & 0x07; }
+            else return "invalid UTF-8";
+            if (i + extra >= n) return "invalid UTF-8";
+            for (size_t k = 1; k <= extra; k++) {
+                if ((p[i + k] & 0xc0) != 0x80) return "invalid UTF-8";
+                cp = (cp << 6) | (p[i + k] & 0x3f);
+            }
+            if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff)) return "invalid UTF-8";
+            i += extra;
+            continue;
+        }
+        if (in_str) {
+            if (c == '\\') i++;
+            else if (c == '"') in_str = 0;
+            continue;
+        }
+        if (c == '"') in_str = 1;
+        else if (c == '{' || c == '[') {
+            if (++depth > max_depth) return "nested too deep";
+        } else if (c == '}' || c == ']') depth--;
+    }
+    return NULL;
+}
+
+/* Looks up a dotted path ("meta.user.id") in an object. */
+static cJSON *get_path(cJSON *root, const char *path) {
+    if (!path || !*path) return NULL;
+    if (!strchr(path, '.')) return cJSON_GetObjectItemCaseSensitive(root, path);
+    char seg[128];
+    cJSON *cur = root;
+    const char *p = path;
+    while (cur && *p) {
+        const char *dot = strchr(p, '.');
+        size_t len = dot ? (size_t)(dot - p) : strlen(p);
+        if (len >= sizeof seg) return NULL;
+        memcpy(seg, p, len);
+        seg[len] = '\0';
+        cur = cJSON_IsObject(cur) ? cJSON_GetObjectItemCaseSensitive(cur, seg) : NULL;
+        p += len + (dot ? 1 : 0);
+    }
+    return cur;
+}
+
+static const char *nonempty_string(const cJSON *j) {
+    return cJSON_IsString(j) && j->valuestring[0] ? j->valuestring : NULL;
+}
+
+#define FAIL(...) do { snprintf(reason, reason_len, __VA_ARGS__); event_clear(ev); return -1; } while (0)
+
+int decode_event(const decoder_t *d, const char *buf, size_t len, int64_t now_ms, event_t *ev, char *reason,
+                 size_t reason_len) {
+    memset(ev, 0, sizeof *ev);
+    ev->partition = -1;
+    ev->offset = -1;
+    if (len > d->max_bytes) FAIL("too large: %zu bytes (limit %zu)", len, d->max_bytes);
+    if (len == 0) FAIL("empty message");
+    const char *bad = prescan((const unsigned char *)buf, len, d->max_depth);
+    if (bad) FAIL("%s", bad);
+    ev->root = cJSON_ParseWithLength(buf, len);
+    if (!ev->root) FAIL("not JSON");
+    if (!cJSON_IsObject(ev->root)) FAIL("not a JSON object");
+
+    cJSON *t = get_path(ev->root, d->map.type);
+    const char *type = nonempty_string(t);
+    if (!type && !t) type = d->map.default_type;
+    if (!type) FAIL("no type");
+    if (strcmp(type, "track") && strcmp(type, "identify")) FAIL("unsupported type '%.32s'", type);
+    ev->type = strcmp(type, "track") == 0 ? "track" : "identify";
+
+    if (ev->type[0] == 't') {
+        ev->name = nonempty_string(get_path(ev->root, d->map.event));
+        if (!ev->name) FAIL("no event name");
+        if (strlen(ev->name) > 256) FAIL("event name too long");
+    } else {
+        ev->name = "identify";
+    }
+
+    cJSON *uid = get_path(ev->root, d->map.user_id);
+    if (!nonempty_string(uid) && !cJSON_IsNumber(uid)) uid = get_path(ev->root, d->map.anonymous_id);
+    if (nonempty_string(uid)) {
+        ev->user_id = uid->valuestring;
+    } else if (cJSON_IsNumber(uid)) {
+        /* Numeric ids are common upstream; keep them as their integer text. */
+        snprintf(ev->user_buf, sizeof ev->user_buf, "%.0f", uid->valuedouble);
+        ev->user_id = ev->user_buf;
+    } else {
+        FAIL("no user id");
+    }
+    if (strlen(ev->user_id) > 256) FAIL("user id too long");
+
+    const char *mid = nonempty_string(get_path(ev->root, d->map.message_id));
+    if (mid && strlen(mid) < sizeof ev->message_id) {
+        memcpy(ev->message_id, mid, strlen(mid) + 1);
+    } else if (mid) {
+        FAIL("messageId too long");
+    } else {
+        /* Without a messageId the payload itself identifies the occurrence, so
+         * a redelivered message still maps to the same grant id. */
+        snprintf(ev->message_id, sizeof ev->message_id, "h-%016llx%016llx",
+                 (unsigned long long)hash64(buf, len, 1), (unsigned long long)hash64(buf, len, 2));
+    }
+
+    cJSON *ts = get_path(ev->root, d->map.timestamp);
+    if (!ts || cJSON_IsNull(ts)) {
+        ev->ts_ms = now_ms;
+    } else if (cJSON_IsNumber(ts)) {
+        ev->ts_ms = (int64_t)ts->valuedouble;
+    } else if (cJSON_IsString(ts)) {
+        if (parse_iso8601_ms(ts->valuestring, &ev->ts_ms) != 0) FAIL("bad timestamp '%.40s'", ts->valuestring);
+    } else {
+        FAIL("bad timestamp");
+    }
+
+    const cJSON *props = get_path(ev->root, d->map.properties);
+    ev->properties = cJSON_IsObject(props) ? props : NULL;
+    const cJSON *ctx = get_path(ev->root, d->map.context);
+    ev->context = cJSON_IsObject(ctx) ? ctx : NULL;
+    const cJSON *traits = get_path(ev->root, d->map.traits);
+    if (!cJSON_IsObject(traits) && ev->context) traits = cJSON_GetObjectItemCaseSensitive(ev->context, "traits");
+    ev->traits = cJSON_IsObject(traits) ? traits : NULL;
+    return 0;
+}
+
+void event_clear(event_t *ev) {
+    if (ev->root) cJSON_Delete(ev->root);
+    ev->root = NULL;
+}
