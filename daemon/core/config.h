@@ -23,7 +23,7 @@ typedef struct kv { char *key, *value; } kv_t;
 typedef struct config {
     char *path;                 /* file it was loaded from (NULL = built-in defaults) */
     /* kafka */
-    char *brokers;              /* "localhost:9092" */
+    char *brokers;              /* "127.0.0.1:9092" */
     char **topics; size_t n_topics;   /* ["events"] */
     char *group_id;             /* "benefitd" */
     kv_t *kafka_props; size_t n_kafka_props;  /* passed through to librdkafka */
@@ -52,12 +52,14 @@ typedef struct config {
 
 /* Defaults, as documented. */
 void config_init_default(config_t *c);
-/* Loads path over the defaults. Returns 0, or -1 with errors in diag. */
+/* Loads path over the defaults: c must have been set by config_init_default.
+ * Returns 0, or -1 with errors in diag (c is then half-applied: free it). */
 int config_load(config_t *c, const char *path, diag_t *diag);
 void config_free(config_t *c);
 /* The output settings for a channel (falls back to "*"). */
 const channel_cfg_t *config_channel(const config_t *c, const char *channel);
-/* Expands a channel key template into out. */
+/* Appends the channel's key to out, with {prefix} and {channel} substituted
+ * (channel NULL = "default"). */
 struct strbuf;
 void config_channel_key(const config_t *c, const channel_cfg_t *ch, const char *channel, struct strbuf *out);
 

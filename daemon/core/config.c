@@ -1,0 +1,540 @@
+/* config.c - etc/benefitd.yaml read over the built-in defaults.
+ * Every string in a config_t is owned by it, defaults included, so
+ * config_free never has to know where a value came from. */
+#include "config.h"
+#include "util.h"
+#include "yamlnode.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#define DEFAULT_DEAD_LETTER_KEY "{prefix}deadletter"
+
+static const char *const TOP_KEYS[] = {"kafka", "redis", "rules", "output", "dead_letter", "decode", "daemon", NULL};
+static const char *const KAFKA_KEYS[] = {"brokers", "topics", "group_id", "properties", NULL};
+static const char *const REDIS_KEYS[] = {"host",      "port",       "password",  "password_file", "password_env",
+                                         "db",        "key_prefix", "claim_ttl", "max_inflight",  NULL};
+static const char *const RULES_KEYS[] = {"dir", "timezone", NULL};
+static const char *const OUTPUT_KEYS[] = {"default", "channels", NULL};
+static const char *const CHANNEL_KEYS[] = {"kind", "key", "maxlen", NULL};
+static const char *const DEAD_LETTER_KEYS[] = {"key", "maxlen", NULL};
+static const char *const DECODE_KEYS[] = {"max_event_bytes", "max_depth", "default_type", "fields", NULL};
+static const char *const DAEMON_KEYS[] = {"allow_root", "shutdown_timeout", NULL};
+
+/* decode.fields keys, in the order of config_t.decode_strs; slot 9 is
+ * default_type. The offsets say which decode_map_t member each one sets. */
+static const struct {
+    const char *key;
+    size_t off;
+} FIELDS[] = {
+    {"type", offsetof(decode_map_t, type)},
+    {"event", offsetof(decode_map_t, event)},
+    {"user_id", offsetof(decode_map_t, user_id)},
+    {"anonymous_id", offsetof(decode_map_t, anonymous_id)},
+    {"message_id", offsetof(decode_map_t, message_id)},
+    {"timestamp", offsetof(decode_map_t, timestamp)},
+    {"properties", offsetof(decode_map_t, properties)},
+    {"context", offsetof(decode_map_t, context)},
+    {"traits", offsetof(decode_map_t, traits)},
+};
+#define N_FIELDS (sizeof FIELDS / sizeof FIELDS[0])
+#define DEFAULT_TYPE_SLOT N_FIELDS
+
+typedef struct cload {
+    const char *file;
+    char *dir;              /* the config file's directory, for relative paths */
+    diag_t *d;
+    config_t *c;
+} cload;
+
+static void set_str(char **field, const char *v) {
+    free(*field);
+    *field = v ? xstrdup(v) : NULL;
+}
+
+static void err_at(cload *L, const ynode *n, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static void err_at(cload *L, const ynode *n, const char *fmt, ...) {
+    char msg[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    diag_add(L->d, L->file, n->line, n->col, "%s", msg);
+}
+
+/* The section's mapping with its keys checked; NULL when absent or bad. */
+static const ynode *section(cload *L, const ynode *parent, const char *key, const char *const *allowed) {
+    const ynode *m = yn_get(parent, key);
+    if (!m) return NULL;
+    if (m->kind != YN_MAP) {
+        err_at(L, m, "'%s' must be a mapping", key);
+        return NULL;
+    }
+    yn_check_keys(m, L->file, allowed, L->d);
+    return m;
+}
+
+/* YAML's spellings of "no value", unquoted. */
+static int is_null(const ynode *n) {
+    return n->kind == YN_SCALAR && !n->quoted &&
+           (!n->str[0] || !strcmp(n->str, "~") || !strcmp(n->str, "null") || !strcmp(n->str, "Null") ||
+            !strcmp(n->str, "NULL"));
+}
+
+static void get_str(cload *L, const ynode *m, const char *key, int allow_empty, char **field) {
+    const ynode *n = yn_get(m, key);
+    const char *s;
+    if (!n || yn_str(n, L->file, key, &s, L->d) != 0) return;
+    if (!allow_empty && !*s) {
+        err_at(L, n, "'%s' must not be empty", key);
+        return;
+    }
+    set_str(field, s);
+}
+
+static void get_int(cload *L, const ynode *m, const char *key, long long lo, long long hi, long long *out) {
+    const ynode *n = yn_get(m, key);
+    long long v;
+    if (!n || yn_int(n, L->file, key, &v, L->d) != 0) return;
+    if (v < lo || v > hi) {
+        err_at(L, n, "'%s' must be between %lld and %lld", key, lo, hi);
+        return;
+    }
+    *out = v;
+}
+
+static void get_duration(cload *L, const ynode *m, const char *key, long long *out) {
+    const ynode *n = yn_get(m, key);
+    long long ms;
+    if (!n || yn_duration(n, L->file, key, &ms, L->d) != 0) return;
+    if (ms <= 0) {
+        err_at(L, n, "'%s' must be longer than 0", key);
+        return;
+    }
+    *out = ms;
+}
+
+/* A path from the config file is relative to the file's directory, so the
+ * daemon finds its rules whatever directory it was started from. */
+static char *resolve_path(const cload *L, const char *p) {
+    if (p[0] == '/' || !L->dir) return xstrdup(p);
+    strbuf b;
+    sb_init(&b);
+    sb_printf(&b, "%s/%s", L->dir, p);
+    return b.s;
+}
+
+/* Key templates know {prefix} (and {channel} for channel keys); anything else
+ * in braces is a typo that would silently become part of a Redis key. */
+static int check_template(cload *L, const ynode *n, const char *s, int with_channel) {
+    for (const char *p = strchr(s, '{'); p; p = strchr(p + 1, '{')) {
+        const char *end = strchr(p, '}');
+        size_t len = end ? (size_t)(end - p - 1) : strlen(p + 1);
+        if (end && ((len == 6 && !strncmp(p + 1, "prefix", 6)) ||
+                    (with_channel && len == 7 && !strncmp(p + 1, "channel", 7))))
+            continue;
+        err_at(L, n, "unknown placeholder '%.*s' in 'key' (known: {prefix}%s)", (int)(end ? len + 2 : len + 1), p,
+               with_channel ? ", {channel}" : "");
+        return -1;
+    }
+    return 0;
+}
+
+static void expand(const char *tmpl, const char *prefix, const char *channel, strbuf *out) {
+    for (const char *p = tmpl; *p;) {
+        if (!strncmp(p, "{prefix}", 8)) {
+            sb_puts(out, prefix ? prefix : "");
+            p += 8;
+        } else if (channel && !strncmp(p, "{channel}", 9)) {
+            sb_puts(out, channel);
+            p += 9;
+        } else {
+            sb_putc(out, *p++);
+        }
+    }
+}
+
+/* ---- defaults -------------------------------------------------------------- */
+
+static void channel_set(channel_cfg_t *ch, const char *name, output_kind kind, const char *key, long long maxlen) {
+    ch->name = xstrdup(name);
+    ch->kind = kind;
+    ch->key = xstrdup(key);
+    ch->maxlen = maxlen;
+}
+
+void config_init_default(config_t *c) {
+    memset(c, 0, sizeof *c);
+    c->brokers = xstrdup("127.0.0.1:9092");
+    c->topics = xmalloc(sizeof(char *));
+    c->topics[0] = xstrdup("events");
+    c->n_topics = 1;
+    c->group_id = xstrdup("benefitd");
+    /* a new consumer group reads what is already in the topic, so events sent
+     * before the first start are not lost */
+    c->kafka_props = xmalloc(sizeof(kv_t));
+    c->kafka_props[0] = (kv_t){xstrdup("auto.offset.reset"), xstrdup("earliest")};
+    c->n_kafka_props = 1;
+    c->redis_host = xstrdup("127.0.0.1");
+    c->redis_port = 6379;
+    c->key_prefix = xstrdup("bd:");
+    c->claim_ttl_ms = 30LL * 86400000;
+    c->max_inflight = 10000;
+    c->rules_dir = xstrdup("rules");
+    c->timezone = xstrdup("UTC");
+    c->channels = xcalloc(1, sizeof(channel_cfg_t));
+    channel_set(&c->channels[0], "*", OUT_STREAM, "{prefix}grants:{channel}", 0);
+    c->n_channels = 1;
+    strbuf b;
+    sb_init(&b);
+    expand(DEFAULT_DEAD_LETTER_KEY, c->key_prefix, NULL, &b);
+    c->dead_letter_key = b.s;
+    c->dead_letter_maxlen = 100000;
+    decoder_init_default(&c->decoder);
+    c->shutdown_timeout_ms = 10000;
+}
+
+void config_free(config_t *c) {
+    free(c->path);
+    free(c->brokers);
+    for (size_t i = 0; i < c->n_topics; i++) free(c->topics[i]);
+    free(c->topics);
+    free(c->group_id);
+    for (size_t i = 0; i < c->n_kafka_props; i++) {
+        free(c->kafka_props[i].key);
+        free(c->kafka_props[i].value);
+    }
+    free(c->kafka_props);
+    free(c->redis_host);
+    free(c->redis_password);
+    free(c->key_prefix);
+    free(c->rules_dir);
+    free(c->timezone);
+    for (size_t i = 0; i < c->n_channels; i++) {
+        free(c->channels[i].name);
+        free(c->channels[i].key);
+    }
+    free(c->channels);
+    free(c->dead_letter_key);
+    for (size_t i = 0; i < sizeof c->decode_strs / sizeof c->decode_strs[0]; i++) free(c->decode_strs[i]);
+    memset(c, 0, sizeof *c);
+}
+
+/* ---- sections ---------------------------------------------------------------- */
+
+/* librdkafka properties: any key goes through, as written; librdkafka itself
+ * rejects the ones it does not know when the consumer is created. */
+static void load_kafka_props(cload *L, const ynode *m) {
+    config_t *c = L->c;
+    if (m->kind != YN_MAP) {
+        err_at(L, m, "'properties' must be a mapping");
+        return;
+    }
+    for (size_t i = 0; i < m->n; i++) {
+        const ynode *v = m->items[i];
+        if (v->kind != YN_SCALAR) {
+            err_at(L, v, "kafka property '%s' must be a string, number or boolean", m->keys[i]->str);
+            continue;
+        }
+        size_t j = 0;
+        while (j < c->n_kafka_props && strcmp(c->kafka_props[j].key, m->keys[i]->str) != 0) j++;
+        if (j == c->n_kafka_props) {
+            c->kafka_props = xrealloc(c->kafka_props, (j + 1) * sizeof(kv_t));
+            c->kafka_props[j].key = xstrdup(m->keys[i]->str);
+            c->kafka_props[j].value = NULL;
+            c->n_kafka_props++;
+        }
+        set_str(&c->kafka_props[j].value, v->str);
+    }
+}
+
+static void load_kafka(cload *L, const ynode *top) {
+    config_t *c = L->c;
+    const ynode *m = section(L, top, "kafka", KAFKA_KEYS);
+    if (!m) return;
+    get_str(L, m, "brokers", 0, &c->brokers);
+    get_str(L, m, "group_id", 0, &c->group_id);
+    const ynode *t = yn_get(m, "topics");
+    if (t) {
+        const ynode *const *items = t->kind == YN_SEQ ? (const ynode *const *)t->items : &t;
+        size_t n = t->kind == YN_SEQ ? t->n : 1;
+        int ok = t->kind != YN_MAP && n > 0;
+        for (size_t i = 0; ok && i < n; i++) ok = items[i]->kind == YN_SCALAR && items[i]->str[0];
+        if (!ok) {
+            err_at(L, t, "'topics' must be a topic name or a list of topic names");
+        } else {
+            for (size_t i = 0; i < c->n_topics; i++) free(c->topics[i]);
+            c->topics = xrealloc(c->topics, n * sizeof(char *));
+            for (size_t i = 0; i < n; i++) c->topics[i] = xstrdup(items[i]->str);
+            c->n_topics = n;
+        }
+    }
+    const ynode *p = yn_get(m, "properties");
+    if (p) load_kafka_props(L, p);
+}
+
+/* First line of a secret file, trimmed (editors add a newline). */
+static char *read_first_line(const char *path, int *err) {
+    FILE *f = fopen(path, "r");
+    if (!f) {
+        *err = errno;
+        return NULL;
+    }
+    char buf[4096];
+    char *line = fgets(buf, sizeof buf, f);
+    fclose(f);
+    if (!line) {
+        *err = 0;
+        return NULL;
+    }
+    char *s = buf;
+    while (*s == ' ' || *s == '\t') s++;
+    size_t n = strcspn(s, "\r\n");
+    while (n > 0 && (s[n - 1] == ' ' || s[n - 1] == '\t')) n--;
+    return xstrndup(s, n);
+}
+
+static void load_redis(cload *L, const ynode *top) {
+    config_t *c = L->c;
+    const ynode *m = section(L, top, "redis", REDIS_KEYS);
+    if (!m) return;
+    long long v;
+    get_str(L, m, "host", 0, &c->redis_host);
+    v = c->redis_port;
+    get_int(L, m, "port", 1, 65535, &v);
+    c->redis_port = (int)v;
+    v = c->redis_db;
+    get_int(L, m, "db", 0, INT_MAX, &v);
+    c->redis_db = (int)v;
+    get_str(L, m, "key_prefix", 1, &c->key_prefix);
+    get_duration(L, m, "claim_ttl", &c->claim_ttl_ms);
+    get_int(L, m, "max_inflight", 1, LLONG_MAX, &c->max_inflight);
+
+    static const char *const pw_keys[] = {"password", "password_file", "password_env"};
+    const ynode *pw = NULL;
+    int which = -1;
+    for (int i = 0; i < 3; i++) {
+        int k = yn_key_index(m, pw_keys[i]);
+        if (k < 0) continue;
+        if (pw) {
+            err_at(L, m->keys[k], "use only one of 'password', 'password_file' and 'password_env'");
+            return;
+        }
+        pw = m->items[k];
+        which = i;
+    }
+    if (!pw) return;
+    const char *s;
+    if (which == 0) {
+        /* "" is how the sample spells "no password": AUTH with it would fail */
+        if (is_null(pw)) set_str(&c->redis_password, NULL);
+        else if (yn_str(pw, L->file, "password", &s, L->d) == 0) set_str(&c->redis_password, *s ? s : NULL);
+        return;
+    }
+    if (yn_str(pw, L->file, pw_keys[which], &s, L->d) != 0) return;
+    if (which == 1) {
+        char *path = resolve_path(L, s);
+        int e = 0;
+        char *secret = read_first_line(path, &e);
+        if (!secret)
+            err_at(L, pw, "cannot read password_file '%s': %s", path, e ? strerror(e) : "empty file");
+        else if (!*secret)
+            err_at(L, pw, "password_file '%s' starts with an empty line", path);
+        else
+            set_str(&c->redis_password, secret);
+        free(secret);
+        free(path);
+    } else {
+        const char *env = getenv(s);
+        if (!env) err_at(L, pw, "environment variable '%s' (password_env) is not set", s);
+        else set_str(&c->redis_password, *env ? env : NULL);
+    }
+}
+
+/* A zone name the C library does not know silently becomes UTC, which would
+ * move every `active` window; check the zone database when it is installed. */
+static int known_timezone(const char *tz) {
+    if (!strcmp(tz, "UTC")) return 1;
+    if (strstr(tz, "..") || tz[0] == '/') return 0;
+    const char *dir = getenv("TZDIR");
+    if (!dir || !*dir) dir = "/usr/share/zoneinfo";
+    struct stat st;
+    if (stat(dir, &st) != 0) return 1; /* no database to check against */
+    strbuf p;
+    sb_init(&p);
+    sb_printf(&p, "%s/%s", dir, tz);
+    int ok = stat(p.s, &st) == 0 && S_ISREG(st.st_mode);
+    sb_free(&p);
+    return ok;
+}
+
+static void load_rules(cload *L, const ynode *top) {
+    config_t *c = L->c;
+    const ynode *m = section(L, top, "rules", RULES_KEYS);
+    if (!m) return;
+    get_str(L, m, "dir", 0, &c->rules_dir);
+    const ynode *tz = yn_get(m, "timezone");
+    const char *s;
+    if (tz && yn_str(tz, L->file, "timezone", &s, L->d) == 0) {
+        if (!*s || !known_timezone(s)) err_at(L, tz, "unknown timezone '%s' (use an IANA name like Europe/Paris)", s);
+        else set_str(&c->timezone, s);
+    }
+}
+
+static void load_channel(cload *L, const ynode *m, channel_cfg_t *ch) {
+    yn_check_keys(m, L->file, CHANNEL_KEYS, L->d);
+    const ynode *n = yn_get(m, "kind");
+    const char *s;
+    if (n && yn_str(n, L->file, "kind", &s, L->d) == 0) {
+        if (!strcmp(s, "stream")) ch->kind = OUT_STREAM;
+        else if (!strcmp(s, "list")) ch->kind = OUT_LIST;
+        else err_at(L, n, "'kind' must be stream or list");
+    }
+    n = yn_get(m, "key");
+    if (n && yn_str(n, L->file, "key", &s, L->d) == 0) {
+        if (!*s) err_at(L, n, "'key' must not be empty");
+        else if (check_template(L, n, s, 1) == 0) set_str(&ch->key, s);
+    }
+    get_int(L, m, "maxlen", 0, LLONG_MAX, &ch->maxlen);
+}
+
+static void load_output(cload *L, const ynode *top) {
+    config_t *c = L->c;
+    const ynode *m = section(L, top, "output", OUTPUT_KEYS);
+    if (!m) return;
+    /* the default first: channels inherit what they do not set from it,
+     * wherever it appears in the file */
+    const ynode *def = yn_get(m, "default");
+    if (def) {
+        if (def->kind != YN_MAP) err_at(L, def, "'default' must be a mapping");
+        else load_channel(L, def, &c->channels[0]);
+    }
+    const ynode *chs = yn_get(m, "channels");
+    if (!chs) return;
+    if (chs->kind != YN_MAP) {
+        err_at(L, chs, "'channels' must be a mapping of channel name to settings");
+        return;
+    }
+    for (size_t i = 0; i < chs->n; i++) {
+        const ynode *k = chs->keys[i], *v = chs->items[i];
+        if (!strcmp(k->str, "*")) {
+            err_at(L, k, "the default channel is set under 'output.default'");
+            continue;
+        }
+        if (v->kind != YN_MAP) {
+            err_at(L, v, "channel '%s' must be a mapping", k->str);
+            continue;
+        }
+        const channel_cfg_t *d = config_channel(c, "*");
+        channel_cfg_t ch;
+        channel_set(&ch, k->str, d->kind, d->key, d->maxlen);
+        load_channel(L, v, &ch);
+        c->channels = xrealloc(c->channels, (c->n_channels + 1) * sizeof *c->channels);
+        c->channels[c->n_channels++] = ch;
+    }
+}
+
+static void load_dead_letter(cload *L, const ynode *top, char **tmpl) {
+    config_t *c = L->c;
+    const ynode *m = section(L, top, "dead_letter", DEAD_LETTER_KEYS);
+    if (!m) return;
+    const ynode *n = yn_get(m, "key");
+    const char *s;
+    if (n && yn_str(n, L->file, "key", &s, L->d) == 0) {
+        if (!*s) err_at(L, n, "'key' must not be empty");
+        else if (check_template(L, n, s, 0) == 0) set_str(tmpl, s);
+    }
+    get_int(L, m, "maxlen", 0, LLONG_MAX, &c->dead_letter_maxlen);
+}
+
+static void load_decode(cload *L, const ynode *top) {
+    config_t *c = L->c;
+    const ynode *m = section(L, top, "decode", DECODE_KEYS);
+    if (!m) return;
+    long long v = (long long)c->decoder.max_bytes;
+    get_int(L, m, "max_event_bytes", 1, 1LL << 30, &v);
+    c->decoder.max_bytes = (size_t)v;
+    v = c->decoder.max_depth;
+    get_int(L, m, "max_depth", 1, 1000, &v);
+    c->decoder.max_depth = (int)v;
+    const ynode *n = yn_get(m, "default_type");
+    const char *s;
+    if (n && is_null(n)) set_str(&c->decode_strs[DEFAULT_TYPE_SLOT], NULL);
+    else if (n && yn_str(n, L->file, "default_type", &s, L->d) == 0) set_str(&c->decode_strs[DEFAULT_TYPE_SLOT], s);
+    if (n) c->decoder.map.default_type = c->decode_strs[DEFAULT_TYPE_SLOT];
+
+    const char *keys[N_FIELDS + 1];
+    for (size_t i = 0; i < N_FIELDS; i++) keys[i] = FIELDS[i].key;
+    keys[N_FIELDS] = NULL;
+    const ynode *f = section(L, m, "fields", keys);
+    for (size_t i = 0; f && i < N_FIELDS; i++) {
+        get_str(L, f, FIELDS[i].key, 0, &c->decode_strs[i]);
+        if (c->decode_strs[i]) *(const char **)((char *)&c->decoder.map + FIELDS[i].off) = c->decode_strs[i];
+    }
+}
+
+static void load_daemon(cload *L, const ynode *top) {
+    config_t *c = L->c;
+    const ynode *m = section(L, top, "daemon", DAEMON_KEYS);
+    if (!m) return;
+    const ynode *n = yn_get(m, "allow_root");
+    if (n) yn_bool(n, L->file, "allow_root", &c->allow_root, L->d);
+    get_duration(L, m, "shutdown_timeout", &c->shutdown_timeout_ms);
+}
+
+/* ---- public ---------------------------------------------------------------- */
+
+int config_load(config_t *c, const char *path, diag_t *diag) {
+    size_t before = diag->n;
+    ynode *root = yn_load_file(path, diag);
+    if (!root) return -1;
+    set_str(&c->path, path);
+    const char *slash = strrchr(path, '/');
+    cload L = {.file = path, .dir = slash ? xstrndup(path, slash == path ? 1 : (size_t)(slash - path)) : NULL,
+               .d = diag, .c = c};
+    if (root->kind != YN_MAP) {
+        err_at(&L, root, "the configuration must be a mapping");
+    } else {
+        yn_check_keys(root, path, TOP_KEYS, diag);
+        char *dl_tmpl = xstrdup(DEFAULT_DEAD_LETTER_KEY);
+        load_kafka(&L, root);
+        load_redis(&L, root);
+        load_rules(&L, root);
+        load_output(&L, root);
+        load_dead_letter(&L, root, &dl_tmpl);
+        load_decode(&L, root);
+        load_daemon(&L, root);
+        /* after every section: the prefix may be set after dead_letter.key */
+        strbuf b;
+        sb_init(&b);
+        expand(dl_tmpl, c->key_prefix, NULL, &b);
+        free(c->dead_letter_key);
+        c->dead_letter_key = b.s;
+        free(dl_tmpl);
+        char *dir = resolve_path(&L, c->rules_dir);
+        free(c->rules_dir);
+        c->rules_dir = dir;
+    }
+    free(L.dir);
+    yn_free(root);
+    return diag->n > before ? -1 : 0;
+}
+
+const channel_cfg_t *config_channel(const config_t *c, const char *channel) {
+    const channel_cfg_t *def = NULL;
+    for (size_t i = 0; i < c->n_channels; i++) {
+        if (channel && !strcmp(c->channels[i].name, channel)) return &c->channels[i];
+        if (!strcmp(c->channels[i].name, "*")) def = &c->channels[i];
+    }
+    return def;
+}
+
+void config_channel_key(const config_t *c, const channel_cfg_t *ch, const char *channel, strbuf *out) {
+    expand(ch->key, c->key_prefix, channel ? channel : "default", out);
+}
