@@ -81,7 +81,8 @@ void ruleset_free(ruleset_t *rs);
 size_t ruleset_count(const ruleset_t *rs);
 const rule_t *ruleset_rule(const ruleset_t *rs, size_t i);
 const rule_t *ruleset_find(const ruleset_t *rs, const char *id);
-/* Rules whose trigger names this event (an O(1) hash lookup); never NULL. */
+/* Enabled rules whose trigger names this event (an O(1) hash lookup); never
+ * NULL. Inactivity rules are not listed: they fire on silence, not on a name. */
 const rule_list_t *ruleset_for_event(const ruleset_t *rs, const char *event_name);
 /* A version for the whole set (hash of every rule's version). */
 const char *ruleset_version(const ruleset_t *rs);
