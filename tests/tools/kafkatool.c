@@ -119,7 +119,7 @@ static volatile sig_atomic_t g_stop;
 static void on_stop_signal(int sig) { g_stop = sig; }
 
 struct topic_spec {
-    const char *name;
+    char name[256]; /* Kafka caps topic names at 249 bytes */
     long partitions, replication;
 };
 
@@ -341,22 +341,26 @@ static int cmd_mock(int argc, char **argv) {
                 errf("at most %d --topic", MAX_TOPICS);
                 return 2;
             }
-            /* Kafka topic names cannot contain ':', so splitting on it is safe. */
+            /* Kafka topic names cannot contain ':', so splitting on it is
+             * safe. Split a copy: editing argv in place shows up in ps. */
             struct topic_spec *t = &topics[ntopics++];
-            char *p = strchr(optarg, ':'), *r = NULL;
-            t->name = optarg;
+            if (snprintf(t->name, sizeof t->name, "%s", optarg) >= (int)sizeof t->name) {
+                errf("--topic %s: name too long", optarg);
+                return 2;
+            }
+            char *p = strchr(t->name, ':'), *r = NULL;
             t->partitions = 4;
             t->replication = 1;
             if (p) {
                 *p++ = '\0';
                 if ((r = strchr(p, ':'))) *r++ = '\0';
                 if (parse_long(p, 1, 100000, &t->partitions) || (r && parse_long(r, 1, 64, &t->replication))) {
-                    errf("--topic %s: expected NAME[:PARTITIONS[:REPLICATION]]", t->name);
+                    errf("--topic %s: expected NAME[:PARTITIONS[:REPLICATION]]", optarg);
                     return 2;
                 }
             }
-            if (!*t->name) {
-                errf("--topic: empty topic name");
+            if (!t->name[0]) {
+                errf("--topic %s: empty topic name", optarg);
                 return 2;
             }
             break;
