@@ -47,6 +47,9 @@ typedef struct expr expr_t;
  * offset of the problem in src, and writes a message ("expected ')'",
  * "unknown function 'flor'", "unknown path root 'propertes'") into err. */
 expr_t *expr_compile(const char *src, size_t *err_off, char *err, size_t errlen);
+/* As expr_compile, for the first len bytes of src (need not be NUL-terminated);
+ * offsets are relative to src. Templates compile their holes with it. */
+expr_t *expr_compile_n(const char *src, size_t len, size_t *err_off, char *err, size_t errlen);
 void expr_free(expr_t *e);
 
 /* Evaluates; never fails: type errors and missing paths give V_MISSING. */
@@ -66,6 +69,8 @@ value_t expr_resolve_path(const char *path, const eval_ctx_t *ctx);
 /* 1 when the expression is a bare constant (so it can be folded). */
 int expr_is_constant(const expr_t *e);
 
+/* Returns n bytes (16-aligned) valid until the next reset, or NULL when a is NULL. */
+void *expr_arena_alloc(expr_arena_t *a, size_t n);
 void expr_arena_reset(expr_arena_t *a);
 void expr_arena_free(expr_arena_t *a);
 
