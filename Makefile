@@ -7,8 +7,10 @@ PKGS      = libevent rdkafka hiredis libcjson yaml-0.1 libsystemd
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 CFLAGS   ?= -O2 -g
-CFLAGS   += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -Wno-unused-parameter -MMD -MP $(PKG_CFLAGS) -I/usr/include/hiredis
+# Required flags live apart from CFLAGS so `make CFLAGS=...` (sanitizers, -O0) cannot drop them.
+ALL_CFLAGS = -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -Wno-unused-parameter -MMD -MP $(PKG_CFLAGS) $(CFLAGS)
 LDLIBS   += $(PKG_LIBS) -levent -lm
+SAN_FLAGS = -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
 
 # Data flow order: source -> decode -> rules -> policy -> sink; core and replay around them.
 LIB_SRCS := $(wildcard daemon/core/*.c daemon/source/*.c daemon/decode/*.c daemon/rules/*.c \
@@ -19,7 +21,7 @@ UNIT_SRCS := $(wildcard tests/unit/test_*.c)
 UNIT_BINS := $(UNIT_SRCS:tests/unit/%.c=$(BUILD)/tests/%)
 TOOL_BINS := $(BUILD)/kafkatool
 
-.PHONY: all deps test test-unit test-integration demo install clean check-rules
+.PHONY: all deps test test-unit test-integration test-sanitize demo install clean check-rules
 all: $(BUILD)/benefitd $(TOOL_BINS)
 
 deps:
@@ -27,28 +29,33 @@ deps:
 
 $(BUILD)/%.o: %.c
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) -c $< -o $@
+	$(CC) $(ALL_CFLAGS) -c $< -o $@
 
 $(BUILD)/libbenefitd.a: $(LIB_OBJS)
 	@rm -f $@
 	ar rcs $@ $^
 
 $(BUILD)/benefitd: $(BUILD)/daemon/core/main.o $(BUILD)/libbenefitd.a
-	$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)
+	$(CC) $(ALL_CFLAGS) -o $@ $^ $(LDLIBS)
 
 $(BUILD)/kafkatool: $(BUILD)/tests/tools/kafkatool.o $(BUILD)/libbenefitd.a
-	$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)
+	$(CC) $(ALL_CFLAGS) -o $@ $^ $(LDLIBS)
 
 $(BUILD)/tests/%: $(BUILD)/tests/unit/%.o $(BUILD)/libbenefitd.a
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS) -lcmocka
+	$(CC) $(ALL_CFLAGS) -o $@ $^ $(LDLIBS) -lcmocka
 
 # `make test` is the README's test command: it installs what it needs, builds,
 # starts real servers on loopback, runs every suite and stops them.
 test: deps
 	$(MAKE) all $(UNIT_BINS)
 	$(MAKE) test-unit
+	$(MAKE) test-sanitize
 	$(MAKE) test-integration
+
+# The unit suites again under AddressSanitizer + UndefinedBehaviorSanitizer.
+test-sanitize:
+	$(MAKE) BUILD=build-san CFLAGS="$(SAN_FLAGS)" test-unit
 
 test-unit: $(UNIT_BINS)
 	@set -e; for t in $(UNIT_BINS); do echo "== $$t"; $$t; done
