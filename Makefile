@@ -76,6 +76,9 @@ install: $(BUILD)/benefitd
 	install -m 0755 $(BUILD)/benefitd $(DESTDIR)$(PREFIX)/bin/benefitd
 	install -m 0644 rules/*.yaml $(DESTDIR)$(PREFIX)/share/benefitd/rules/
 	install -m 0644 etc/benefitd.yaml $(DESTDIR)$(PREFIX)/share/benefitd/benefitd.yaml.example
+	install -d $(DESTDIR)$(PREFIX)/lib/systemd/system
+	sed 's|/usr/bin/benefitd|$(PREFIX)/bin/benefitd|g' etc/benefitd.service > $(DESTDIR)$(PREFIX)/lib/systemd/system/benefitd.service
+	chmod 0644 $(DESTDIR)$(PREFIX)/lib/systemd/system/benefitd.service
 
 clean:
 	rm -rf $(BUILD)
