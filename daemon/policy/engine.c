@@ -1,6 +1,7 @@
 #include "engine.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 void engine_init(engine_t *e) {
@@ -8,25 +9,42 @@ void engine_init(engine_t *e) {
     sb_init(&e->json);
     sb_init(&e->text);
     sb_init(&e->target);
+    sb_init(&e->rec);
+    sb_init(&e->xbody);
+}
+
+static void free_names(char **v, size_t n) {
+    for (size_t i = 0; i < n; i++) free(v[i]);
+    free(v);
 }
 
 void engine_free(engine_t *e) {
     sb_free(&e->json);
     sb_free(&e->text);
     sb_free(&e->target);
+    sb_free(&e->rec);
+    sb_free(&e->xbody);
     expr_arena_free(&e->arena);
+    free_names(e->cancel_names, e->n_cancel);
+    free_names(e->touch_names, e->n_touch);
 }
 
 void engine_grant_id(const char *rule_id, const char *user_id, const char *occurrence, char out[40]) {
-    strbuf b;
-    sb_init(&b);
-    /* NUL separators keep ("ab","c") and ("a","bc") apart. */
-    sb_append(&b, rule_id, strlen(rule_id) + 1);
-    sb_append(&b, user_id, strlen(user_id) + 1);
-    sb_append(&b, occurrence, strlen(occurrence));
-    snprintf(out, 40, "g%016llx%016llx", (unsigned long long)hash64(b.s, b.len, 11),
-             (unsigned long long)hash64(b.s, b.len, 12));
-    sb_free(&b);
+    /* NUL separators keep ("ab","c") and ("a","bc") apart. Built on the stack:
+     * this runs for every matching rule of every event. */
+    char small[512];
+    size_t a = strlen(rule_id) + 1, b = strlen(user_id) + 1, c = strlen(occurrence);
+    char *buf = a + b + c <= sizeof small ? small : xmalloc(a + b + c);
+    memcpy(buf, rule_id, a);
+    memcpy(buf + a, user_id, b);
+    memcpy(buf + a + b, occurrence, c);
+    snprintf(out, 40, "g%016llx%016llx", (unsigned long long)hash64(buf, a + b + c, 11),
+             (unsigned long long)hash64(buf, a + b + c, 12));
+    if (buf != small) free(buf);
+}
+
+void engine_inactivity_occurrence(int64_t last_ms, char out[40]) {
+    snprintf(out, 40, "inactive:%lld", (long long)last_ms);
 }
 
 /* Sticky per member: the same (rule, member) always lands in the same bucket,
@@ -60,11 +78,13 @@ static void put_str_or_null(strbuf *b, const char *s) {
     else sb_puts(b, "null");
 }
 
+/* An inactivity trigger has no event: name and message id are null, the
+ * timestamp is the last activity, the start of the silence. */
 static void put_trigger(strbuf *b, const event_t *ev) {
     sb_puts(b, "\"trigger\":{\"event\":");
-    sb_json_str(b, ev->name, strlen(ev->name));
+    put_str_or_null(b, ev->name);
     sb_puts(b, ",\"message_id\":");
-    sb_json_str(b, ev->message_id, strlen(ev->message_id));
+    put_str_or_null(b, ev->message_id[0] ? ev->message_id : NULL);
     sb_puts(b, ",\"user_id\":");
     sb_json_str(b, ev->user_id, strlen(ev->user_id));
     sb_puts(b, ",\"timestamp\":");
@@ -72,35 +92,69 @@ static void put_trigger(strbuf *b, const event_t *ev) {
     sb_putc(b, '}');
 }
 
-/* The explain record for a decision that granted nothing (no grant_id: it
- * was never a grant). */
-static void build_explain(strbuf *b, const decision_t *d, const event_t *ev) {
+/* The explain body: what a suppressed line says besides its reason and time.
+ * Kept apart so a store can report a reason decided later (cancelled, already
+ * pending, a count below N) for the same trigger. */
+static void build_xbody(strbuf *b, const rule_t *r, const variant_t *v, const event_t *ev) {
     sb_reset(b);
-    sb_puts(b, "{\"outcome\":\"suppressed\",\"reason\":");
-    sb_json_str(b, d->reason, strlen(d->reason));
     sb_puts(b, ",\"rule\":");
-    sb_json_str(b, d->rule->id, strlen(d->rule->id));
+    sb_json_str(b, r->id, strlen(r->id));
     sb_puts(b, ",\"rule_version\":");
-    sb_json_str(b, d->rule->version, strlen(d->rule->version));
+    sb_json_str(b, r->version, strlen(r->version));
     sb_puts(b, ",\"variant\":");
-    put_str_or_null(b, d->variant ? d->variant->name : NULL);
+    put_str_or_null(b, v ? v->name : NULL);
     sb_puts(b, ",\"user_id\":");
     sb_json_str(b, ev->user_id, strlen(ev->user_id));
     sb_putc(b, ',');
     put_trigger(b, ev);
-    sb_puts(b, ",\"decided_at\":");
-    put_time(b, d->issued_at);
-    sb_putc(b, '}');
+}
+
+void engine_finish_explain(const char *reason, const char *xbody, size_t len, const char *extra, int64_t at,
+                           strbuf *out) {
+    sb_puts(out, "{\"outcome\":\"suppressed\",\"reason\":");
+    sb_json_str(out, reason, strlen(reason));
+    sb_append(out, xbody, len);
+    if (extra) sb_puts(out, extra);
+    sb_puts(out, ",\"decided_at\":");
+    put_time(out, at);
+    sb_putc(out, '}');
+}
+
+void engine_finish_grant(const char *rec, size_t len, size_t cut, long long expires_in_ms, int64_t at, strbuf *out) {
+    sb_append(out, rec, cut);
+    if (expires_in_ms >= 0) put_time(out, at + expires_in_ms);
+    else sb_puts(out, "null");
+    sb_append(out, rec + cut, len - cut);
+    sb_puts(out, ",\"issued_at\":");
+    put_time(out, at);
+    /* Quiet hours (not in this build) are the only thing that delays delivery. */
+    sb_puts(out, ",\"deliver_after\":");
+    put_time(out, at);
+    sb_putc(out, '}');
 }
 
 #define PICK(field, unset) (v && v->grant.field != (unset) ? v->grant.field : r->grant.field)
 
-/* Builds the grant JSON into e->json. Returns NULL or the reason it cannot
- * be granted (a value or recipient that the event does not provide). */
-static const char *build_grant(engine_t *e, decision_t *d, const event_t *ev, const eval_ctx_t *ctx) {
-    const rule_t *r = d->rule;
-    const variant_t *v = d->variant;
-    const grant_spec_t *g = &r->grant;
+/* What one rule decided for one trigger, before it becomes a decision_t (the
+ * daemon's) or an intent (a store's). */
+typedef struct rule_dec {
+    const rule_t *r;
+    const variant_t *v;
+    const char *channel;
+    const char *reason;
+    int soft;                 /* holdout / shadow: a grant that would have been made */
+    int have_rec;             /* e->rec holds the open grant record */
+    size_t cut;
+    long long expires_in;
+    char grant_id[40];
+} rule_dec;
+
+/* Builds the open grant record into e->rec (everything but expires_at's value
+ * and the trailing issued_at/deliver_after). Returns NULL or the reason it
+ * cannot be granted (a value or recipient that the event does not provide). */
+static const char *build_grant(engine_t *e, rule_dec *d, const event_t *ev, const eval_ctx_t *ctx) {
+    const rule_t *r = d->r;
+    const variant_t *v = d->v;
 
     sb_reset(&e->target);
     const expr_t *to = PICK(to, NULL);
@@ -111,9 +165,8 @@ static const char *build_grant(engine_t *e, decision_t *d, const event_t *ev, co
     } else {
         sb_puts(&e->target, ev->user_id);
     }
-    d->target_user = e->target.s;
 
-    strbuf *b = &e->json;
+    strbuf *b = &e->rec;
     sb_reset(b);
     sb_puts(b, "{\"grant_id\":\"");
     sb_puts(b, d->grant_id);
@@ -140,9 +193,8 @@ static const char *build_grant(engine_t *e, decision_t *d, const event_t *ev, co
         sb_puts(b, "null");
     }
     sb_puts(b, ",\"code\":null,\"expires_at\":");
-    long long exp = PICK(expires_in_ms, -1);
-    if (exp >= 0) put_time(b, d->issued_at + exp);
-    else sb_puts(b, "null");
+    d->cut = b->len;
+    d->expires_in = PICK(expires_in_ms, -1);
     sb_putc(b, '}');
 
     sb_puts(b, ",\"channel\":");
@@ -158,13 +210,7 @@ static const char *build_grant(engine_t *e, decision_t *d, const event_t *ev, co
     }
     sb_putc(b, ',');
     put_trigger(b, ev);
-    sb_puts(b, ",\"issued_at\":");
-    put_time(b, d->issued_at);
-    /* Quiet hours (not in this build) are the only thing that delays delivery. */
-    sb_puts(b, ",\"deliver_after\":");
-    put_time(b, d->issued_at);
-    sb_putc(b, '}');
-    (void)g;
+    d->have_rec = 1;
     return NULL;
 }
 
@@ -172,13 +218,56 @@ static const char *build_grant(engine_t *e, decision_t *d, const event_t *ev, co
  * priority order because the per-event list is sorted that way. */
 #define MAX_GROUPS 64
 
+typedef struct groups {
+    const char *taken[MAX_GROUPS];
+    size_t n;
+} groups;
+
+/* The stateless policy of one rule for one trigger. occurrence names the
+ * trigger for the grant id. g may be NULL (no group exclusivity: inactivity
+ * has no trigger event to be exclusive about). */
+static void decide_rule(engine_t *e, rule_dec *d, const rule_t *r, const event_t *ev, const char *occurrence,
+                        const eval_ctx_t *ctx, int64_t now_ms, groups *g) {
+    memset(d, 0, sizeof *d);
+    d->r = r;
+    d->expires_in = -1;
+    engine_grant_id(r->id, ev->user_id, occurrence, d->grant_id);
+    d->v = pick_variant(r, ev->user_id);
+    const variant_t *v = d->v;
+    d->channel = PICK(channel, NULL);
+    if (!d->channel) d->channel = "default";
+
+    int group_lost = 0;
+    if (g && r->group) {
+        for (size_t k = 0; k < g->n; k++)
+            if (strcmp(g->taken[k], r->group) == 0) group_lost = 1;
+    }
+    if ((r->active_from_ms && now_ms < r->active_from_ms) || (r->active_until_ms && now_ms >= r->active_until_ms))
+        d->reason = "not active";
+    else if (group_lost)
+        d->reason = "group lost";
+    else if (v && v->holdout)
+        d->reason = "holdout";
+    else
+        d->reason = build_grant(e, d, ev, ctx);
+    if (!d->reason && r->shadow) d->reason = "shadow";
+    d->soft = d->reason && (!strcmp(d->reason, "holdout") || !strcmp(d->reason, "shadow"));
+
+    /* Holdout and shadow decisions stand for a grant that would have been
+     * made, so they take the group slot: otherwise the control group would
+     * receive the runner-up benefit and the comparison would be void. A count
+     * rule takes no slot: whether this event lifts its window to N is known
+     * only to the store (docs/time.md, "Groups"). */
+    if (g && r->group && !group_lost && g->n < MAX_GROUPS && r->kind != TRIG_COUNT && (!d->reason || d->soft))
+        g->taken[g->n++] = r->group;
+}
+
 void engine_decide(engine_t *e, const ruleset_t *rs, const event_t *ev, int64_t now_ms, decision_cb cb, void *ud) {
     const rule_list_t *list = ruleset_for_event(rs, ev->name);
     if (list->n == 0) return;
     expr_arena_reset(&e->arena);
     eval_ctx_t ctx = {.ev = ev, .arena = &e->arena};
-    const char *taken[MAX_GROUPS];
-    size_t ntaken = 0;
+    groups g = {.n = 0};
 
     for (size_t i = 0; i < list->n; i++) {
         const rule_t *r = list->rules[i];
@@ -186,44 +275,155 @@ void engine_decide(engine_t *e, const ruleset_t *rs, const event_t *ev, int64_t 
         if (r->where && !expr_test(r->where, &ctx)) continue;
         e->matched++;
 
-        decision_t d = {.rule = r, .issued_at = now_ms, .json = &e->json};
-        engine_grant_id(r->id, ev->user_id, ev->message_id, d.grant_id);
-        d.variant = pick_variant(r, ev->user_id);
-        const variant_t *v = d.variant;
-        d.channel = PICK(channel, NULL);
-        if (!d.channel) d.channel = "default";
-
-        int group_lost = 0;
-        if (r->group) {
-            for (size_t k = 0; k < ntaken; k++)
-                if (strcmp(taken[k], r->group) == 0) group_lost = 1;
-        }
-        if ((r->active_from_ms && now_ms < r->active_from_ms) || (r->active_until_ms && now_ms >= r->active_until_ms))
-            d.reason = "not active";
-        else if (group_lost)
-            d.reason = "group lost";
-        else if (v && v->holdout)
-            d.reason = "holdout";
-        else
-            d.reason = build_grant(e, &d, ev, &ctx);
-        if (!d.reason && r->shadow) d.reason = "shadow";
-
-        /* Holdout and shadow decisions stand for a grant that would have been
-         * made, so they take the group slot: otherwise the control group would
-         * receive the runner-up benefit and the comparison would be void. */
-        if (r->group && !group_lost && ntaken < MAX_GROUPS &&
-            (!d.reason || !strcmp(d.reason, "holdout") || !strcmp(d.reason, "shadow")))
-            taken[ntaken++] = r->group;
-
+        rule_dec rd;
+        decide_rule(e, &rd, r, ev, ev->message_id, &ctx, now_ms, &g);
+        decision_t d = {.rule = r, .variant = rd.v, .reason = rd.reason, .channel = rd.channel,
+                        .issued_at = now_ms, .json = &e->json};
+        memcpy(d.grant_id, rd.grant_id, sizeof d.grant_id);
+        sb_reset(&e->json);
         if (d.reason) {
             d.granted = 0;
             d.target_user = ev->user_id;
-            build_explain(&e->json, &d, ev);
+            build_xbody(&e->xbody, r, rd.v, ev);
+            engine_finish_explain(d.reason, e->xbody.s, e->xbody.len, NULL, now_ms, &e->json);
             e->suppressed++;
         } else {
             d.granted = 1;
+            d.target_user = e->target.s;
+            engine_finish_grant(e->rec.s, e->rec.len, rd.cut, rd.expires_in, now_ms, &e->json);
             e->granted++;
         }
         cb(ud, ev, &d);
     }
+}
+
+/* ---- the derived index: which names cancel, which names are activity ---- */
+
+static int cmp_cstr(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
+
+static void add_unique(char ***v, size_t *n, size_t *cap, const char *s) {
+    for (size_t i = 0; i < *n; i++)
+        if (!strcmp((*v)[i], s)) return;
+    if (*n == *cap) {
+        *cap = *cap ? *cap * 2 : 8;
+        *v = xrealloc(*v, *cap * sizeof **v);
+    }
+    (*v)[(*n)++] = xstrdup(s);
+}
+
+static void refresh_index(engine_t *e, const ruleset_t *rs) {
+    const char *ver = ruleset_version(rs);
+    if (e->idx_rs == rs && !strcmp(e->idx_version, ver)) return;
+    free_names(e->cancel_names, e->n_cancel);
+    free_names(e->touch_names, e->n_touch);
+    e->cancel_names = e->touch_names = NULL;
+    e->n_cancel = e->n_touch = 0;
+    e->touch_any = 0;
+    size_t ccap = 0, tcap = 0;
+    for (size_t i = 0; i < ruleset_count(rs); i++) {
+        const rule_t *r = ruleset_rule(rs, i);
+        if (!r->enabled) continue;
+        for (size_t j = 0; j < r->n_cancel_on; j++) add_unique(&e->cancel_names, &e->n_cancel, &ccap, r->cancel_on[j]);
+        if (r->kind != TRIG_INACTIVITY) continue;
+        if (r->n_events == 0) e->touch_any = 1;
+        for (size_t j = 0; j < r->n_events; j++) add_unique(&e->touch_names, &e->n_touch, &tcap, r->events[j]);
+    }
+    if (e->n_cancel) qsort(e->cancel_names, e->n_cancel, sizeof *e->cancel_names, cmp_cstr);
+    if (e->n_touch) qsort(e->touch_names, e->n_touch, sizeof *e->touch_names, cmp_cstr);
+    e->idx_rs = rs;
+    snprintf(e->idx_version, sizeof e->idx_version, "%s", ver);
+}
+
+static int has_name(char **v, size_t n, const char *name) {
+    return n && bsearch(&name, v, n, sizeof *v, cmp_cstr) != NULL;
+}
+
+/* Turns a rule's decision into its intent. */
+static void fill_intent(engine_t *e, intent_t *in, const rule_dec *d, const event_t *ev, int64_t now_ms) {
+    const rule_t *r = d->r;
+    in->user = ev->user_id;
+    in->ts = now_ms;
+    in->rule = r;
+    in->grant_id = d->grant_id;
+    in->target_user = d->have_rec ? e->target.s : ev->user_id;
+    in->channel = d->channel;
+    in->reason = d->reason;
+    in->reason_soft = d->soft;
+    in->rec = d->have_rec ? e->rec.s : NULL;
+    in->rec_len = d->have_rec ? e->rec.len : 0;
+    in->rec_cut = d->cut;
+    in->expires_in_ms = d->expires_in;
+    build_xbody(&e->xbody, r, d->v, ev);
+    in->xbody = e->xbody.s;
+    in->xbody_len = e->xbody.len;
+    in->wait_ms = r->wait_ms;
+    in->cancel_on = r->cancel_on;
+    in->n_cancel_on = r->n_cancel_on;
+    if (r->kind == TRIG_COUNT) {
+        in->kind = INTENT_COUNT_GRANT;
+        in->occurrence = ev->message_id;
+        in->count = r->count;
+        in->within_ms = r->within_ms;
+    } else if (d->reason && !d->soft) {
+        in->kind = INTENT_EXPLAIN;      /* cannot be granted: nothing to wait for */
+    } else if (r->wait_ms > 0) {
+        in->kind = INTENT_SCHEDULE;     /* holdout/shadow wait too: reported only if the wait runs out */
+    } else {
+        in->kind = d->reason ? INTENT_EXPLAIN : INTENT_GRANT;
+    }
+}
+
+void engine_run(engine_t *e, const ruleset_t *rs, const event_t *ev, const bd_clock_t *clk, intent_cb cb, void *ud) {
+    int64_t now_ms = clock_now_ms(clk);
+    refresh_index(e, rs);
+    if (e->touch_any || has_name(e->touch_names, e->n_touch, ev->name)) {
+        intent_t in = {.kind = INTENT_TOUCH, .user = ev->user_id, .ts = now_ms, .event = ev->name};
+        cb(ud, ev, &in);
+    }
+    if (has_name(e->cancel_names, e->n_cancel, ev->name)) {
+        intent_t in = {.kind = INTENT_CANCEL, .user = ev->user_id, .ts = now_ms, .event = ev->name,
+                       .message_id = ev->message_id};
+        cb(ud, ev, &in);
+    }
+    const rule_list_t *list = ruleset_for_event(rs, ev->name);
+    if (list->n == 0) return;
+    expr_arena_reset(&e->arena);
+    eval_ctx_t ctx = {.ev = ev, .arena = &e->arena};
+    groups g = {.n = 0};
+    for (size_t i = 0; i < list->n; i++) {
+        const rule_t *r = list->rules[i];
+        if (!r->enabled || r->kind == TRIG_INACTIVITY) continue;
+        if (r->where && !expr_test(r->where, &ctx)) continue;
+        e->matched++;
+        rule_dec rd;
+        decide_rule(e, &rd, r, ev, ev->message_id, &ctx, now_ms, &g);
+        intent_t in = {0};
+        fill_intent(e, &in, &rd, ev, now_ms);
+        cb(ud, ev, &in);
+    }
+}
+
+void engine_decide_inactivity(engine_t *e, const rule_t *r, const char *user, int64_t last_ms, int64_t now_ms,
+                              intent_t *out) {
+    /* No event: expressions see the member id and the silence's start as
+     * `timestamp`; properties and context are missing. */
+    event_t ev;
+    memset(&ev, 0, sizeof ev);
+    ev.user_id = user;
+    ev.ts_ms = last_ms;
+    ev.partition = -1;
+    char occ[40];
+    engine_inactivity_occurrence(last_ms, occ);
+    expr_arena_reset(&e->arena);
+    eval_ctx_t ctx = {.ev = &ev, .arena = &e->arena};
+    e->matched++;
+    rule_dec rd;
+    decide_rule(e, &rd, r, &ev, occ, &ctx, now_ms, NULL);
+    memset(out, 0, sizeof *out);
+    fill_intent(e, out, &rd, &ev, now_ms);
+    /* fill_intent points at rd (a local) and ev.user_id: repoint at what outlives this call. */
+    out->user = user;
+    if (!rd.have_rec) out->target_user = user;
+    memcpy(e->fire_grant_id, rd.grant_id, sizeof e->fire_grant_id);
+    out->grant_id = e->fire_grant_id;
 }

@@ -2,12 +2,20 @@
  * Given a ruleset, one decoded event and the time of decision, it walks the
  * rules that name the event (priority order), applies the stateless policy
  * (enabled, active window, where, variants/holdout, group, shadow) and builds
- * the grant JSON. It does no I/O: the daemon hands grants to the Redis sink,
- * replay to its in-memory store. One code path, two stores. */
+ * the grant JSON. It does no I/O and reads no state.
+ *
+ * Two entry points:
+ *   engine_decide  event triggers only, finished grants: what the daemon runs
+ *                  today (its store for the time shapes is not built yet);
+ *   engine_run     every trigger shape, as intents (state.h) for a store to
+ *                  execute: what replay and the unit tests run, and what the
+ *                  daemon will run once its Redis store lands. */
 #ifndef BENEFITD_ENGINE_H
 #define BENEFITD_ENGINE_H
 
 #include <stdint.h>
+#include "state.h"
+#include "../core/clock.h"
 #include "../rules/rules.h"
 #include "../core/util.h"
 
@@ -24,22 +32,62 @@ typedef struct decision {
 } decision_t;
 
 typedef void (*decision_cb)(void *ud, const event_t *ev, const decision_t *d);
+/* ev is NULL for intents decided without an event (inactivity, at fire time). */
+typedef void (*intent_cb)(void *ud, const event_t *ev, const intent_t *in);
 
 typedef struct engine {
     strbuf json, text, target;
+    strbuf rec, xbody;          /* the open grant record and explain body being emitted */
     expr_arena_t arena;
     uint64_t matched, granted, suppressed;   /* counters since start */
+    /* Derived from the ruleset in use, rebuilt when it changes: which event
+     * names cancel waits and which feed inactivity, so an event that does
+     * neither costs no intent (in live, no Redis call). Owned copies, so a
+     * freed ruleset leaves nothing dangling. */
+    const ruleset_t *idx_rs;
+    char idx_version[17];
+    char **cancel_names; size_t n_cancel;    /* sorted */
+    char **touch_names; size_t n_touch;      /* sorted */
+    int touch_any;                           /* an inactivity rule counts every event */
+    char fire_grant_id[40];                  /* engine_decide_inactivity's grant id */
 } engine_t;
 
 void engine_init(engine_t *e);
 void engine_free(engine_t *e);
 
-/* Decides one event at now_ms. cb is called once per rule whose trigger
- * matched (event name and `where`), granted or not, in priority order. */
+/* Decides one event at now_ms. cb is called once per event-trigger rule whose
+ * trigger matched (event name and `where`), granted or not, in priority order.
+ * Count and inactivity rules are not decided here (see engine_run). */
 void engine_decide(engine_t *e, const ruleset_t *rs, const event_t *ev, int64_t now_ms, decision_cb cb, void *ud);
+
+/* Decides one event at clock_now_ms(clk), every shape, as intents, in this
+ * order: TOUCH (if the event feeds an inactivity rule), CANCEL (if some rule
+ * lists the event in cancel_on), then one intent per matching rule in
+ * priority order. Cancel before trigger is what makes "list the trigger in
+ * cancel_on" mean "restart the wait" (docs/time.md). Intents point into the
+ * engine's buffers: valid during the callback only. */
+void engine_run(engine_t *e, const ruleset_t *rs, const event_t *ev, const bd_clock_t *clk, intent_cb cb, void *ud);
+
+/* The decision of inactivity rule r for a member silent since last_ms, made
+ * at fire time now_ms (policy is evaluated then). Fills *out (pointing into
+ * the engine's buffers) with a GRANT, an EXPLAIN, or a SCHEDULE when the
+ * rule also waits. */
+void engine_decide_inactivity(engine_t *e, const rule_t *r, const char *user, int64_t last_ms, int64_t now_ms,
+                              intent_t *out);
 
 /* grant_id = "g" + 32 hex chars of two independent hashes of
  * (rule id, trigger member, occurrence). */
 void engine_grant_id(const char *rule_id, const char *user_id, const char *occurrence, char out[40]);
+/* The occurrence of an inactivity grant: "inactive:" + the epoch ms of the
+ * activity that started the silence (so live and replay agree). */
+void engine_inactivity_occurrence(int64_t last_ms, char out[40]);
+
+/* Completes an open grant record issued at `at`: expires_at = at + expires_in
+ * (null when expires_in_ms < 0), issued_at = deliver_after = at. Appends to out. */
+void engine_finish_grant(const char *rec, size_t len, size_t cut, long long expires_in_ms, int64_t at, strbuf *out);
+/* An explain line: {"outcome":"suppressed","reason":R <xbody> <extra> ,"decided_at":at}.
+ * extra is NULL or a JSON fragment starting with ','. Appends to out. */
+void engine_finish_explain(const char *reason, const char *xbody, size_t len, const char *extra, int64_t at,
+                           strbuf *out);
 
 #endif

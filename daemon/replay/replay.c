@@ -2,7 +2,9 @@
 #include "../core/config.h"
 #include "../core/util.h"
 #include "../decode/event.h"
+#include "../core/clock.h"
 #include "../policy/engine.h"
+#include "../policy/state.h"
 #include "../rules/rules.h"
 
 #include <errno.h>
@@ -18,72 +20,50 @@ typedef struct out_line {
     char *json;
 } out_line;
 
-/* The in-memory stand-in for Redis claims: an open-addressing set of grant ids. */
-typedef struct idset {
-    char **slots;
-    size_t cap, n;
-} idset;
-
-static int idset_add(idset *s, const char *id) {
-    if ((s->n + 1) * 2 > s->cap) {
-        size_t ncap = s->cap ? s->cap * 2 : 1024;
-        char **ns = xcalloc(ncap, sizeof *ns);
-        for (size_t i = 0; i < s->cap; i++) {
-            if (!s->slots[i]) continue;
-            size_t j = hash64(s->slots[i], strlen(s->slots[i]), 0) & (ncap - 1);
-            while (ns[j]) j = (j + 1) & (ncap - 1);
-            ns[j] = s->slots[i];
-        }
-        free(s->slots);
-        s->slots = ns;
-        s->cap = ncap;
-    }
-    size_t j = hash64(id, strlen(id), 0) & (s->cap - 1);
-    while (s->slots[j]) {
-        if (strcmp(s->slots[j], id) == 0) return 0;
-        j = (j + 1) & (s->cap - 1);
-    }
-    s->slots[j] = xstrdup(id);
-    s->n++;
-    return 1;
-}
-
-static void idset_free(idset *s) {
-    for (size_t i = 0; i < s->cap; i++) free(s->slots[i]);
-    free(s->slots);
-}
-
 typedef struct replay_state {
     int explain;
-    idset claimed;
+    store_t *store;
+    const ruleset_t *rs;
     out_line *out;
     size_t nout, capout;
-    size_t granted, suppressed, repeats;
+    size_t granted, suppressed, repeats, progress;
 } replay_state;
 
-static void emit(replay_state *r, int64_t at, const strbuf *json) {
+static void emit(replay_state *r, int64_t at, const char *json, size_t len) {
     if (r->nout == r->capout) {
         r->capout = r->capout ? r->capout * 2 : 256;
         r->out = xrealloc(r->out, r->capout * sizeof *r->out);
     }
-    r->out[r->nout] = (out_line){at, r->nout, xstrndup(json->s, json->len)};
+    r->out[r->nout] = (out_line){at, r->nout, xstrndup(json, len)};
     r->nout++;
 }
 
-static void on_decision(void *ud, const event_t *ev, const decision_t *d) {
+/* What the store did. Count progress ("count 2/3") is not an explain line:
+ * it is the normal state of a count rule, not a suppression, and would turn
+ * --explain into a log of every matching event (docs/time.md). */
+static void on_out(void *ud, const store_out_t *o) {
     replay_state *r = ud;
-    if (!d->granted) {
-        r->suppressed++;
-        if (r->explain) emit(r, d->issued_at, d->json);
-        return;
-    }
-    /* Same claim as the daemon's SET NX: a repeated trigger grants nothing. */
-    if (!idset_add(&r->claimed, d->grant_id)) {
+    switch (o->kind) {
+    case OUT_GRANT:
+        r->granted++;
+        emit(r, o->at, o->json, o->len);
+        break;
+    case OUT_REPEAT: /* the same claim as the daemon's SET NX */
         r->repeats++;
-        return;
+        break;
+    case OUT_EXPLAIN:
+        r->suppressed++;
+        if (r->explain) emit(r, o->at, o->json, o->len);
+        break;
+    case OUT_PROGRESS:
+        r->progress++;
+        break;
     }
-    r->granted++;
-    emit(r, d->issued_at, d->json);
+}
+
+static void on_intent(void *ud, const event_t *ev, const intent_t *in) {
+    replay_state *r = ud;
+    store_apply(r->store, r->rs, in, on_out, r);
 }
 
 static int cmp_out(const void *a, const void *b) {
@@ -162,7 +142,9 @@ int replay_main(int argc, char **argv) {
         }
         fclose(pf);
     }
-    rs = ruleset_load_dir(rules_dir ? rules_dir : cfg.rules_dir, cfg.timezone, &diag);
+    /* Replay runs the time shapes on its in-memory store; the daemon refuses
+     * them until its Redis store lands (rules.h, RULES_ALLOW_TIME). */
+    rs = ruleset_load_dir_ex(rules_dir ? rules_dir : cfg.rules_dir, cfg.timezone, RULES_ALLOW_TIME, &diag);
     if (!rs) {
         diag_print(&diag, stderr);
         goto out;
@@ -173,10 +155,14 @@ int replay_main(int argc, char **argv) {
         goto out;
     }
     rc = 0;
+    r.rs = rs;
+    r.store = store_mem_new();
+    bd_clock_t clk;
+    clock_init_virtual(&clk, 0);
     size_t cap = 0;
     ssize_t len;
-    long lineno = 0;
-    int64_t clock_ms = 0;  /* the virtual clock: the latest event time seen */
+    long lineno = 0, nevents = 0;
+    int64_t clock_ms = 0;  /* the virtual clock's high-water mark: the latest event time seen */
     while ((len = getline(&line, &cap, in)) != -1) {
         lineno++;
         while (len > 0 && (line[len - 1] == '\n' || line[len - 1] == '\r')) line[--len] = '\0';
@@ -189,16 +175,25 @@ int replay_main(int argc, char **argv) {
             continue;
         }
         ev.offset = lineno;
-        if (ev.ts_ms > clock_ms) clock_ms = ev.ts_ms;
+        nevents++;
+        if (nevents == 1 || ev.ts_ms > clock_ms) clock_ms = ev.ts_ms;
+        /* Events at t are applied before timers due at t (so a cancel at the
+         * due millisecond wins): fire what is due strictly before t. */
+        store_advance(r.store, rs, &eng, ev.ts_ms - 1, on_out, &r);
         /* A decision happens at its event's time; late events are decided at
          * their own time, as the daemon would have on arrival. */
-        engine_decide(&eng, rs, &ev, ev.ts_ms, on_decision, &r);
+        clock_set(&clk, ev.ts_ms);
+        engine_run(&eng, rs, &ev, &clk, on_intent, &r);
         event_clear(&ev);
     }
     if (ferror(in)) {
         fprintf(stderr, "benefitd replay: read error on %s\n", input);
         rc = 1;
     }
+    /* The end of time: --until, else the last event. Waits due later stay
+     * pending and are counted below, never granted. */
+    int64_t end_ms = until && until_ms > clock_ms ? until_ms : clock_ms;
+    if (nevents || until) store_advance(r.store, rs, &eng, end_ms, on_out, &r);
     qsort(r.out, r.nout, sizeof *r.out, cmp_out);
     for (size_t i = 0; i < r.nout; i++) {
         fputs(r.out[i].json, stdout);
@@ -207,10 +202,16 @@ int replay_main(int argc, char **argv) {
     fflush(stdout);
     fprintf(stderr, "replay: events=%ld granted=%zu suppressed=%zu repeats=%zu\n", lineno, r.granted, r.suppressed,
             r.repeats);
+    size_t pending = store_pending_waits(r.store);
+    if (pending) {
+        char ts[32];
+        format_iso8601_ms(end_ms, ts, sizeof ts);
+        fprintf(stderr, "replay: %zu wait(s) still pending at %s (use --until to let them run out)\n", pending, ts);
+    }
 out:
     for (size_t i = 0; i < r.nout; i++) free(r.out[i].json);
     free(r.out);
-    idset_free(&r.claimed);
+    store_free(r.store);
     free(line);
     if (in && in != stdin) fclose(in);
     engine_free(&eng);

@@ -47,6 +47,7 @@ typedef struct loaded {
 typedef struct loader {
     const char *file;
     const char *tz;
+    unsigned flags;           /* RULES_ALLOW_* */
     diag_t *d;
     loaded *items;
     size_t n, cap;
@@ -398,18 +399,25 @@ static void check_code_pools(loader *L, const ynode *rm, const rule_t *r) {
 }
 
 /* ==== NOT YET IMPLEMENTED DOWNSTREAM =========================================
- * This build decides event triggers only. The keys below are parsed and fully
- * checked above (so a file is valid the day they land), then refused here so
- * nobody believes a limit or a wait is enforced when it is not. Delete a row
- * when its feature ships. section NULL = the rule itself; "grant" also covers
- * every variant's grant. */
+ * The keys below are parsed and fully checked above (so a file is valid the
+ * day they land), then refused here so nobody believes a limit or a wait is
+ * enforced when it is not. Delete a row when its feature ships everywhere;
+ * `allowed_by` names the load flag under which a row's feature already works
+ * (time shapes run in replay's in-memory store, not yet in the daemon).
+ * section NULL = the rule itself; "grant" also covers every variant's grant. */
 static const struct {
     const char *section;
     const char *key;
+    unsigned allowed_by;
 } UNSUPPORTED[] = {
-    {NULL, "audience"},        {NULL, "wait"},          {NULL, "cancel_on"},
-    {NULL, "limits"},          {"trigger", "count"},    {"trigger", "within"},
-    {"trigger", "inactive_for"}, {"grant", "pool"},
+    {NULL, "audience", 0},
+    {NULL, "wait", RULES_ALLOW_TIME},
+    {NULL, "cancel_on", RULES_ALLOW_TIME},
+    {NULL, "limits", 0},
+    {"trigger", "count", RULES_ALLOW_TIME},
+    {"trigger", "within", RULES_ALLOW_TIME},
+    {"trigger", "inactive_for", RULES_ALLOW_TIME},
+    {"grant", "pool", 0},
 };
 
 static void reject_in(loader *L, const ynode *m, const char *key) {
@@ -420,6 +428,7 @@ static void reject_in(loader *L, const ynode *m, const char *key) {
 static void reject_unsupported(loader *L, const ynode *rm) {
     for (size_t i = 0; i < sizeof UNSUPPORTED / sizeof UNSUPPORTED[0]; i++) {
         const char *sec = UNSUPPORTED[i].section, *key = UNSUPPORTED[i].key;
+        if (UNSUPPORTED[i].allowed_by & L->flags) continue;
         if (!sec) {
             reject_in(L, rm, key);
             continue;
@@ -692,8 +701,13 @@ static ruleset_t *finish(loader *L, size_t errors_before) {
 /* ---- public API ----------------------------------------------------------- */
 
 ruleset_t *ruleset_load_string(const char *name, const char *text, size_t len, const char *timezone, diag_t *diag) {
+    return ruleset_load_string_ex(name, text, len, timezone, 0, diag);
+}
+
+ruleset_t *ruleset_load_string_ex(const char *name, const char *text, size_t len, const char *timezone,
+                                  unsigned flags, diag_t *diag) {
     size_t before = diag->n;
-    loader L = {.file = name, .tz = timezone, .d = diag};
+    loader L = {.file = name, .tz = timezone, .flags = flags, .d = diag};
     ynode *root = yn_load_string(name, text, len, diag);
     if (root) parse_file(&L, root);
     yn_free(root);
@@ -708,6 +722,10 @@ static int has_rule_suffix(const char *s) {
 static int cmp_cstr(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
 
 ruleset_t *ruleset_load_dir(const char *dir, const char *timezone, diag_t *diag) {
+    return ruleset_load_dir_ex(dir, timezone, 0, diag);
+}
+
+ruleset_t *ruleset_load_dir_ex(const char *dir, const char *timezone, unsigned flags, diag_t *diag) {
     size_t before = diag->n;
     DIR *dp = opendir(dir);
     if (!dp) {
@@ -738,7 +756,7 @@ ruleset_t *ruleset_load_dir(const char *dir, const char *timezone, diag_t *diag)
     closedir(dp);
     qsort(names, n, sizeof *names, cmp_cstr);
 
-    loader L = {.tz = timezone, .d = diag};
+    loader L = {.tz = timezone, .flags = flags, .d = diag};
     for (size_t i = 0; i < n; i++) {
         L.file = names[i];
         ynode *root = yn_load_file(names[i], diag);

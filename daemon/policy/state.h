@@ -1,0 +1,117 @@
+/* state.h - per-member state for the time shapes, as intents.
+ *
+ * The engine stays pure: it never reads state. For a decision that depends
+ * on state (a count in a window, a pending wait, a cancel, last activity) it
+ * emits an intent, and a store executes each intent atomically:
+ *   - the in-memory store (state_mem.c; replay and unit tests) executes it at
+ *     once, synchronously;
+ *   - the Redis store (next stage) executes each one as one Lua call on the
+ *     keys of one member (hash tag {u:ID}) plus its partition's timer set.
+ * Both must give the same outcomes for the same sequence of intents and
+ * advances; docs/time.md is the contract (semantics, ids, reasons, ties).
+ *
+ * Records. A grant or explain line whose time is only known when the store
+ * issues it (a wait fires at its due time, a count grants when it crosses N)
+ * travels as an *open record*: the JSON with its time fields left out, which
+ * engine_finish_grant / engine_finish_explain complete. Grants are
+ * always carried open, so immediate and delayed grants take one path. */
+#ifndef BENEFITD_STATE_H
+#define BENEFITD_STATE_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include "../rules/rules.h"
+
+typedef enum {
+    INTENT_EXPLAIN,     /* no state: a decision that grants nothing (reason); report only */
+    INTENT_GRANT,       /* claim grant_id, push the grant (what event triggers always did) */
+    INTENT_COUNT_GRANT, /* add an occurrence to a sliding window; issue when it reaches N */
+    INTENT_SCHEDULE,    /* a pending wait: issue at due unless cancelled first */
+    INTENT_CANCEL,      /* an event that may cancel the member's pending waits */
+    INTENT_TOUCH,       /* member activity, for inactivity */
+} intent_kind;
+
+typedef struct intent {
+    intent_kind kind;
+    const char *user;          /* the member whose state this is (trigger member; {u:ID}) */
+    int64_t ts;                /* the decision time (the event's time in replay) */
+
+    /* EXPLAIN, GRANT, COUNT_GRANT, SCHEDULE */
+    const rule_t *rule;
+    const char *grant_id;      /* rule + member + occurrence: see docs/time.md */
+    const char *target_user;   /* recipient (`to:`) */
+    const char *channel;
+    /* NULL: the record is a grant. Otherwise why it grants nothing. A *soft*
+     * reason (holdout, shadow) stands for a grant that would have been made,
+     * so it is reported when the grant would have been issued (after the
+     * wait, at the crossing); any other reason is reported at once. */
+    const char *reason;
+    int reason_soft;
+    const char *rec;           /* open grant record (reason == NULL or shadow); may be NULL */
+    size_t rec_len, rec_cut;   /* rec_cut: where benefit.expires_at's value goes */
+    long long expires_in_ms;   /* -1: expires_at is null */
+    const char *xbody;         /* explain body: rule, variant, member, trigger (see engine_finish_explain) */
+    size_t xbody_len;
+    int64_t wait_ms;           /* > 0: issuing means scheduling a wait due at (issue time + wait_ms) */
+    char *const *cancel_on;    /* the rule's cancel_on, kept with the pending wait */
+    size_t n_cancel_on;
+
+    /* COUNT_GRANT */
+    const char *occurrence;    /* the event's message_id: a redelivered event counts once */
+    long long count;           /* N */
+    int64_t within_ms;
+
+    /* CANCEL, TOUCH */
+    const char *event;         /* event name */
+    const char *message_id;    /* CANCEL: reported as cancelled_by */
+} intent_t;
+
+/* What a store did. json is valid during the callback only. */
+typedef enum {
+    OUT_GRANT,    /* a grant was claimed and pushed: json is the grant */
+    OUT_EXPLAIN,  /* nothing granted: json is the explain record, reason says why */
+    OUT_REPEAT,   /* the grant id was already claimed: nothing pushed */
+    OUT_PROGRESS, /* a count below its threshold ("count 2/3"); json is its explain record */
+} out_kind;
+
+typedef struct store_out {
+    out_kind kind;
+    int64_t at;                /* issue / decision time */
+    const char *rule_id;
+    const char *user;          /* the state's member */
+    const char *grant_id;      /* "" for explains */
+    const char *channel;       /* OUT_GRANT */
+    const char *target_user;   /* OUT_GRANT */
+    const char *reason;        /* OUT_EXPLAIN, OUT_PROGRESS */
+    const char *json;
+    size_t len;
+} store_out_t;
+
+typedef void (*store_out_cb)(void *ud, const store_out_t *o);
+
+typedef struct store store_t;
+struct engine;
+
+/* The in-memory store. */
+store_t *store_mem_new(void);
+void store_free(store_t *s);
+
+/* Executes one intent at once. rs is the ruleset the intent was decided with
+ * (TOUCH needs it to know which inactivity rules the event feeds). */
+void store_apply(store_t *s, const ruleset_t *rs, const intent_t *in, store_out_cb cb, void *ud);
+
+/* Fires everything due at or before now, in due-time order (ties: the order
+ * the timers were armed): pending waits, and inactivity of members whose
+ * activity stopped long enough ago. A fired grant carries its due time as
+ * issued_at. Decisions at fire time (inactivity grants) are built by eng
+ * against rs, the current rules: a pending wait of a rule that rs no longer
+ * has, or has disabled, grants nothing ("rule removed", "rule disabled").
+ * Time never goes back: an older now does nothing. */
+void store_advance(store_t *s, const ruleset_t *rs, struct engine *eng, int64_t now, store_out_cb cb, void *ud);
+
+/* Pending waits not yet fired nor cancelled. */
+size_t store_pending_waits(const store_t *s);
+/* Grant ids claimed so far. */
+size_t store_claimed(const store_t *s);
+
+#endif

@@ -1,0 +1,514 @@
+/* state_mem.c - the in-memory store: executes intents at once, fires timers
+ * on store_advance. Replay and the unit tests run it; it is the reference for
+ * what the Redis store must do (docs/time.md).
+ *
+ * Layout. Members are in an open-addressing map; each holds its pending
+ * waits (a short list), one sliding window per count rule and one
+ * last-activity record per inactivity rule. Timers are one binary heap
+ * ordered by (due, arm sequence), with lazy deletion: a cancelled wait stays
+ * in the heap, marked dead, until its due time pops it. Inactivity keeps at
+ * most one heap entry per (member, rule): activity only moves `last`, and
+ * when the entry pops early it is pushed again at the new deadline, so a
+ * member with a million events costs one entry, not a million. */
+#include "state.h"
+#include "engine.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct wait {
+    char *rule_id, *user, *target_user, *channel;
+    char grant_id[40];
+    char reason[16];          /* "" or a soft reason (holdout, shadow) reported at due */
+    int64_t due;
+    char *rec;                /* open grant record, or NULL */
+    size_t rec_len, rec_cut;
+    long long expires_in;
+    char *xbody;
+    size_t xbody_len;
+    char **cancel_on;
+    size_t n_cancel_on;
+    int dead;                 /* cancelled: skipped and freed when the heap pops it */
+    struct wait *next;        /* the member's pending waits */
+} wait_t;
+
+typedef struct occ {
+    int64_t ts;
+    uint64_t h1, h2;          /* the occurrence id, hashed twice (128 bits) */
+} occ_t;
+
+typedef struct window {
+    char *rule_id;
+    occ_t *v;
+    size_t n, cap;
+} window_t;
+
+typedef struct inact {
+    char *rule_id;
+    int64_t last;             /* last activity this rule counts */
+    int64_t fired_last;       /* the `last` whose silence already fired */
+    int fired;
+    int armed;                /* has a heap entry */
+} inact_t;
+
+typedef struct member {
+    char *id;
+    wait_t *waits;
+    window_t *win;
+    size_t nwin;
+    inact_t *ina;
+    size_t nina;
+} member_t;
+
+enum { T_WAIT, T_INACT };
+typedef struct timer {
+    int64_t due;
+    uint64_t seq;
+    int kind;
+    wait_t *w;                /* T_WAIT */
+    member_t *m;              /* T_INACT */
+    size_t ina;               /* T_INACT: index into m->ina (stable across growth) */
+} timer_t_;
+
+struct store {
+    member_t **slots;
+    size_t cap, n;
+    char **claims;            /* the stand-in for Redis claims: a set of grant ids */
+    size_t ccap, cn;
+    timer_t_ *heap;
+    size_t hn, hcap;
+    uint64_t seq;
+    int64_t now;              /* high-water mark of store_advance */
+    int advanced;
+    size_t pending;
+    strbuf out;
+    /* the inactivity rules of the ruleset last seen by TOUCH */
+    const ruleset_t *irs;
+    char iver[17];
+    size_t *inact_idx;
+    size_t n_inact;
+};
+
+/* ---- members -------------------------------------------------------------- */
+
+static size_t hstr(const char *s) { return (size_t)hash64(s, strlen(s), 0); }
+
+static member_t *member_get(store_t *s, const char *id) {
+    if ((s->n + 1) * 2 > s->cap) {
+        size_t ncap = s->cap ? s->cap * 2 : 1024;
+        member_t **ns = xcalloc(ncap, sizeof *ns);
+        for (size_t i = 0; i < s->cap; i++) {
+            if (!s->slots[i]) continue;
+            size_t j = hstr(s->slots[i]->id) & (ncap - 1);
+            while (ns[j]) j = (j + 1) & (ncap - 1);
+            ns[j] = s->slots[i];
+        }
+        free(s->slots);
+        s->slots = ns;
+        s->cap = ncap;
+    }
+    size_t j = hstr(id) & (s->cap - 1);
+    while (s->slots[j]) {
+        if (strcmp(s->slots[j]->id, id) == 0) return s->slots[j];
+        j = (j + 1) & (s->cap - 1);
+    }
+    member_t *m = xcalloc(1, sizeof *m);
+    m->id = xstrdup(id);
+    s->slots[j] = m;
+    s->n++;
+    return m;
+}
+
+static int claim(store_t *s, const char *id) {
+    if ((s->cn + 1) * 2 > s->ccap) {
+        size_t ncap = s->ccap ? s->ccap * 2 : 1024;
+        char **ns = xcalloc(ncap, sizeof *ns);
+        for (size_t i = 0; i < s->ccap; i++) {
+            if (!s->claims[i]) continue;
+            size_t j = hstr(s->claims[i]) & (ncap - 1);
+            while (ns[j]) j = (j + 1) & (ncap - 1);
+            ns[j] = s->claims[i];
+        }
+        free(s->claims);
+        s->claims = ns;
+        s->ccap = ncap;
+    }
+    size_t j = hstr(id) & (s->ccap - 1);
+    while (s->claims[j]) {
+        if (strcmp(s->claims[j], id) == 0) return 0;
+        j = (j + 1) & (s->ccap - 1);
+    }
+    s->claims[j] = xstrdup(id);
+    s->cn++;
+    return 1;
+}
+
+/* ---- timers --------------------------------------------------------------- */
+
+static int t_less(const timer_t_ *a, const timer_t_ *b) {
+    return a->due != b->due ? a->due < b->due : a->seq < b->seq;
+}
+
+static void heap_push(store_t *s, timer_t_ t) {
+    t.seq = s->seq++;
+    if (s->hn == s->hcap) {
+        s->hcap = s->hcap ? s->hcap * 2 : 256;
+        s->heap = xrealloc(s->heap, s->hcap * sizeof *s->heap);
+    }
+    size_t i = s->hn++;
+    while (i > 0) {
+        size_t p = (i - 1) / 2;
+        if (!t_less(&t, &s->heap[p])) break;
+        s->heap[i] = s->heap[p];
+        i = p;
+    }
+    s->heap[i] = t;
+}
+
+static timer_t_ heap_pop(store_t *s) {
+    timer_t_ top = s->heap[0], last = s->heap[--s->hn];
+    size_t i = 0;
+    for (;;) {
+        size_t c = 2 * i + 1;
+        if (c >= s->hn) break;
+        if (c + 1 < s->hn && t_less(&s->heap[c + 1], &s->heap[c])) c++;
+        if (!t_less(&s->heap[c], &last)) break;
+        s->heap[i] = s->heap[c];
+        i = c;
+    }
+    if (s->hn) s->heap[i] = last;
+    return top;
+}
+
+/* ---- lifecycle ------------------------------------------------------------ */
+
+store_t *store_mem_new(void) {
+    store_t *s = xcalloc(1, sizeof *s);
+    sb_init(&s->out);
+    return s;
+}
+
+static void wait_free(wait_t *w) {
+    free(w->rule_id);
+    free(w->user);
+    free(w->target_user);
+    free(w->channel);
+    free(w->rec);
+    free(w->xbody);
+    for (size_t i = 0; i < w->n_cancel_on; i++) free(w->cancel_on[i]);
+    free(w->cancel_on);
+    free(w);
+}
+
+void store_free(store_t *s) {
+    if (!s) return;
+    /* Every wait, live or dead, is in the heap exactly once. */
+    for (size_t i = 0; i < s->hn; i++)
+        if (s->heap[i].kind == T_WAIT) wait_free(s->heap[i].w);
+    free(s->heap);
+    for (size_t i = 0; i < s->cap; i++) {
+        member_t *m = s->slots[i];
+        if (!m) continue;
+        for (size_t k = 0; k < m->nwin; k++) {
+            free(m->win[k].rule_id);
+            free(m->win[k].v);
+        }
+        free(m->win);
+        for (size_t k = 0; k < m->nina; k++) free(m->ina[k].rule_id);
+        free(m->ina);
+        free(m->id);
+        free(m);
+    }
+    free(s->slots);
+    for (size_t i = 0; i < s->ccap; i++) free(s->claims[i]);
+    free(s->claims);
+    free(s->inact_idx);
+    sb_free(&s->out);
+    free(s);
+}
+
+size_t store_pending_waits(const store_t *s) { return s->pending; }
+size_t store_claimed(const store_t *s) { return s->cn; }
+
+/* ---- outputs -------------------------------------------------------------- */
+
+static void out_explain(store_t *s, const char *reason, const char *rule_id, const char *user, const char *xbody,
+                        size_t xlen, const char *extra, int64_t at, out_kind kind, store_out_cb cb, void *ud) {
+    sb_reset(&s->out);
+    engine_finish_explain(reason, xbody, xlen, extra, at, &s->out);
+    store_out_t o = {.kind = kind, .at = at, .rule_id = rule_id, .user = user, .grant_id = "",
+                     .reason = reason, .json = s->out.s, .len = s->out.len};
+    cb(ud, &o);
+}
+
+/* The claim + push step (one Lua call in live). */
+static void grant(store_t *s, const char *rule_id, const char *user, const char *grant_id, const char *target,
+                  const char *channel, const char *rec, size_t len, size_t cut, long long expires_in, int64_t at,
+                  store_out_cb cb, void *ud) {
+    store_out_t o = {.at = at, .rule_id = rule_id, .user = user, .grant_id = grant_id, .channel = channel,
+                     .target_user = target};
+    if (!claim(s, grant_id)) {
+        o.kind = OUT_REPEAT;
+        o.json = "";
+        cb(ud, &o);
+        return;
+    }
+    sb_reset(&s->out);
+    engine_finish_grant(rec, len, cut, expires_in, at, &s->out);
+    o.kind = OUT_GRANT;
+    o.json = s->out.s;
+    o.len = s->out.len;
+    cb(ud, &o);
+}
+
+static char *dup_n(const char *p, size_t n) { return p ? xstrndup(p, n) : NULL; }
+
+/* A wait is pending for the member's rule if it has not fired: due at or
+ * after `at`. One already due but not yet fired (the poller lags) counts as
+ * fired: it is about to be, and its grant stands. */
+static wait_t *pending_wait(member_t *m, const char *rule_id, int64_t at) {
+    for (wait_t *w = m->waits; w; w = w->next)
+        if (w->due >= at && !strcmp(w->rule_id, rule_id)) return w;
+    return NULL;
+}
+
+static void schedule(store_t *s, member_t *m, const intent_t *in, int64_t at, store_out_cb cb, void *ud) {
+    if (pending_wait(m, in->rule->id, at)) {
+        out_explain(s, "already pending", in->rule->id, m->id, in->xbody, in->xbody_len, NULL, at, OUT_EXPLAIN, cb,
+                    ud);
+        return;
+    }
+    wait_t *w = xcalloc(1, sizeof *w);
+    w->rule_id = xstrdup(in->rule->id);
+    w->user = xstrdup(m->id);
+    w->target_user = xstrdup(in->target_user);
+    w->channel = xstrdup(in->channel);
+    snprintf(w->grant_id, sizeof w->grant_id, "%s", in->grant_id);
+    if (in->reason) snprintf(w->reason, sizeof w->reason, "%s", in->reason);
+    w->due = at + in->wait_ms;
+    w->rec = dup_n(in->rec, in->rec_len);
+    w->rec_len = in->rec_len;
+    w->rec_cut = in->rec_cut;
+    w->expires_in = in->expires_in_ms;
+    w->xbody = dup_n(in->xbody, in->xbody_len);
+    w->xbody_len = in->xbody_len;
+    if (in->n_cancel_on) {
+        w->cancel_on = xcalloc(in->n_cancel_on, sizeof *w->cancel_on);
+        for (size_t i = 0; i < in->n_cancel_on; i++) w->cancel_on[i] = xstrdup(in->cancel_on[i]);
+        w->n_cancel_on = in->n_cancel_on;
+    }
+    w->next = m->waits;
+    m->waits = w;
+    s->pending++;
+    heap_push(s, (timer_t_){.due = w->due, .kind = T_WAIT, .w = w});
+}
+
+/* What "issue" means for a decision whose moment has come (an event trigger,
+ * a count reaching N, a silence running out): a hard reason is reported now;
+ * a rule that waits schedules; a soft reason is reported now; else grant. */
+static void issue(store_t *s, member_t *m, const intent_t *in, int64_t at, store_out_cb cb, void *ud) {
+    if (in->reason && !in->reason_soft)
+        out_explain(s, in->reason, in->rule->id, in->user, in->xbody, in->xbody_len, NULL, at, OUT_EXPLAIN, cb, ud);
+    else if (in->wait_ms > 0)
+        schedule(s, m ? m : member_get(s, in->user), in, at, cb, ud);
+    else if (in->reason)
+        out_explain(s, in->reason, in->rule->id, in->user, in->xbody, in->xbody_len, NULL, at, OUT_EXPLAIN, cb, ud);
+    else
+        grant(s, in->rule->id, in->user, in->grant_id, in->target_user, in->channel, in->rec, in->rec_len,
+              in->rec_cut, in->expires_in_ms, at, cb, ud);
+}
+
+/* ---- intents -------------------------------------------------------------- */
+
+static void count(store_t *s, const intent_t *in, store_out_cb cb, void *ud) {
+    member_t *m = member_get(s, in->user);
+    window_t *w = NULL;
+    for (size_t i = 0; i < m->nwin; i++)
+        if (!strcmp(m->win[i].rule_id, in->rule->id)) w = &m->win[i];
+    if (!w) {
+        m->win = xrealloc(m->win, (m->nwin + 1) * sizeof *m->win);
+        w = &m->win[m->nwin++];
+        memset(w, 0, sizeof *w);
+        w->rule_id = xstrdup(in->rule->id);
+    }
+    /* The window is [ts - within, ts]: an occurrence exactly `within` old
+     * still counts. Late events may leave newer ones in: they count too. */
+    int64_t floor_ts = in->ts - in->within_ms;
+    size_t k = 0;
+    for (size_t i = 0; i < w->n; i++)
+        if (w->v[i].ts >= floor_ts) w->v[k++] = w->v[i];
+    w->n = k;
+    size_t before = w->n;
+    size_t ol = strlen(in->occurrence);
+    uint64_t h1 = hash64(in->occurrence, ol, 21), h2 = hash64(in->occurrence, ol, 22);
+    int dup = 0;
+    for (size_t i = 0; i < w->n; i++)
+        if (w->v[i].h1 == h1 && w->v[i].h2 == h2) dup = 1;
+    if (!dup) {
+        if (w->n == w->cap) {
+            w->cap = w->cap ? w->cap * 2 : 4;
+            w->v = xrealloc(w->v, w->cap * sizeof *w->v);
+        }
+        w->v[w->n++] = (occ_t){in->ts, h1, h2};
+    }
+    if (before + 1 == (size_t)in->count && w->n == (size_t)in->count) {
+        issue(s, m, in, in->ts, cb, ud);
+        return;
+    }
+    char reason[64];
+    snprintf(reason, sizeof reason, "count %zu/%lld", w->n, in->count);
+    out_explain(s, reason, in->rule->id, in->user, in->xbody, in->xbody_len, NULL, in->ts, OUT_PROGRESS, cb, ud);
+}
+
+static void cancel(store_t *s, const intent_t *in, store_out_cb cb, void *ud) {
+    member_t *m = member_get(s, in->user);
+    strbuf extra;
+    sb_init(&extra);
+    for (wait_t **pp = &m->waits; *pp;) {
+        wait_t *w = *pp;
+        int hit = 0;
+        /* A wait already due is not cancelled: events at t come before timers
+         * at t, so due == ts is still cancellable, due < ts has fired. */
+        for (size_t i = 0; w->due >= in->ts && i < w->n_cancel_on && !hit; i++) hit = !strcmp(w->cancel_on[i], in->event);
+        if (!hit) {
+            pp = &w->next;
+            continue;
+        }
+        *pp = w->next;
+        w->dead = 1;
+        s->pending--;
+        if (!extra.len) {
+            sb_puts(&extra, ",\"cancelled_by\":{\"event\":");
+            sb_json_str(&extra, in->event, strlen(in->event));
+            sb_puts(&extra, ",\"message_id\":");
+            sb_json_str(&extra, in->message_id ? in->message_id : "", in->message_id ? strlen(in->message_id) : 0);
+            sb_putc(&extra, '}');
+        }
+        out_explain(s, "cancelled", w->rule_id, w->user, w->xbody, w->xbody_len, extra.s, in->ts, OUT_EXPLAIN, cb, ud);
+    }
+    sb_free(&extra);
+}
+
+static void refresh_inact(store_t *s, const ruleset_t *rs) {
+    const char *ver = ruleset_version(rs);
+    if (s->irs == rs && !strcmp(s->iver, ver)) return;
+    free(s->inact_idx);
+    s->inact_idx = xcalloc(ruleset_count(rs) + 1, sizeof *s->inact_idx);
+    s->n_inact = 0;
+    for (size_t i = 0; i < ruleset_count(rs); i++) {
+        const rule_t *r = ruleset_rule(rs, i);
+        if (r->enabled && r->kind == TRIG_INACTIVITY) s->inact_idx[s->n_inact++] = i;
+    }
+    s->irs = rs;
+    snprintf(s->iver, sizeof s->iver, "%s", ver);
+}
+
+static void touch(store_t *s, const ruleset_t *rs, const intent_t *in) {
+    refresh_inact(s, rs);
+    if (!s->n_inact) return;
+    member_t *m = member_get(s, in->user);
+    for (size_t k = 0; k < s->n_inact; k++) {
+        const rule_t *r = ruleset_rule(rs, s->inact_idx[k]);
+        int counts = r->n_events == 0;
+        for (size_t j = 0; !counts && j < r->n_events; j++) counts = !strcmp(r->events[j], in->event);
+        if (!counts) continue;
+        inact_t *st = NULL;
+        size_t idx = 0;
+        for (size_t i = 0; i < m->nina; i++)
+            if (!strcmp(m->ina[i].rule_id, r->id)) st = &m->ina[idx = i];
+        if (!st) {
+            m->ina = xrealloc(m->ina, (m->nina + 1) * sizeof *m->ina);
+            idx = m->nina++;
+            st = &m->ina[idx];
+            memset(st, 0, sizeof *st);
+            st->rule_id = xstrdup(r->id);
+            st->last = in->ts;
+        }
+        if (in->ts > st->last) st->last = in->ts;
+        if (!st->armed) {
+            st->armed = 1;
+            heap_push(s, (timer_t_){.due = st->last + r->inactive_ms, .kind = T_INACT, .m = m, .ina = idx});
+        }
+    }
+}
+
+void store_apply(store_t *s, const ruleset_t *rs, const intent_t *in, store_out_cb cb, void *ud) {
+    switch (in->kind) {
+    case INTENT_EXPLAIN:
+        out_explain(s, in->reason, in->rule->id, in->user, in->xbody, in->xbody_len, NULL, in->ts, OUT_EXPLAIN, cb, ud);
+        break;
+    case INTENT_GRANT:
+        issue(s, NULL, in, in->ts, cb, ud);
+        break;
+    case INTENT_SCHEDULE:
+        issue(s, NULL, in, in->ts, cb, ud);
+        break;
+    case INTENT_COUNT_GRANT:
+        count(s, in, cb, ud);
+        break;
+    case INTENT_CANCEL:
+        cancel(s, in, cb, ud);
+        break;
+    case INTENT_TOUCH:
+        touch(s, rs, in);
+        break;
+    }
+}
+
+/* ---- firing --------------------------------------------------------------- */
+
+static void unlink_wait(member_t *m, wait_t *w) {
+    for (wait_t **pp = &m->waits; *pp; pp = &(*pp)->next)
+        if (*pp == w) {
+            *pp = w->next;
+            return;
+        }
+}
+
+static void fire_wait(store_t *s, const ruleset_t *rs, wait_t *w, int64_t at, store_out_cb cb, void *ud) {
+    unlink_wait(member_get(s, w->user), w);
+    s->pending--;
+    const rule_t *r = ruleset_find(rs, w->rule_id);
+    const char *why = !r ? "rule removed" : !r->enabled ? "rule disabled" : w->reason[0] ? w->reason : NULL;
+    if (why)
+        out_explain(s, why, w->rule_id, w->user, w->xbody, w->xbody_len, NULL, at, OUT_EXPLAIN, cb, ud);
+    else
+        grant(s, w->rule_id, w->user, w->grant_id, w->target_user, w->channel, w->rec, w->rec_len, w->rec_cut,
+              w->expires_in, at, cb, ud);
+}
+
+static void fire_inact(store_t *s, const ruleset_t *rs, engine_t *eng, member_t *m, size_t idx, int64_t at,
+                       store_out_cb cb, void *ud) {
+    inact_t *st = &m->ina[idx];
+    st->armed = 0;
+    const rule_t *r = ruleset_find(rs, st->rule_id);
+    if (!r || !r->enabled || r->kind != TRIG_INACTIVITY) return; /* re-armed if it comes back and the member acts */
+    int64_t deadline = st->last + r->inactive_ms;
+    if (deadline > at) { /* activity moved the deadline since this entry was armed */
+        st->armed = 1;
+        heap_push(s, (timer_t_){.due = deadline, .kind = T_INACT, .m = m, .ina = idx});
+        return;
+    }
+    if (st->fired && st->fired_last == st->last) return; /* once per silence */
+    st->fired = 1;
+    st->fired_last = st->last;
+    intent_t in;
+    engine_decide_inactivity(eng, r, m->id, st->last, at, &in);
+    issue(s, m, &in, at, cb, ud);
+}
+
+void store_advance(store_t *s, const ruleset_t *rs, engine_t *eng, int64_t now, store_out_cb cb, void *ud) {
+    if (s->advanced && now < s->now) return;
+    s->advanced = 1;
+    s->now = now;
+    while (s->hn && s->heap[0].due <= now) {
+        timer_t_ t = heap_pop(s);
+        if (t.kind == T_INACT) {
+            fire_inact(s, rs, eng, t.m, t.ina, t.due, cb, ud);
+            continue;
+        }
+        if (!t.w->dead) fire_wait(s, rs, t.w, t.due, cb, ud);
+        wait_free(t.w);
+    }
+}
