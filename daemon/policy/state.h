@@ -106,7 +106,8 @@ void store_apply(store_t *s, const ruleset_t *rs, const intent_t *in, store_out_
  * issued_at. Decisions at fire time (inactivity grants) are built by eng
  * against rs, the current rules: a pending wait of a rule that rs no longer
  * has, or has disabled, grants nothing ("rule removed", "rule disabled").
- * Time never goes back: an older now does nothing. */
+ * Time never goes back: an older now counts as the latest one (a timer armed
+ * by a late event, already overdue, fires then, at its own due time). */
 void store_advance(store_t *s, const ruleset_t *rs, struct engine *eng, int64_t now, store_out_cb cb, void *ud);
 
 /* Pending waits not yet fired nor cancelled. */

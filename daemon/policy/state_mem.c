@@ -499,7 +499,9 @@ static void fire_inact(store_t *s, const ruleset_t *rs, engine_t *eng, member_t 
 }
 
 void store_advance(store_t *s, const ruleset_t *rs, engine_t *eng, int64_t now, store_out_cb cb, void *ud) {
-    if (s->advanced && now < s->now) return;
+    /* The store's clock never goes back. A timer armed by a late event can be
+     * due before it: overdue, it fires at the next advance, at its due time. */
+    if (s->advanced && now < s->now) now = s->now;
     s->advanced = 1;
     s->now = now;
     while (s->hn && s->heap[0].due <= now) {
