@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../../daemon/core/clock.h"
 #include "../../daemon/core/util.h"
 #include "../../daemon/decode/event.h"
 #include "../../daemon/policy/engine.h"
@@ -258,6 +259,192 @@ static void test_to_active_and_missing_value(void **state) {
     ruleset_free(rs);
 }
 
+
+/* ---- engine_run: the intents ------------------------------------------------ */
+
+typedef struct intents {
+    int n;
+    intent_kind kind[8];
+    char rule[8][32];
+    char reason[8][32];
+    int soft[8];
+    char text[8][1024];   /* GRANT: the record finished at ts; others: the explain line */
+    long long count[8], within[8], wait[8];
+    char occurrence[8][80];
+} intents;
+
+static void collect_intent(void *ud, const event_t *ev, const intent_t *in) {
+    intents *s = ud;
+    assert_true(s->n < 8);
+    int i = s->n++;
+    s->kind[i] = in->kind;
+    snprintf(s->rule[i], 32, "%s", in->rule ? in->rule->id : "");
+    snprintf(s->reason[i], 32, "%s", in->reason ? in->reason : "");
+    s->soft[i] = in->reason_soft;
+    s->count[i] = in->count;
+    s->within[i] = in->within_ms;
+    s->wait[i] = in->wait_ms;
+    snprintf(s->occurrence[i], 80, "%s", in->occurrence ? in->occurrence : "");
+    strbuf b;
+    sb_init(&b);
+    if (in->kind == INTENT_GRANT) engine_finish_grant(in->rec, in->rec_len, in->rec_cut, in->expires_in_ms, in->ts, &b);
+    else if (in->kind == INTENT_EXPLAIN) engine_finish_explain(in->reason, in->xbody, in->xbody_len, NULL, in->ts, &b);
+    snprintf(s->text[i], 1024, "%s", b.s ? b.s : "");
+    sb_free(&b);
+}
+
+static ruleset_t *load_timed(const char *yaml) {
+    diag_t d;
+    diag_init(&d);
+    ruleset_t *rs = ruleset_load_string_ex("t.yaml", yaml, strlen(yaml), "UTC", RULES_ALLOW_TIME, &d);
+    if (!rs) diag_print(&d, stderr);
+    diag_free(&d);
+    assert_non_null(rs);
+    return rs;
+}
+
+static void run(ruleset_t *rs, const char *json, int64_t now, intents *s) {
+    decoder_t dec;
+    decoder_init_default(&dec);
+    event_t ev;
+    char reason[128];
+    assert_int_equal(decode_event(&dec, json, strlen(json), now, &ev, reason, sizeof reason), 0);
+    engine_t e;
+    engine_init(&e);
+    bd_clock_t clk;
+    clock_init_virtual(&clk, now);
+    engine_run(&e, rs, &ev, &clk, collect_intent, s);
+    engine_free(&e);
+    event_clear(&ev);
+}
+
+/* Live and replay must agree: for event triggers, the intents finish into
+ * exactly the lines engine_decide makes. */
+static void test_run_matches_decide(void **state) {
+    const char *yaml = "rules:\n"
+                       "  - id: small\n"
+                       "    group: g\n"
+                       "    trigger: {event: Order Completed}\n"
+                       "    grant: {benefit: coupon, sku: S, expires_in: 1d, message: \"o {{properties.order_id}}\"}\n"
+                       "  - id: big\n"
+                       "    group: g\n"
+                       "    priority: 20\n"
+                       "    trigger: {event: Order Completed}\n"
+                       "    grant: {benefit: points, value: \"floor(properties.total * 0.1)\", to: properties.ref}\n"
+                       "  - id: novalue\n"
+                       "    trigger: {event: Order Completed}\n"
+                       "    grant: {benefit: points, value: properties.nope}\n";
+    ruleset_t *rs = load(yaml);
+    seen d = {0};
+    intents r = {0};
+    decide(rs, ORDER(250), T0, &d);
+    run(rs, ORDER(250), T0, &r);
+    assert_int_equal(d.n, 3);
+    assert_int_equal(r.n, 3);
+    for (int i = 0; i < 3; i++) {
+        assert_string_equal(d.rules[i], r.rule[i]);
+        char *want = cJSON_PrintUnformatted(d.json[i]);
+        cJSON *got_j = cJSON_Parse(r.text[i]);
+        assert_non_null(got_j);
+        char *got = cJSON_PrintUnformatted(got_j);
+        assert_string_equal(got, want);
+        assert_int_equal(r.kind[i], d.granted[i] ? INTENT_GRANT : INTENT_EXPLAIN);
+        free(want);
+        free(got);
+        cJSON_Delete(got_j);
+    }
+    seen_free(&d);
+    ruleset_free(rs);
+}
+
+/* TOUCH, then CANCEL, then the rules in priority order; names that neither
+ * feed inactivity nor cancel cost no intent. */
+static void test_run_intent_order(void **state) {
+    ruleset_t *rs = load_timed("rules:\n"
+                               "  - id: cart\n"
+                               "    trigger: {event: Product Added}\n"
+                               "    wait: 30m\n"
+                               "    cancel_on: [Order Completed]\n"
+                               "    grant: {benefit: coupon}\n"
+                               "  - id: third\n"
+                               "    priority: 5\n"
+                               "    trigger: {event: Order Completed, count: 3, within: 30d}\n"
+                               "    grant: {benefit: points}\n"
+                               "  - id: thanks\n"
+                               "    trigger: {event: Order Completed}\n"
+                               "    grant: {benefit: coupon}\n"
+                               "  - id: lapsed\n"
+                               "    trigger: {inactive_for: 30d, events: [Order Completed]}\n"
+                               "    grant: {benefit: coupon}\n");
+    intents r = {0};
+    run(rs, ORDER(10), T0, &r);
+    assert_int_equal(r.n, 4);
+    assert_int_equal(r.kind[0], INTENT_TOUCH);
+    assert_int_equal(r.kind[1], INTENT_CANCEL);
+    assert_int_equal(r.kind[2], INTENT_COUNT_GRANT);
+    assert_string_equal(r.rule[2], "third");
+    assert_int_equal(r.count[2], 3);
+    assert_int_equal(r.within[2], 30LL * 86400000);
+    assert_string_equal(r.occurrence[2], "m1");
+    assert_int_equal(r.kind[3], INTENT_GRANT);
+    assert_string_equal(r.rule[3], "thanks");
+    memset(&r, 0, sizeof r);
+    run(rs, "{\"type\":\"track\",\"event\":\"Product Added\",\"userId\":\"u1\",\"messageId\":\"p1\"}", T0, &r);
+    assert_int_equal(r.n, 1); /* not activity for `lapsed`, cancels nothing */
+    assert_int_equal(r.kind[0], INTENT_SCHEDULE);
+    assert_int_equal(r.wait[0], 30LL * 60000);
+    memset(&r, 0, sizeof r);
+    run(rs, "{\"type\":\"track\",\"event\":\"Page Viewed\",\"userId\":\"u1\",\"messageId\":\"v1\"}", T0, &r);
+    assert_int_equal(r.n, 0);
+    ruleset_free(rs);
+}
+
+/* Holdout and shadow waits are scheduled (reported if the wait runs out);
+ * a wait that cannot be granted at all is explained at once. engine_decide
+ * (the daemon's path today) never decides a count. */
+static void test_run_wait_reasons_and_legacy_count(void **state) {
+    ruleset_t *rs = load_timed("rules:\n"
+                               "  - id: shadowed\n"
+                               "    mode: shadow\n"
+                               "    trigger: {event: Order Completed}\n"
+                               "    wait: 1h\n"
+                               "    grant: {benefit: coupon}\n"
+                               "  - id: later\n"
+                               "    active: {from: 2027-01-01}\n"
+                               "    trigger: {event: Order Completed}\n"
+                               "    wait: 1h\n"
+                               "    grant: {benefit: coupon}\n"
+                               "  - id: third\n"
+                               "    group: g\n"
+                               "    priority: 9\n"
+                               "    trigger: {event: Order Completed, count: 3, within: 30d}\n"
+                               "    grant: {benefit: points}\n"
+                               "  - id: thanks\n"
+                               "    group: g\n"
+                               "    trigger: {event: Order Completed}\n"
+                               "    grant: {benefit: coupon}\n");
+    intents r = {0};
+    run(rs, ORDER(10), T0, &r);
+    assert_int_equal(r.n, 4);
+    assert_string_equal(r.rule[0], "third");       /* priority 9 first */
+    assert_int_equal(r.kind[0], INTENT_COUNT_GRANT);
+    assert_string_equal(r.rule[1], "later");
+    assert_int_equal(r.kind[1], INTENT_EXPLAIN);
+    assert_string_equal(r.reason[1], "not active");
+    assert_string_equal(r.rule[2], "shadowed");
+    assert_int_equal(r.kind[2], INTENT_SCHEDULE);
+    assert_string_equal(r.reason[2], "shadow");
+    assert_true(r.soft[2]);
+    /* the count rule took no group slot: the event rule of its group grants */
+    assert_string_equal(r.rule[3], "thanks");
+    assert_int_equal(r.kind[3], INTENT_GRANT);
+    seen d = {0};
+    decide(rs, ORDER(10), T0, &d);
+    for (int i = 0; i < d.n; i++) assert_string_not_equal(d.rules[i], "third");
+    seen_free(&d);
+    ruleset_free(rs);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_grant_fields),
@@ -265,6 +452,9 @@ int main(void) {
         cmocka_unit_test(test_group_priority_shadow),
         cmocka_unit_test(test_variants_sticky_and_holdout),
         cmocka_unit_test(test_to_active_and_missing_value),
+        cmocka_unit_test(test_run_matches_decide),
+        cmocka_unit_test(test_run_intent_order),
+        cmocka_unit_test(test_run_wait_reasons_and_legacy_count),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
