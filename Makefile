@@ -21,7 +21,7 @@ UNIT_SRCS := $(wildcard tests/unit/test_*.c)
 UNIT_BINS := $(UNIT_SRCS:tests/unit/%.c=$(BUILD)/tests/%)
 TOOL_BINS := $(BUILD)/kafkatool
 
-.PHONY: all deps test test-unit test-integration test-sanitize demo install clean check-rules
+.PHONY: all deps test test-unit test-integration test-sanitize test-replay demo install clean check-rules
 all: $(BUILD)/benefitd $(TOOL_BINS)
 
 deps:
@@ -51,6 +51,7 @@ test: deps
 	$(MAKE) all $(UNIT_BINS)
 	$(MAKE) test-unit
 	$(MAKE) test-sanitize
+	$(MAKE) test-replay
 	$(MAKE) test-integration
 
 # The unit suites again under AddressSanitizer + UndefinedBehaviorSanitizer.
@@ -59,6 +60,10 @@ test-sanitize:
 
 test-unit: $(UNIT_BINS)
 	@set -e; for t in $(UNIT_BINS); do echo "== $$t"; $$t; done
+
+# Replay of the seed scenarios against an independently derived expected output.
+test-replay: $(BUILD)/benefitd
+	tests/replay/run
 
 test-integration: all
 	tests/integration/run-all
