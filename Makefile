@@ -89,3 +89,6 @@ clean:
 	rm -rf $(BUILD)
 
 -include $(shell find $(BUILD) -name '*.d' 2>/dev/null)
+
+# Optional subsystems' targets (bench, fuzz, ...) live in their own fragments.
+-include $(wildcard mk/*.mk)
