@@ -80,6 +80,10 @@ static const char *nonempty_string(const cJSON *j) {
     return cJSON_IsString(j) && j->valuestring[0] ? j->valuestring : NULL;
 }
 
+/* 0000-01-01T00:00:00.000Z .. 9999-12-31T23:59:59.999Z in epoch ms. */
+#define TS_MIN_MS (-62167219200000.0)
+#define TS_MAX_MS 253402300799999.0
+
 #define FAIL(...) do { snprintf(reason, reason_len, __VA_ARGS__); event_clear(ev); return -1; } while (0)
 
 int decode_event(const decoder_t *d, const char *buf, size_t len, int64_t now_ms, event_t *ev, char *reason,
@@ -139,7 +143,11 @@ int decode_event(const decoder_t *d, const char *buf, size_t len, int64_t now_ms
     if (!ts || cJSON_IsNull(ts)) {
         ev->ts_ms = now_ms;
     } else if (cJSON_IsNumber(ts)) {
-        ev->ts_ms = (int64_t)ts->valuedouble;
+        /* Epoch ms within years 0000..9999, what ISO-8601 can also say; this
+         * also refuses 1e400 (parsed as inf), whose conversion is undefined. */
+        double v = ts->valuedouble;
+        if (!(v >= TS_MIN_MS && v <= TS_MAX_MS)) FAIL("bad timestamp %.6g", v);
+        ev->ts_ms = (int64_t)v;
     } else if (cJSON_IsString(ts)) {
         if (parse_iso8601_ms(ts->valuestring, &ev->ts_ms) != 0) FAIL("bad timestamp '%.40s'", ts->valuestring);
     } else {

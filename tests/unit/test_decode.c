@@ -93,6 +93,20 @@ static void test_rejects(void **state) {
     expect_reason("{\"type\":\"track\",\"event\":\"X\",\"userId\":\"u\xff\"}", "invalid UTF-8");
     expect_reason("{\"a\":\"\xc0\xaf\"}", "invalid UTF-8"); /* overlong encoding */
     expect_reason("", "empty message");
+    /* Found by fuzz_decode: 1e400 parses as inf, and converting it to an
+     * integer was undefined behaviour (tests/fuzz/crashes/decode-timestamp-inf). */
+    expect_reason("{\"type\":\"track\",\"event\":\"E\",\"userId\":\"u1\",\"timestamp\":1e400}",
+                  "bad timestamp inf");
+    expect_reason("{\"type\":\"track\",\"event\":\"E\",\"userId\":\"u1\",\"timestamp\":-1e300}",
+                  "bad timestamp -1e+300");
+    expect_reason("{\"type\":\"track\",\"event\":\"E\",\"userId\":\"u1\",\"timestamp\":253402300800000}",
+                  "bad timestamp 2.53402e+14");
+    event_t ev;
+    char reason[128];
+    assert_int_equal(decode("{\"type\":\"track\",\"event\":\"E\",\"userId\":\"u1\",\"timestamp\":253402300799999}",
+                            &ev, reason), 0);
+    assert_int_equal(ev.ts_ms, 253402300799999LL);
+    event_clear(&ev);
 }
 
 static void test_limits(void **state) {
