@@ -259,7 +259,10 @@ def default_config(brokers, redis_port, rules_dir, channels=None, kafka_props=No
     if channels is None:
         channels = {"push": ("list", "{prefix}queue:{channel}")}
     ch = ", ".join('%s: {kind: %s, key: "%s"}' % (n, k, key) for n, (k, key) in channels.items())
-    props = {"auto.offset.reset": "earliest"}
+    # A short session: the mock cluster only lets a new member in once the
+    # previous one's session has expired, even after a clean close (45 s by
+    # default), and tests restart daemons.
+    props = {"auto.offset.reset": "earliest", "session.timeout.ms": 4000, "heartbeat.interval.ms": 400}
     props.update(kafka_props or {})
     pr = ", ".join("%s: %s" % (k, json.dumps(str(v))) for k, v in props.items())
     return (

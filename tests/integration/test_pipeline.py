@@ -300,8 +300,9 @@ class PipelineTest(IntegrationTest):
     # ------------------------------------------------------------------ c
     def test_c_kill9_mid_stream_then_restart(self):
         events = gen_events(self.env.dir / "day.jsonl", seed=7, members=300, events=3000)
-        # a dead member holds a rebalance until its session times out
-        self.env.write_config(kafka_props={"session.timeout.ms": 6000, "heartbeat.interval.ms": 500})
+        # (the harness's config has a short Kafka session: a dead member
+        # holds a rebalance until its session times out)
+        self.env.write_config()
         rep = self.replay_of(events)
         self.assertGreater(len(rep.grants), 50)
         d1 = self.env.start_daemon()
@@ -363,6 +364,19 @@ class PipelineTest(IntegrationTest):
         self.assertEqual(self.env.kafka.committed(), 540)
         all_events = self.env.dir / "all.jsonl"
         all_events.write_text(events.read_text() + extra_path.read_text())
+        self.assertGrantsMatchReplay(read_grants(c), self.replay_of(all_events).grants)
+
+        # a restart carries on where the stop left off: nothing is read twice
+        more = [ev("Order Completed", "u-y%02d" % i, "m-y%02d" % i, total=300, order_id="o-y%d" % i)
+                for i in range(20)]
+        more_path = write_jsonl(self.env.dir / "more.jsonl", more)
+        d2 = self.env.start_daemon()
+        self.env.kafka.produce(more_path)
+        self.env.wait_all_committed()
+        self.assertEqual(d2.terminate(), 0)
+        st = stats_line(d2.log())
+        self.assertEqual((int(st["consumed"]), int(st["pushed"]), int(st["repeats"])), (20, 20, 0), st)
+        all_events.write_text(all_events.read_text() + more_path.read_text())
         self.assertGrantsMatchReplay(read_grants(c), self.replay_of(all_events).grants)
 
     # ------------------------------------------------------------------ e
@@ -497,6 +511,54 @@ class PipelineTest(IntegrationTest):
         self.assertIn("event=kafka_resumed", after)
         st = stats_line(log)
         self.assertEqual((int(st["consumed"]), int(st["repeats"])), (3006, 0), st)
+
+    # ------------------------------------------------------------------ j
+    def test_j_stop_while_redis_stalls_redelivers(self):
+        evs = [ev("Order Completed", "u-%03d" % i, "m-%03d" % i, total=300, order_id="o-%d" % i)
+               for i in range(200)]
+        path = write_jsonl(self.env.dir / "orders.jsonl", evs)
+        self.env.write_config()
+        self.env.config_path.write_text(self.env.config_path.read_text().replace("shutdown_timeout: 10s",
+                                                                                 "shutdown_timeout: 2s"))
+        c = self.env.client()
+        d1 = self.env.start_daemon()
+        # Redis takes the writes but does not answer them
+        c.execute_command("CLIENT", "PAUSE", "8000", "WRITE")
+        self.env.kafka.produce(path)
+        wait_for(lambda: any("b" in cl.get("flags", "") for cl in c.client_list()), 10,
+                 "a daemon write held by CLIENT PAUSE")
+        t0 = time.monotonic()
+        self.assertEqual(d1.terminate(timeout=30), 0)
+        self.assertLess(time.monotonic() - t0, 8, "SIGTERM did not honour shutdown_timeout: 2s")
+        m = d1.wait_log(r"event=shutdown_timeout unacknowledged=(\d+)", 1)
+        self.assertGreater(int(m.group(1)), 0)
+        # what was not acknowledged was not committed
+        self.assertGreater(self.env.kafka.lag(), 0)
+        c.execute_command("CLIENT", "UNPAUSE")
+        d2 = self.env.start_daemon()
+        self.env.wait_all_committed()
+        rep = self.replay_of(path)
+        self.assertEqual(len(rep.grants), 200)
+        self.assertGrantsMatchReplay(read_grants(c), rep.grants, "after a stop with writes unacknowledged")
+        self.assertEqual(d2.terminate(), 0)
+
+    # ------------------------------------------------------------------ k
+    def test_k_kafka_broker_outage(self):
+        events = gen_events(self.env.dir / "day.jsonl", seed=21, members=300, events=3000)
+        self.env.write_config()
+        rep = self.replay_of(events)
+        d = self.env.start_daemon()
+        prod = self.env.background(self.env.kafka.produce_background(events, 1000, self.env.dir / "produce.log"))
+        c = self.env.client()
+        wait_for(lambda: count_grants(c) >= len(rep.grants) // 5, 30, "a fifth of the grants")
+        self.env.kafka.control("down 1")
+        time.sleep(2)  # the outage itself, not a wait for a condition
+        self.env.kafka.control("up 1")
+        self.assertEqual(prod.wait(90), 0, "producer failed")
+        self.env.wait_all_committed(timeout=90)
+        self.assertGrantsMatchReplay(read_grants(c), rep.grants, "after a broker outage")
+        self.assertTrue(d.alive())
+        self.assertEqual(d.terminate(), 0)
 
     # ------------------------------------------------------------------ h
     def test_h_check_reports_located_errors(self):
