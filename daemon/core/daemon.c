@@ -4,6 +4,8 @@
 #include "util.h"
 #include "../decode/event.h"
 #include "../policy/engine.h"
+#include "../policy/state_redis.h"
+#include "clock.h"
 #include "../rules/rules.h"
 #include "../sink/redis_sink.h"
 #include "../source/kafka_source.h"
@@ -16,16 +18,37 @@
 #include <systemd/sd-daemon.h>
 #include <unistd.h>
 
+/* Timers of each owned partition are polled this often (and at once after an
+ * assignment or a reconnect); a poll that hit its read limit goes again at once. */
+#define POLL_INTERVAL_MS 250
+
 /* Dead-lettered payloads are kept whole up to this size: enough to replay any
  * event under the decode limit, bounded for hostile ones. */
 #define DLQ_PAYLOAD_MAX (1024 * 1024)
 
-typedef struct daemon_state {
+typedef struct daemon_state daemon_state;
+
+/* One owned partition's timer poller: created on assignment, stopped on revoke. */
+typedef struct poller {
+    struct poller *next;
+    daemon_state *d;
+    char *topic;
+    int32_t partition;
+    struct event *ev;
+    int busy;      /* a poll round is in flight */
+    int dead;      /* revoked while busy: freed when the round ends */
+    int seen;
+} poller;
+
+struct daemon_state {
     config_t cfg;
     struct event_base *base;
     ruleset_t *rules;
     engine_t engine;
     redis_sink_t *sink;
+    redis_store_t *store;
+    bd_clock_t clock;
+    poller *pollers;
     kafka_source_t *src;
     struct event *sig_int, *sig_term, *sig_hup, *stats_ev, *drain_ev;
     int stopping;
@@ -34,8 +57,11 @@ typedef struct daemon_state {
     strbuf key, key2;
     /* the message being processed, for the decision callback */
     offset_token_t *cur_tok;
+    const char *cur_topic;
+    int32_t cur_partition;
     uint64_t events_ok, events_dead, grants_sent, grants_pushed, grants_repeat, suppressed, reloads;
-} daemon_state;
+    uint64_t state_writes, scheduled, already_pending, cancelled, count_progress;
+};
 
 static void update_backpressure(daemon_state *d) {
     if (d->stopping) return;
@@ -75,26 +101,71 @@ static void push_hold(daemon_state *d, const char *claim, const char *queue, out
     redis_sink_push(d->sink, claim, queue, kind, maxlen, d->cfg.claim_ttl_ms, nfields, fields, lens, on_grant_ack, a);
 }
 
-static void on_decision(void *ud, const event_t *ev, const decision_t *dec) {
+/* A state write of the event being processed: the token is held until Redis
+ * acknowledges it, so the offset never passes the write. */
+typedef struct intent_ack {
+    daemon_state *d;
+    offset_token_t *tok;
+    int kind;
+    char rule[64];
+} intent_ack;
+
+static void on_intent_ack(void *ud, rs_outcome k, long long n) {
+    intent_ack *a = ud;
+    daemon_state *d = a->d;
+    switch (k) {
+    case RS_GRANTED: d->grants_pushed++; break;
+    case RS_REPEAT: d->grants_repeat++; break;
+    case RS_SCHEDULED: d->scheduled++; break;
+    case RS_PENDING:
+        d->already_pending++;
+        log_debug("suppressed", "rule=%s reason=\"already pending\"", a->rule);
+        break;
+    case RS_CANCELLED: d->cancelled += (uint64_t)n; break;
+    case RS_PROGRESS:
+        d->count_progress++;
+        log_debug("count_progress", "rule=%s count=%lld", a->rule, n);
+        break;
+    case RS_EXPLAINED: d->suppressed++; break;
+    default: break;
+    }
+    kafka_source_release(a->tok);
+    free(a);
+    update_backpressure(d);
+}
+
+static void on_intent(void *ud, const event_t *ev, const intent_t *in) {
     daemon_state *d = ud;
-    if (!dec->granted) {
+    if (in->kind == INTENT_EXPLAIN) {
         d->suppressed++;
-        log_debug("suppressed", "rule=%s user=%s reason=\"%s\"", dec->rule->id, ev->user_id, dec->reason);
+        log_debug("suppressed", "rule=%s user=%s reason=\"%s\"", in->rule->id, ev->user_id, in->reason);
         return;
     }
-    /* The claim key carries the triggering member's hash tag: the owner of the
-     * partition the decision was made on. */
-    sb_reset(&d->key);
-    sb_printf(&d->key, "%s{u:%s}:grant:%s", d->cfg.key_prefix, ev->user_id, dec->grant_id);
-    const channel_cfg_t *ch = config_channel(&d->cfg, dec->channel);
-    sb_reset(&d->key2);
-    config_channel_key(&d->cfg, ch, dec->channel, &d->key2);
-    const char *fields[2] = {"grant", dec->json->s};
-    size_t lens[2] = {5, dec->json->len};
-    /* A list carries the bare grant; a stream entry carries it in field `grant`. */
-    if (ch->kind == OUT_LIST) push_hold(d, d->key.s, d->key2.s, OUT_LIST, 0, 2, fields, lens, 1);
-    else push_hold(d, d->key.s, d->key2.s, OUT_STREAM, ch->maxlen, 2, fields, lens, 1);
-    d->grants_sent++;
+    intent_t touch;
+    if (in->kind == INTENT_TOUCH && ev->ts_ms < in->ts) {
+        /* Activity is recorded at the event's own time (never later than its
+         * processing): a silence then starts where replay says it does, so the
+         * inactivity grant id ("inactive:" + last) is the same live and in
+         * replay, and a redelivered event does not move it. */
+        touch = *in;
+        touch.ts = ev->ts_ms;
+        in = &touch;
+    }
+    intent_ack *a = xcalloc(1, sizeof *a);
+    a->d = d;
+    a->tok = d->cur_tok;
+    a->kind = in->kind;
+    if (in->rule) snprintf(a->rule, sizeof a->rule, "%s", in->rule->id);
+    kafka_source_hold(d->cur_tok);
+    if (!redis_store_apply(d->store, in, d->cur_topic, d->cur_partition, on_intent_ack, a)) {
+        /* nothing to write (a reason that needs no state) */
+        kafka_source_release(a->tok);
+        if (in->kind == INTENT_GRANT || in->kind == INTENT_SCHEDULE) d->suppressed++;
+        free(a);
+        return;
+    }
+    d->state_writes++;
+    if (in->kind == INTENT_GRANT) d->grants_sent++;
 }
 
 static void dead_letter(daemon_state *d, const rd_kafka_message_t *m, const char *reason) {
@@ -126,15 +197,107 @@ static void on_message(void *ud, const rd_kafka_message_t *m, offset_token_t *to
         ev.partition = m->partition;
         ev.offset = m->offset;
         d->events_ok++;
-        engine_decide(&d->engine, d->rules, &ev, now, on_decision, d);
+        d->cur_topic = rd_kafka_topic_name(m->rkt);
+        d->cur_partition = m->partition;
+        /* The decision time is the wall clock now (docs/time.md: live is
+         * processing time); every intent becomes one Lua call on Redis. */
+        engine_run(&d->engine, d->rules, &ev, &d->clock, on_intent, d);
         event_clear(&ev);
     }
     d->cur_tok = NULL;
     update_backpressure(d);
 }
 
+/* ---- timer pollers ---------------------------------------------------------- */
+
+static void poller_arm(poller *p, int ms) {
+    struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
+    evtimer_add(p->ev, &tv);
+}
+
+static void poller_free(poller *p) {
+    if (p->ev) event_free(p->ev);
+    free(p->topic);
+    free(p);
+}
+
+static void poll_done(void *ud, int more, int ok) {
+    poller *p = ud;
+    p->busy = 0;
+    if (p->dead) {
+        poller_free(p);
+        return;
+    }
+    poller_arm(p, more && ok ? 0 : POLL_INTERVAL_MS);
+}
+
+/* Polls must not run while Redis is down: the reconnect re-activates every
+ * poller, so what fell due meanwhile fires at once. */
+static void poll_cb(evutil_socket_t fd, short what, void *arg) {
+    poller *p = arg;
+    daemon_state *d = p->d;
+    if (p->busy || d->stopping) return;
+    if (!redis_sink_ready(d->sink)) {
+        poller_arm(p, POLL_INTERVAL_MS);
+        return;
+    }
+    p->busy = 1;
+    redis_store_poll(d->store, p->topic, p->partition, clock_now_ms(&d->clock), poll_done, p);
+}
+
+static void poller_mark(void *ud, const char *topic, int32_t partition) {
+    daemon_state *d = ud;
+    for (poller *p = d->pollers; p; p = p->next)
+        if (p->partition == partition && !strcmp(p->topic, topic)) {
+            p->seen = 1;
+            return;
+        }
+    poller *p = xcalloc(1, sizeof *p);
+    p->d = d;
+    p->topic = xstrdup(topic);
+    p->partition = partition;
+    p->seen = 1;
+    p->ev = evtimer_new(d->base, poll_cb, p);
+    p->next = d->pollers;
+    d->pollers = p;
+    log_info("timers_owned", "topic=%s partition=%d", topic, (int)partition);
+    event_active(p->ev, EV_TIMEOUT, 0);
+}
+
+/* Brings the pollers in line with the partitions owned now. */
+static void sync_pollers(daemon_state *d) {
+    for (poller *p = d->pollers; p; p = p->next) p->seen = 0;
+    if (d->src) kafka_source_each_partition(d->src, poller_mark, d);
+    for (poller **pp = &d->pollers; *pp;) {
+        poller *p = *pp;
+        if (p->seen) {
+            pp = &p->next;
+            continue;
+        }
+        *pp = p->next;
+        log_info("timers_released", "topic=%s partition=%d", p->topic, (int)p->partition);
+        event_del(p->ev);
+        if (p->busy) p->dead = 1;
+        else poller_free(p);
+    }
+}
+
+static void pollers_kick(daemon_state *d) {
+    for (poller *p = d->pollers; p; p = p->next)
+        if (!p->busy) event_active(p->ev, EV_TIMEOUT, 0);
+}
+
+static void pollers_free(daemon_state *d) {
+    while (d->pollers) {
+        poller *p = d->pollers;
+        d->pollers = p->next;
+        poller_free(p); /* the sink is freed after: a round's callback never runs */
+    }
+}
+
 static void on_assignment(void *ud, int n) {
     daemon_state *d = ud;
+    sync_pollers(d);
     sd_notifyf(0, "STATUS=consuming %d partitions, %zu rules", n, ruleset_count(d->rules));
 }
 
@@ -142,6 +305,7 @@ static void on_sink_state(void *ud, int ready) {
     daemon_state *d = ud;
     if (!d->src) return;
     update_backpressure(d);
+    if (ready) pollers_kick(d);
     if (ready && !d->notified_ready) {
         d->notified_ready = 1;
         sd_notify(0, "READY=1");
@@ -153,7 +317,7 @@ static void reload_rules(daemon_state *d) {
     diag_t diag;
     diag_init(&diag);
     sd_notify(0, "RELOADING=1");
-    ruleset_t *rs = ruleset_load_dir(d->cfg.rules_dir, d->cfg.timezone, &diag);
+    ruleset_t *rs = ruleset_load_dir_ex(d->cfg.rules_dir, d->cfg.timezone, RULES_ALLOW_TIME, &diag);
     if (!rs) {
         for (size_t i = 0; i < diag.n; i++) log_error("rule_error", "msg=\"%s\"", diag.msgs[i]);
         log_error("reload_refused", "errors=%zu kept_version=%s", diag.n, ruleset_version(d->rules));
@@ -174,12 +338,18 @@ static void reload_rules(daemon_state *d) {
 static void log_stats(daemon_state *d) {
     uint64_t acked, repeats, reconnects;
     redis_sink_stats(d->sink, &acked, &repeats, &reconnects);
+    rs_stats_t t;
+    redis_store_stats(d->store, &t);
     log_info("stats", "consumed=%llu decoded=%llu dead_letter=%llu grants=%llu pushed=%llu repeats=%llu suppressed=%llu "
-             "inflight=%zu redis_reconnects=%llu",
+             "inflight=%zu redis_reconnects=%llu scheduled=%llu already_pending=%llu cancelled=%llu "
+             "timers_fired=%llu timer_repeats=%llu waits_dropped=%llu inactivity_fired=%llu",
              (unsigned long long)kafka_source_consumed(d->src), (unsigned long long)d->events_ok,
              (unsigned long long)d->events_dead, (unsigned long long)d->grants_sent,
              (unsigned long long)d->grants_pushed, (unsigned long long)d->grants_repeat,
-             (unsigned long long)d->suppressed, redis_sink_inflight(d->sink), (unsigned long long)reconnects);
+             (unsigned long long)d->suppressed, redis_sink_inflight(d->sink), (unsigned long long)reconnects,
+             (unsigned long long)d->scheduled, (unsigned long long)d->already_pending,
+             (unsigned long long)d->cancelled, (unsigned long long)t.fired, (unsigned long long)t.fired_repeats,
+             (unsigned long long)t.dropped, (unsigned long long)t.inact_fired);
 }
 
 static void stats_cb(evutil_socket_t fd, short what, void *arg) {
@@ -229,23 +399,25 @@ int daemon_run(const char *config_path) {
         fprintf(stderr, "benefitd: refusing to run as root (set daemon.allow_root: true to override)\n");
         goto out;
     }
-    d->rules = ruleset_load_dir(d->cfg.rules_dir, d->cfg.timezone, &diag);
+    d->rules = ruleset_load_dir_ex(d->cfg.rules_dir, d->cfg.timezone, RULES_ALLOW_TIME, &diag);
     if (!d->rules) {
         diag_print(&diag, stderr);
         fprintf(stderr, "benefitd: rules in %s have %zu error(s); not starting\n", d->cfg.rules_dir, diag.n);
         goto out;
     }
     engine_init(&d->engine);
+    clock_init_wall(&d->clock);
     sb_init(&d->key);
     sb_init(&d->key2);
     signal(SIGPIPE, SIG_IGN);
     d->base = event_base_new();
     if (!d->base) { fprintf(stderr, "benefitd: event_base_new failed\n"); goto out; }
     d->sink = redis_sink_new(d->base, &d->cfg, on_sink_state, d);
+    if (d->sink) d->store = redis_store_new(d->sink, &d->cfg, &d->rules, &d->engine);
     char err[512];
     source_handlers_t h = {.on_message = on_message, .on_assignment = on_assignment};
     d->src = kafka_source_new(d->base, &d->cfg, h, d, err, sizeof err);
-    if (!d->sink || !d->src) {
+    if (!d->sink || !d->store || !d->src) {
         fprintf(stderr, "benefitd: %s\n", d->src ? "redis sink init failed" : err);
         goto out;
     }
@@ -276,7 +448,9 @@ int daemon_run(const char *config_path) {
 out:
     diag_free(&diag);
     if (d->src) kafka_source_free(d->src);
+    pollers_free(d);
     if (d->sink) redis_sink_free(d->sink);
+    redis_store_free(d->store);
     if (d->sig_int) event_free(d->sig_int);
     if (d->sig_term) event_free(d->sig_term);
     if (d->sig_hup) event_free(d->sig_hup);

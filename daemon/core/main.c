@@ -49,7 +49,9 @@ static int check_main(int argc, char **argv) {
         goto out;
     }
     const char *dir = rules_dir ? rules_dir : cfg.rules_dir;
-    ruleset_t *rs = ruleset_load_dir(dir, cfg.timezone, &diag);
+    /* The daemon runs every trigger shape (its Redis store, state_redis.c), so
+     * check accepts what run accepts: the time shapes included. */
+    ruleset_t *rs = ruleset_load_dir_ex(dir, cfg.timezone, RULES_ALLOW_TIME, &diag);
     if (!rs) {
         diag_print(&diag, stderr);
         fprintf(stderr, "benefitd check: %s: %zu error(s)\n", dir, diag.n);

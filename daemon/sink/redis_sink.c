@@ -5,10 +5,11 @@
 #include <hiredis/adapters/libevent.h>
 #include <hiredis/async.h>
 #include <hiredis/hiredis.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
-/* KEYS[1] = claim key, KEYS[2] = queue; ARGV = ttl_ms, kind, maxlen, field, value, ... */
+/* Script 0. ARGV = ttl_ms, kind, maxlen, field, value, ...; KEYS[1] = claim, KEYS[2] = queue. */
 static const char CLAIM_PUSH_LUA[] =
     "if not redis.call('SET', KEYS[1], '1', 'NX', 'PX', ARGV[1]) then return 0 end\n"
     "if ARGV[2] == 'list' then\n"
@@ -24,12 +25,17 @@ static const char CLAIM_PUSH_LUA[] =
     "end\n"
     "return 1\n";
 
+#define MAX_SCRIPTS 16
+
 typedef struct write_req {
     struct write_req *next, *prev;
     int argc;
     char **argv;
     size_t *argvlen;
-    sink_ack_cb cb;
+    int script;            /* index into the sink's scripts; -1 = a plain read */
+    int resend;            /* writes: kept and resent until acknowledged */
+    sink_ack_cb ack;       /* redis_sink_push */
+    sink_reply_cb rcb;     /* redis_sink_eval / redis_sink_read */
     void *ud;
     uint64_t sent_gen;     /* connection generation it was last sent on; 0 = not sent */
 } write_req;
@@ -38,9 +44,11 @@ struct redis_sink {
     struct event_base *base;
     const config_t *cfg;
     redisAsyncContext *ac;
-    int ready;             /* connected, authenticated, script loaded */
+    int ready;             /* connected, authenticated, every script loaded */
     uint64_t gen;          /* bumped on every new connection */
-    char sha[41];
+    char *lua[MAX_SCRIPTS];
+    char sha[MAX_SCRIPTS][41];
+    int n_scripts, n_loaded;
     write_req *head, *tail;
     size_t inflight;
     struct event *retry_ev;
@@ -83,6 +91,7 @@ static void req_free(write_req *w) {
 static void unlink_req(redis_sink_t *s, write_req *w) {
     if (w->prev) w->prev->next = w->next; else s->head = w->next;
     if (w->next) w->next->prev = w->prev; else s->tail = w->prev;
+    w->next = w->prev = NULL;
     s->inflight--;
 }
 
@@ -90,34 +99,51 @@ static void on_write_reply(redisAsyncContext *ac, void *r, void *privdata) {
     redis_sink_t *s = ac->data;
     write_req *w = privdata;
     redisReply *reply = r;
-    /* NULL reply: the connection went away; the request stays queued and is
-     * resent on the next connection. A reply for an older generation cannot
-     * arrive: hiredis fails every pending callback before reconnecting. */
-    if (!reply || !s) return;
-    if (reply->type == REDIS_REPLY_ERROR) {
+    if (!s) return; /* the sink is being freed: it frees every request itself */
+    if (!reply) {
+        /* The connection went away. A write stays queued and is resent on the
+         * next connection (hiredis fails every pending callback before
+         * reconnecting, so no reply of an older generation arrives later). A
+         * read is dropped: its caller polls again when the sink is ready. */
+        if (w->resend) return;
+        unlink_req(s, w);
+        sink_reply_cb cb = w->rcb;
+        void *ud = w->ud;
+        req_free(w);
+        if (cb) cb(ud, NULL);
+        return;
+    }
+    if (reply->type == REDIS_REPLY_ERROR && w->resend) {
         /* The write did not happen; keep it. NOSCRIPT means Redis lost its
          * script cache (restart without persistence of scripts): reconnecting
-         * reloads it and resends everything in order. */
+         * reloads the scripts and resends everything in order. */
         log_error("redis_write_error", "error=\"%.200s\" retry_ms=%d", reply->str, s->backoff_ms);
         w->sent_gen = 0;
         s->had_error = 1;
         redisAsyncDisconnect(ac);
         return;
     }
-    int status = reply->type == REDIS_REPLY_INTEGER ? (int)reply->integer : 1;
     unlink_req(s, w);
-    s->had_error = 0;
+    if (w->resend) s->had_error = 0;
     s->acked++;
-    if (status == 0) s->repeats++;
-    sink_ack_cb cb = w->cb;
+    sink_ack_cb ack = w->ack;
+    sink_reply_cb rcb = w->rcb;
     void *ud = w->ud;
     req_free(w);
-    if (cb) cb(ud, status);
+    if (ack) {
+        int status = reply->type == REDIS_REPLY_INTEGER ? (int)reply->integer : 1;
+        if (status == 0) s->repeats++;
+        ack(ud, status);
+    } else if (rcb) {
+        rcb(ud, reply);
+    }
 }
 
 static void send_req(redis_sink_t *s, write_req *w) {
-    memcpy(w->argv[1], s->sha, 40);
-    w->argvlen[1] = 40;
+    if (w->script >= 0) {
+        memcpy(w->argv[1], s->sha[w->script], 40);
+        w->argvlen[1] = 40;
+    }
     if (redisAsyncCommandArgv(s->ac, on_write_reply, w, w->argc, (const char **)w->argv, w->argvlen) == REDIS_OK)
         w->sent_gen = s->gen;
 }
@@ -125,14 +151,17 @@ static void send_req(redis_sink_t *s, write_req *w) {
 static void on_script_loaded(redisAsyncContext *ac, void *r, void *privdata) {
     redis_sink_t *s = ac->data;
     redisReply *reply = r;
+    int idx = (int)(intptr_t)privdata;
     if (!s || !reply) return;
     if (reply->type != REDIS_REPLY_STRING || reply->len != 40) {
-        log_error("redis_script_load_failed", "error=\"%.200s\"", reply->type == REDIS_REPLY_ERROR ? reply->str : "?");
+        log_error("redis_script_load_failed", "script=%d error=\"%.200s\"", idx,
+                  reply->type == REDIS_REPLY_ERROR ? reply->str : "?");
         redisAsyncDisconnect(ac);
         return;
     }
-    memcpy(s->sha, reply->str, 40);
-    s->sha[40] = '\0';
+    memcpy(s->sha[idx], reply->str, 40);
+    s->sha[idx][40] = '\0';
+    if (++s->n_loaded < s->n_scripts) return;
     if (!s->had_error) s->backoff_ms = 100;
     /* Resend, in order, everything not yet acknowledged. */
     size_t resent = 0;
@@ -140,7 +169,8 @@ static void on_script_loaded(redisAsyncContext *ac, void *r, void *privdata) {
         send_req(s, w);
         resent++;
     }
-    log_info("redis_ready", "host=%s port=%d resent=%zu", s->cfg->redis_host, s->cfg->redis_port, resent);
+    log_info("redis_ready", "host=%s port=%d scripts=%d resent=%zu", s->cfg->redis_host, s->cfg->redis_port,
+             s->n_scripts, resent);
     set_ready(s, 1);
 }
 
@@ -168,7 +198,9 @@ static void on_connect(const redisAsyncContext *cac, int status) {
         redisAsyncCommand(ac, on_setup_reply, "auth", "AUTH %s", s->cfg->redis_password);
     if (s->cfg->redis_db)
         redisAsyncCommand(ac, on_setup_reply, "select", "SELECT %d", s->cfg->redis_db);
-    redisAsyncCommand(ac, on_script_loaded, NULL, "SCRIPT LOAD %s", CLAIM_PUSH_LUA);
+    s->n_loaded = 0;
+    for (int i = 0; i < s->n_scripts; i++)
+        redisAsyncCommand(ac, on_script_loaded, (void *)(intptr_t)i, "SCRIPT LOAD %s", s->lua[i]);
 }
 
 static void on_disconnect(const redisAsyncContext *cac, int status) {
@@ -214,7 +246,14 @@ redis_sink_t *redis_sink_new(struct event_base *base, const config_t *cfg, sink_
     s->backoff_ms = 100;
     s->retry_ev = evtimer_new(base, retry_cb, s);
     if (!s->retry_ev) { free(s); return NULL; }
+    s->lua[s->n_scripts++] = xstrdup(CLAIM_PUSH_LUA);
     return s;
+}
+
+int redis_sink_add_script(redis_sink_t *s, const char *lua) {
+    if (s->n_scripts == MAX_SCRIPTS || s->ac) return -1;
+    s->lua[s->n_scripts] = xstrdup(lua);
+    return s->n_scripts++;
 }
 
 void redis_sink_start(redis_sink_t *s) { connect_now(s); }
@@ -232,40 +271,84 @@ void redis_sink_free(redis_sink_t *s) {
         unlink_req(s, w);
         req_free(w);
     }
+    for (int i = 0; i < s->n_scripts; i++) free(s->lua[i]);
     event_free(s->retry_ev);
     free(s);
 }
 
-void redis_sink_push(redis_sink_t *s, const char *claim_key, const char *queue_key, output_kind kind,
-                     long long maxlen, long long ttl_ms, int nfields, const char *const *fields,
-                     const size_t *lens, sink_ack_cb cb, void *ud) {
+static write_req *req_new(int argc) {
     write_req *w = xcalloc(1, sizeof *w);
-    w->argc = 8 + nfields;
-    w->argv = xcalloc((size_t)w->argc, sizeof(char *));
-    w->argvlen = xcalloc((size_t)w->argc, sizeof(size_t));
-    char num[32];
-    int i = 0;
-#define ARG(p, n) do { w->argv[i] = xstrndup((p), (n)); w->argvlen[i] = (n); i++; } while (0)
-    ARG("EVALSHA", 7);
-    ARG("0000000000000000000000000000000000000000", 40); /* filled with the sha at send time */
-    ARG("2", 1);
-    ARG(claim_key, strlen(claim_key));
-    ARG(queue_key, strlen(queue_key));
-    int n = snprintf(num, sizeof num, "%lld", ttl_ms > 0 ? ttl_ms : 1);
-    ARG(num, (size_t)n);
-    ARG(kind == OUT_LIST ? "list" : "stream", kind == OUT_LIST ? 4 : 6);
-    n = snprintf(num, sizeof num, "%lld", maxlen);
-    ARG(num, (size_t)n);
-    w->argc = i + nfields;
-    for (int k = 0; k < nfields; k++) ARG(fields[k], lens[k]);
-#undef ARG
-    w->cb = cb;
-    w->ud = ud;
+    w->argv = xcalloc((size_t)argc, sizeof(char *));
+    w->argvlen = xcalloc((size_t)argc, sizeof(size_t));
+    return w;
+}
+
+static void req_set(write_req *w, int i, const char *p, size_t n) {
+    w->argv[i] = xstrndup(p, n);
+    w->argvlen[i] = n;
+}
+
+static void enqueue(redis_sink_t *s, write_req *w) {
     w->prev = s->tail;
     if (s->tail) s->tail->next = w; else s->head = w;
     s->tail = w;
     s->inflight++;
     if (s->ready && s->ac) send_req(s, w);
+}
+
+#define SHA_PLACEHOLDER "0000000000000000000000000000000000000000" /* the sha, filled at send time */
+
+void redis_sink_push(redis_sink_t *s, const char *claim_key, const char *queue_key, output_kind kind,
+                     long long maxlen, long long ttl_ms, int nfields, const char *const *fields,
+                     const size_t *lens, sink_ack_cb cb, void *ud) {
+    write_req *w = req_new(8 + nfields);
+    char num[32];
+    int i = 0;
+    req_set(w, i++, "EVALSHA", 7);
+    req_set(w, i++, SHA_PLACEHOLDER, 40);
+    req_set(w, i++, "2", 1);
+    req_set(w, i++, claim_key, strlen(claim_key));
+    req_set(w, i++, queue_key, strlen(queue_key));
+    int n = snprintf(num, sizeof num, "%lld", ttl_ms > 0 ? ttl_ms : 1);
+    req_set(w, i++, num, (size_t)n);
+    req_set(w, i++, kind == OUT_LIST ? "list" : "stream", kind == OUT_LIST ? 4 : 6);
+    n = snprintf(num, sizeof num, "%lld", maxlen);
+    req_set(w, i++, num, (size_t)n);
+    for (int k = 0; k < nfields; k++) req_set(w, i++, fields[k], lens[k]);
+    w->argc = i;
+    w->script = 0;
+    w->resend = 1;
+    w->ack = cb;
+    w->ud = ud;
+    enqueue(s, w);
+}
+
+void redis_sink_eval(redis_sink_t *s, int script, int nargs, const char *const *args, const size_t *lens,
+                     sink_reply_cb cb, void *ud) {
+    write_req *w = req_new(3 + nargs);
+    int i = 0;
+    req_set(w, i++, "EVALSHA", 7);
+    req_set(w, i++, SHA_PLACEHOLDER, 40);
+    req_set(w, i++, "0", 1);
+    for (int k = 0; k < nargs; k++) req_set(w, i++, args[k], lens[k]);
+    w->argc = i;
+    w->script = script;
+    w->resend = 1;
+    w->rcb = cb;
+    w->ud = ud;
+    enqueue(s, w);
+}
+
+void redis_sink_read(redis_sink_t *s, int argc, const char *const *argv, const size_t *lens, sink_reply_cb cb,
+                     void *ud) {
+    write_req *w = req_new(argc);
+    for (int k = 0; k < argc; k++) req_set(w, k, argv[k], lens[k]);
+    w->argc = argc;
+    w->script = -1;
+    w->resend = 0;
+    w->rcb = cb;
+    w->ud = ud;
+    enqueue(s, w);
 }
 
 size_t redis_sink_inflight(const redis_sink_t *s) { return s->inflight; }

@@ -1,29 +1,44 @@
 /* redis_sink.h - the Redis side of the pipeline: hiredis async on the daemon's
- * libevent loop. Every write is one EVALSHA of a script that claims an id
- * (SET NX PX) and, only if the claim is new, pushes to a stream or list, so a
- * write may be repeated any number of times (reconnects, redelivery, kill -9)
- * and takes effect once.
+ * libevent loop, one connection, every request in order.
+ *
+ * Writes are Lua scripts run by EVALSHA. The sink carries several scripts:
+ * the built-in claim+push (script 0: SET NX PX an id and, only if the claim
+ * is new, push to a stream or list) and any the caller registers before
+ * starting (the Redis state store's scripts, state_redis.c). Every script is
+ * loaded once per connection (SCRIPT LOAD) before anything is sent on it.
  *
  * Writes are kept until Redis acknowledges them: on a disconnect they are
- * resent, in order, after reconnecting (with backoff). The caller learns of
- * each acknowledgement through its callback and only then may commit the
- * Kafka offset behind it. */
+ * resent, in order, after reconnecting (with backoff), so a write script must
+ * be idempotent under resend (guarded by a claim, or by state keyed by the
+ * message's id). The caller learns of each acknowledgement through its
+ * callback and only then may commit the Kafka offset behind it.
+ *
+ * Reads (the timer pollers' ZRANGEBYSCORE) ride the same ordered connection,
+ * so they see every earlier write, but are not resent: on a disconnect their
+ * callback gets NULL and the caller polls again once the sink is ready. */
 #ifndef BENEFITD_REDIS_SINK_H
 #define BENEFITD_REDIS_SINK_H
 
 #include <stddef.h>
 #include <stdint.h>
 #include <event2/event.h>
+#include <hiredis/hiredis.h>
 #include "../core/config.h"
 
 typedef struct redis_sink redis_sink_t;
 
 /* status: 1 = pushed, 0 = id already claimed (a repeat: nothing pushed). */
 typedef void (*sink_ack_cb)(void *ud, int status);
+/* The reply of a script or a read, valid during the call. NULL: a read
+ * dropped because the connection went away (writes never see NULL). */
+typedef void (*sink_reply_cb)(void *ud, const redisReply *reply);
 /* Called on every change of connection state (1 = ready, 0 = down). */
 typedef void (*sink_state_cb)(void *ud, int ready);
 
 redis_sink_t *redis_sink_new(struct event_base *base, const config_t *cfg, sink_state_cb state_cb, void *state_ud);
+/* Registers a Lua script (copied); returns its handle for redis_sink_eval.
+ * Only before redis_sink_start. Handle 0 is the built-in claim+push. */
+int redis_sink_add_script(redis_sink_t *s, const char *lua);
 /* Starts connecting; returns at once. */
 void redis_sink_start(redis_sink_t *s);
 void redis_sink_free(redis_sink_t *s);
@@ -35,6 +50,16 @@ void redis_sink_push(redis_sink_t *s, const char *claim_key, const char *queue_k
                      long long maxlen, long long ttl_ms, int nfields, const char *const *fields,
                      const size_t *lens, sink_ack_cb cb, void *ud);
 
+/* Queues one EVALSHA of a registered script with numkeys 0 and these
+ * arguments (copied): a write, held and resent until acknowledged. */
+void redis_sink_eval(redis_sink_t *s, int script, int nargs, const char *const *args, const size_t *lens,
+                     sink_reply_cb cb, void *ud);
+/* Queues one read-only command (copied). Not resent: cb(ud, NULL) when the
+ * connection drops before the reply. */
+void redis_sink_read(redis_sink_t *s, int argc, const char *const *argv, const size_t *lens, sink_reply_cb cb,
+                     void *ud);
+
+/* Requests queued and not yet answered (writes and reads). */
 size_t redis_sink_inflight(const redis_sink_t *s);
 int redis_sink_ready(const redis_sink_t *s);
 /* Round trips acknowledged, repeats seen, reconnects made: for logs and metrics. */

@@ -341,5 +341,10 @@ void kafka_source_free(kafka_source_t *s) {
     free(s);
 }
 
+void kafka_source_each_partition(const kafka_source_t *s, void (*fn)(void *ud, const char *topic, int32_t partition),
+                                 void *ud) {
+    for (const ptrack_t *t = s->tracks; t; t = t->next) fn(ud, t->topic, t->partition);
+}
+
 uint64_t kafka_source_consumed(const kafka_source_t *s) { return s->consumed; }
 int kafka_source_assigned(const kafka_source_t *s) { return s->assigned; }

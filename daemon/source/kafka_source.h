@@ -42,6 +42,10 @@ void kafka_source_free(kafka_source_t *s);
 void kafka_source_hold(offset_token_t *t);
 void kafka_source_release(offset_token_t *t);
 
+/* The partitions owned now (as of the last on_assignment): fn once for each. */
+void kafka_source_each_partition(const kafka_source_t *s, void (*fn)(void *ud, const char *topic, int32_t partition),
+                                 void *ud);
+
 uint64_t kafka_source_consumed(const kafka_source_t *s);
 int kafka_source_assigned(const kafka_source_t *s);
 

@@ -1,0 +1,542 @@
+/* state_redis.c - the Redis store (state_redis.h). Same outcomes as
+ * state_mem.c for the same intents; the layout is in docs/time.md.
+ *
+ * Per member (hash tag {u:ID}, one cluster slot):
+ *   P{u:ID}:grant:GID   claim (string, TTL claim_ttl), as for event triggers
+ *   P{u:ID}:waits       hash GID -> "due RS rule RS cancel_on" of each pending
+ *                       wait (short values: listpack-encoded), read whole by
+ *                       CANCEL and by the "already pending" check
+ *   P{u:ID}:wait:GID    string "timers RS timer-member RS queue RS kind RS
+ *                       maxlen RS soft-reason RS grant": the wait's body, the
+ *                       grant finished at schedule time (issued_at = due)
+ *   P{u:ID}:cnt:RULE    zset messageId -> ts, the count window
+ *   P{u:ID}:inact:RULE  string: the `last` whose silence fired
+ * Per Kafka partition:
+ *   Ptimers:TOPIC:PART      zset "GID|RULE|ID" -> due
+ *   Pseen:TOPIC:PART:RULE   zset ID -> last activity (ms), per inactivity rule
+ * (RS = \x1e, cancel_on names are \x1f-delimited.) */
+#include "state_redis.h"
+#include "../core/log.h"
+#include "../core/util.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define POLL_LIMIT 500
+#define GID_LEN 33
+
+/* ---- scripts ---------------------------------------------------------------
+ * All arguments in ARGV, read in order by nx(); numkeys is 0. A standalone
+ * Redis runs them as they are; under Redis Cluster the member's keys would be
+ * declared as KEYS and the timer set and queue hash-tagged by partition. */
+#define LUA_PRELUDE \
+    "local A, i = ARGV, 0\n" \
+    "local function nx() i = i + 1; return A[i] end\n" \
+    "local RS, US = '\\30', '\\31'\n" \
+    "local function parts(s, n)\n" \
+    "  local t, p = {}, 1\n" \
+    "  for k = 1, n - 1 do\n" \
+    "    local q = string.find(s, RS, p, true)\n" \
+    "    if not q then break end\n" \
+    "    t[k] = string.sub(s, p, q - 1); p = q + 1\n" \
+    "  end\n" \
+    "  t[#t + 1] = string.sub(s, p)\n" \
+    "  return t\n" \
+    "end\n" \
+    "local function push(claim, ttl, queue, kind, maxlen, json)\n" \
+    "  if not redis.call('SET', claim, '1', 'NX', 'PX', ttl) then return 0 end\n" \
+    "  if kind == 'list' then redis.call('LPUSH', queue, json)\n" \
+    "  elseif tonumber(maxlen) > 0 then redis.call('XADD', queue, 'MAXLEN', '~', maxlen, '*', 'grant', json)\n" \
+    "  else redis.call('XADD', queue, '*', 'grant', json) end\n" \
+    "  return 1\n" \
+    "end\n" \
+    /* issue: 'x' report only; 'g' claim+push; 's' record a pending wait */ \
+    "local function issue()\n" \
+    "  local mode = nx()\n" \
+    "  if mode == 'x' then return {5} end\n" \
+    "  local claim, ttl, queue, kind, maxlen, json = nx(), nx(), nx(), nx(), nx(), nx()\n" \
+    "  if mode == 'g' then return {push(claim, ttl, queue, kind, maxlen, json)} end\n" \
+    "  local waits, wkey, gid, timers, tm, rule = nx(), nx(), nx(), nx(), nx(), nx()\n" \
+    "  local now, due, why, cancel = tonumber(nx()), nx(), nx(), nx()\n" \
+    "  if redis.call('EXISTS', claim) == 1 then return {0} end\n" \
+    "  if redis.call('HEXISTS', waits, gid) == 1 then return {2} end\n" \
+    "  local all = redis.call('HGETALL', waits)\n" \
+    "  for k = 1, #all, 2 do\n" \
+    "    local w = parts(all[k + 1], 3)\n" \
+    "    if w[2] == rule and tonumber(w[1]) >= now then return {3} end\n" \
+    "  end\n" \
+    "  redis.call('HSET', waits, gid, due .. RS .. rule .. RS .. cancel)\n" \
+    "  redis.call('SET', wkey, timers .. RS .. tm .. RS .. queue .. RS .. kind .. RS .. maxlen .. RS .. why .. RS .. json)\n" \
+    "  redis.call('ZADD', timers, due, tm)\n" \
+    "  return {2}\n" \
+    "end\n"
+
+/* GRANT and SCHEDULE intents. */
+static const char LUA_ISSUE[] = LUA_PRELUDE "return issue()\n";
+
+/* COUNT_GRANT: key, ts, floor ("(ts-within"), ttl, N, occurrence, then an issue block. */
+static const char LUA_COUNT[] = LUA_PRELUDE
+    "local key, ts, floor, ttl, n, occ = nx(), nx(), nx(), nx(), tonumber(nx()), nx()\n"
+    "redis.call('ZREMRANGEBYSCORE', key, '-inf', floor)\n"
+    "local before = redis.call('ZCARD', key)\n"
+    "redis.call('ZADD', key, 'NX', ts, occ)\n"
+    "local after = redis.call('ZCARD', key)\n"
+    "redis.call('PEXPIRE', key, ttl)\n"
+    "if before == n - 1 and after == n then return issue() end\n"
+    "return {4, after}\n";
+
+/* CANCEL: waits, wait-key prefix, ts, event name. Waits due before ts have
+ * fired (or are firing): never cancelled. */
+static const char LUA_CANCEL[] = LUA_PRELUDE
+    "local waits, wpfx, ts, name = nx(), nx(), tonumber(nx()), nx()\n"
+    "local out = {6}\n"
+    "local all = redis.call('HGETALL', waits)\n"
+    "for k = 1, #all, 2 do\n"
+    "  local gid, w = all[k], parts(all[k + 1], 3)\n"
+    "  if tonumber(w[1]) >= ts and string.find(w[3], US .. name .. US, 1, true) then\n"
+    "    local body = redis.call('GET', wpfx .. gid)\n"
+    "    redis.call('HDEL', waits, gid)\n"
+    "    redis.call('DEL', wpfx .. gid)\n"
+    "    if body then local b = parts(body, 3); redis.call('ZREM', b[1], b[2]) end\n"
+    "    out[#out + 1] = w[2]\n"
+    "  end\n"
+    "end\n"
+    "return out\n";
+
+/* TOUCH: ts, member, then the last-seen sets the event feeds. GT: never back. */
+static const char LUA_TOUCH[] = LUA_PRELUDE
+    "local ts, user = nx(), nx()\n"
+    "for k = 3, #A do redis.call('ZADD', A[k], 'GT', ts, user) end\n"
+    "return {7}\n";
+
+/* FIRE a due wait: waits, wait key, gid, timers, timer member, mode ('g' or
+ * 'd' = drop: the rule is gone or disabled), claim, ttl. */
+static const char LUA_FIRE[] = LUA_PRELUDE
+    "local waits, wkey, gid, timers, tm, mode, claim, ttl = nx(), nx(), nx(), nx(), nx(), nx(), nx(), nx()\n"
+    "redis.call('ZREM', timers, tm)\n"
+    "local body = redis.call('GET', wkey)\n"
+    "local known = redis.call('HDEL', waits, gid)\n"
+    "if not body then return {8} end\n"
+    "redis.call('DEL', wkey)\n"
+    "if mode == 'd' then return {9} end\n"
+    "local b = parts(body, 7)\n"
+    "if b[6] ~= '' then return {5, b[6]} end\n"
+    "return {push(claim, ttl, b[3], b[4], b[5], b[7])}\n";
+
+/* INACT: a silent member: seen key, member, last, marker key, marker ttl,
+ * then an issue block. Once per silence: the marker holds the `last` that
+ * fired; the member leaves the index until its next activity re-adds it, so
+ * a poll reads only silences not yet fired. */
+static const char LUA_INACT[] = LUA_PRELUDE
+    "local seen, user, last, marker, mttl = nx(), nx(), nx(), nx(), nx()\n"
+    "local s = redis.call('ZSCORE', seen, user)\n"
+    "if not s or tonumber(s) ~= tonumber(last) then return {8} end\n"
+    "redis.call('ZREM', seen, user)\n"
+    "if redis.call('GET', marker) == last then return {8} end\n"
+    "redis.call('SET', marker, last, 'PX', mttl)\n"
+    "return issue()\n";
+
+enum { S_ISSUE, S_COUNT, S_CANCEL, S_TOUCH, S_FIRE, S_INACT, S_N };
+
+struct redis_store {
+    redis_sink_t *sink;
+    const config_t *cfg;
+    ruleset_t *const *rules;
+    engine_t *eng;
+    int sh[S_N];
+    strbuf tmp, json;
+    rs_stats_t stats;
+};
+
+/* ---- argument vectors ------------------------------------------------------ */
+
+#define MAX_ARGS 64
+typedef struct argv_b {
+    strbuf buf;
+    size_t off[MAX_ARGS], len[MAX_ARGS];
+    int n;
+} argv_b;
+
+static void a_init(argv_b *a) { sb_init(&a->buf); a->n = 0; }
+static void a_add(argv_b *a, const char *s, size_t n) {
+    if (a->n == MAX_ARGS) return;
+    a->off[a->n] = a->buf.len;
+    sb_append(&a->buf, s, n);
+    a->len[a->n++] = n;
+}
+static void a_str(argv_b *a, const char *s) { a_add(a, s ? s : "", s ? strlen(s) : 0); }
+static void a_fmt(argv_b *a, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void a_fmt(argv_b *a, const char *fmt, ...) {
+    char tmp[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(tmp, sizeof tmp, fmt, ap);
+    va_end(ap);
+    if (n < 0) n = 0;
+    if ((size_t)n < sizeof tmp) {
+        a_add(a, tmp, (size_t)n);
+        return;
+    }
+    char *big = xmalloc((size_t)n + 1);
+    va_start(ap, fmt);
+    vsnprintf(big, (size_t)n + 1, fmt, ap);
+    va_end(ap);
+    a_add(a, big, (size_t)n);
+    free(big);
+}
+static void a_ll(argv_b *a, long long v) { a_fmt(a, "%lld", v); }
+
+typedef struct call_ctx {
+    redis_store_t *st;
+    int script;
+    rs_done_cb cb;
+    void *ud;
+} call_ctx;
+
+static rs_outcome parse_reply(const redisReply *r, long long *n) {
+    *n = 0;
+    if (!r || r->type != REDIS_REPLY_ARRAY || r->elements < 1 || r->element[0]->type != REDIS_REPLY_INTEGER)
+        return RS_ERROR;
+    long long code = r->element[0]->integer;
+    if (code == RS_CANCELLED) *n = (long long)r->elements - 1;
+    else if (code == RS_PROGRESS && r->elements > 1 && r->element[1]->type == REDIS_REPLY_INTEGER)
+        *n = r->element[1]->integer;
+    return code >= 0 && code < RS_ERROR ? (rs_outcome)code : RS_ERROR;
+}
+
+static void count_outcome(redis_store_t *st, rs_outcome k, long long n) {
+    switch (k) {
+    case RS_SCHEDULED: st->stats.scheduled++; break;
+    case RS_PENDING: st->stats.pending_hits++; break;
+    case RS_CANCELLED: st->stats.cancelled += (uint64_t)n; break;
+    case RS_ERROR: st->stats.errors++; break;
+    default: break;
+    }
+}
+
+static void on_call_reply(void *ud, const redisReply *reply) {
+    call_ctx *c = ud;
+    long long n;
+    rs_outcome k = parse_reply(reply, &n);
+    if (k == RS_ERROR)
+        log_error("redis_store_reply", "script=%d type=%d", c->script, reply ? reply->type : -1);
+    count_outcome(c->st, k, n);
+    if (c->cb) c->cb(c->ud, k, n);
+    free(c);
+}
+
+static void a_send(redis_store_t *st, argv_b *a, int script, rs_done_cb cb, void *ud) {
+    const char *p[MAX_ARGS];
+    for (int i = 0; i < a->n; i++) p[i] = a->buf.s + a->off[i];
+    call_ctx *c = xmalloc(sizeof *c);
+    *c = (call_ctx){st, script, cb, ud};
+    redis_sink_eval(st->sink, st->sh[script], a->n, p, a->len, on_call_reply, c);
+    sb_free(&a->buf);
+}
+
+/* ---- keys ------------------------------------------------------------------ */
+
+static void k_member(redis_store_t *st, argv_b *a, const char *user, const char *what, const char *tail) {
+    a_fmt(a, "%s{u:%s}:%s%s", st->cfg->key_prefix, user, what, tail ? tail : "");
+}
+static void k_timers(redis_store_t *st, argv_b *a, const char *topic, int32_t part) {
+    a_fmt(a, "%stimers:%s:%d", st->cfg->key_prefix, topic, (int)part);
+}
+static void k_seen(redis_store_t *st, argv_b *a, const char *topic, int32_t part, const char *rule) {
+    a_fmt(a, "%sseen:%s:%d:%s", st->cfg->key_prefix, topic, (int)part, rule);
+}
+
+/* The issue block (LUA_PRELUDE's issue()) for a decision whose moment has
+ * come at `at`: a hard reason is reported; a rule that waits schedules (the
+ * grant finished now, issued at its due time); a soft reason is reported;
+ * otherwise claim + push the grant issued at `at`. */
+static void add_issue(redis_store_t *st, argv_b *a, const intent_t *in, int64_t at, const char *topic, int32_t part) {
+    int hard = in->reason && !in->reason_soft;
+    if (hard || (in->reason && in->wait_ms <= 0)) {
+        a_str(a, "x");
+        return;
+    }
+    int waits = in->wait_ms > 0;
+    int64_t when = waits ? at + in->wait_ms : at;
+    a_str(a, waits ? "s" : "g");
+    k_member(st, a, in->user, "grant:", in->grant_id);
+    a_ll(a, st->cfg->claim_ttl_ms > 0 ? st->cfg->claim_ttl_ms : 1);
+    const channel_cfg_t *ch = config_channel(st->cfg, in->channel);
+    sb_reset(&st->tmp);
+    config_channel_key(st->cfg, ch, in->channel, &st->tmp);
+    a_add(a, st->tmp.s, st->tmp.len);
+    a_str(a, ch->kind == OUT_LIST ? "list" : "stream");
+    a_ll(a, ch->kind == OUT_LIST ? 0 : ch->maxlen);
+    sb_reset(&st->json);
+    if (in->rec && !in->reason) engine_finish_grant(in->rec, in->rec_len, in->rec_cut, in->expires_in_ms, when, &st->json);
+    a_add(a, st->json.s ? st->json.s : "", st->json.len);
+    if (!waits) return;
+    k_member(st, a, in->user, "waits", NULL);
+    k_member(st, a, in->user, "wait:", in->grant_id);
+    a_str(a, in->grant_id);
+    k_timers(st, a, topic, part);
+    a_fmt(a, "%s|%s|%s", in->grant_id, in->rule->id, in->user);
+    a_str(a, in->rule->id);
+    a_ll(a, at);
+    a_ll(a, when);
+    a_str(a, in->reason ? in->reason : "");
+    sb_reset(&st->tmp);
+    for (size_t i = 0; i < in->n_cancel_on; i++) {
+        if (!i) sb_putc(&st->tmp, '\x1f');
+        sb_puts(&st->tmp, in->cancel_on[i]);
+        sb_putc(&st->tmp, '\x1f');
+    }
+    a_add(a, st->tmp.s ? st->tmp.s : "", st->tmp.len);
+}
+
+/* ---- lifecycle ---------------------------------------------------------------- */
+
+redis_store_t *redis_store_new(redis_sink_t *sink, const config_t *cfg, ruleset_t *const *rules, engine_t *eng) {
+    redis_store_t *st = xcalloc(1, sizeof *st);
+    st->sink = sink;
+    st->cfg = cfg;
+    st->rules = rules;
+    st->eng = eng;
+    sb_init(&st->tmp);
+    sb_init(&st->json);
+    static const char *const lua[S_N] = {LUA_ISSUE, LUA_COUNT, LUA_CANCEL, LUA_TOUCH, LUA_FIRE, LUA_INACT};
+    for (int i = 0; i < S_N; i++) {
+        st->sh[i] = redis_sink_add_script(sink, lua[i]);
+        if (st->sh[i] < 0) {
+            redis_store_free(st);
+            return NULL;
+        }
+    }
+    return st;
+}
+
+void redis_store_free(redis_store_t *st) {
+    if (!st) return;
+    sb_free(&st->tmp);
+    sb_free(&st->json);
+    free(st);
+}
+
+void redis_store_stats(const redis_store_t *st, rs_stats_t *out) { *out = st->stats; }
+
+/* ---- intents ------------------------------------------------------------------- */
+
+int redis_store_apply(redis_store_t *st, const intent_t *in, const char *topic, int32_t partition, rs_done_cb cb,
+                      void *ud) {
+    argv_b a;
+    a_init(&a);
+    switch (in->kind) {
+    case INTENT_EXPLAIN:
+        return 0;
+    case INTENT_GRANT:
+    case INTENT_SCHEDULE:
+        add_issue(st, &a, in, in->ts, topic, partition);
+        if (a.len[0] == 1 && a.buf.s[0] == 'x') { /* nothing to write */
+            sb_free(&a.buf);
+            return 0;
+        }
+        a_send(st, &a, S_ISSUE, cb, ud);
+        return 1;
+    case INTENT_COUNT_GRANT:
+        k_member(st, &a, in->user, "cnt:", in->rule->id);
+        a_ll(&a, in->ts);
+        a_fmt(&a, "(%lld", (long long)(in->ts - in->within_ms));
+        a_ll(&a, in->within_ms + 60000); /* the window's own pruning is exact; the TTL only collects garbage */
+        a_ll(&a, in->count);
+        a_str(&a, in->occurrence);
+        add_issue(st, &a, in, in->ts, topic, partition);
+        a_send(st, &a, S_COUNT, cb, ud);
+        return 1;
+    case INTENT_CANCEL:
+        k_member(st, &a, in->user, "waits", NULL);
+        k_member(st, &a, in->user, "wait:", NULL);
+        a_ll(&a, in->ts);
+        a_str(&a, in->event);
+        a_send(st, &a, S_CANCEL, cb, ud);
+        return 1;
+    case INTENT_TOUCH: {
+        const ruleset_t *rs = *st->rules;
+        a_ll(&a, in->ts);
+        a_str(&a, in->user);
+        for (size_t i = 0; i < ruleset_count(rs); i++) {
+            const rule_t *r = ruleset_rule(rs, i);
+            if (!r->enabled || r->kind != TRIG_INACTIVITY) continue;
+            int counts = r->n_events == 0;
+            for (size_t j = 0; !counts && j < r->n_events; j++) counts = !strcmp(r->events[j], in->event);
+            if (counts) k_seen(st, &a, topic, partition, r->id);
+        }
+        if (a.n == 2) {
+            sb_free(&a.buf);
+            return 0;
+        }
+        a_send(st, &a, S_TOUCH, cb, ud);
+        return 1;
+    }
+    }
+    sb_free(&a.buf);
+    return 0;
+}
+
+/* ---- polling -------------------------------------------------------------------- */
+
+typedef struct round {
+    redis_store_t *st;
+    char *topic;
+    int32_t part;
+    int64_t now;
+    int outstanding, more, ok;
+    void (*done)(void *ud, int more, int ok);
+    void *ud;
+} round_t;
+
+typedef struct read_ctx {
+    round_t *r;
+    char *rule_id;   /* NULL: the timers read */
+} read_ctx;
+
+static void round_step(round_t *r) {
+    if (--r->outstanding > 0) return;
+    r->done(r->ud, r->more, r->ok);
+    free(r->topic);
+    free(r);
+}
+
+static void on_fire_reply(void *ud, rs_outcome k, long long n) {
+    redis_store_t *st = ud;
+    switch (k) {
+    case RS_GRANTED: st->stats.fired++; break;
+    case RS_REPEAT: st->stats.fired_repeats++; break;
+    case RS_DROPPED: st->stats.dropped++; break;
+    case RS_STALE: st->stats.stale++; break;
+    default: break;
+    }
+}
+
+static void on_inact_reply(void *ud, rs_outcome k, long long n) {
+    redis_store_t *st = ud;
+    if (k == RS_GRANTED || k == RS_SCHEDULED || k == RS_EXPLAINED) st->stats.inact_fired++;
+    else if (k == RS_REPEAT) st->stats.fired_repeats++;
+    else if (k == RS_STALE) st->stats.stale++;
+}
+
+static void fire_timers(round_t *r, const redisReply *rep) {
+    redis_store_t *st = r->st;
+    const ruleset_t *rs = *st->rules;
+    for (size_t i = 0; i + 1 < rep->elements; i += 2) {
+        const redisReply *m = rep->element[i];
+        if (m->type != REDIS_REPLY_STRING || m->len < GID_LEN + 3 || m->str[GID_LEN] != '|') continue;
+        char gid[GID_LEN + 1], rule[256], user[512];
+        memcpy(gid, m->str, GID_LEN);
+        gid[GID_LEN] = '\0';
+        const char *p = m->str + GID_LEN + 1, *bar = memchr(p, '|', m->len - GID_LEN - 1);
+        if (!bar || (size_t)(bar - p) >= sizeof rule || m->len - (size_t)(bar + 1 - m->str) >= sizeof user) continue;
+        memcpy(rule, p, (size_t)(bar - p));
+        rule[bar - p] = '\0';
+        size_t ulen = m->len - (size_t)(bar + 1 - m->str);
+        memcpy(user, bar + 1, ulen);
+        user[ulen] = '\0';
+        const rule_t *rl = ruleset_find(rs, rule);
+        const char *why = !rl ? "rule removed" : !rl->enabled ? "rule disabled" : NULL;
+        if (why) log_info("wait_dropped", "rule=%s user=%s grant_id=%s reason=\"%s\"", rule, user, gid, why);
+        argv_b a;
+        a_init(&a);
+        k_member(st, &a, user, "waits", NULL);
+        k_member(st, &a, user, "wait:", gid);
+        a_str(&a, gid);
+        k_timers(st, &a, r->topic, r->part);
+        a_add(&a, m->str, m->len);
+        a_str(&a, why ? "d" : "g");
+        k_member(st, &a, user, "grant:", gid);
+        a_ll(&a, st->cfg->claim_ttl_ms > 0 ? st->cfg->claim_ttl_ms : 1);
+        a_send(st, &a, S_FIRE, on_fire_reply, st);
+    }
+}
+
+static void fire_inactivity(round_t *r, const rule_t *rl, const redisReply *rep) {
+    redis_store_t *st = r->st;
+    for (size_t i = 0; i + 1 < rep->elements; i += 2) {
+        const redisReply *m = rep->element[i], *sc = rep->element[i + 1];
+        if (m->type != REDIS_REPLY_STRING || sc->type != REDIS_REPLY_STRING) continue;
+        char *user = xstrndup(m->str, m->len);
+        int64_t last = (int64_t)strtod(sc->str, NULL);
+        int64_t at = last + rl->inactive_ms;
+        intent_t in;
+        engine_decide_inactivity(st->eng, rl, user, last, at, &in);
+        argv_b a;
+        a_init(&a);
+        k_seen(st, &a, r->topic, r->part, rl->id);
+        a_str(&a, user);
+        a_ll(&a, last);
+        k_member(st, &a, user, "inact:", rl->id);
+        a_ll(&a, st->cfg->claim_ttl_ms > 0 ? st->cfg->claim_ttl_ms : 1);
+        add_issue(st, &a, &in, at, r->topic, r->part);
+        a_send(st, &a, S_INACT, on_inact_reply, st);
+        free(user);
+    }
+}
+
+static void on_poll_reply(void *ud, const redisReply *rep) {
+    read_ctx *c = ud;
+    round_t *r = c->r;
+    if (!rep) {
+        r->ok = 0;
+    } else if (rep->type != REDIS_REPLY_ARRAY) {
+        log_error("timer_poll_failed", "topic=%s partition=%d error=\"%.200s\"", r->topic, (int)r->part,
+                  rep->type == REDIS_REPLY_ERROR ? rep->str : "?");
+        r->ok = 0;
+    } else {
+        if (rep->elements >= 2 * POLL_LIMIT) r->more = 1;
+        if (!c->rule_id) {
+            fire_timers(r, rep);
+        } else {
+            const rule_t *rl = ruleset_find(*r->st->rules, c->rule_id);
+            if (rl && rl->enabled && rl->kind == TRIG_INACTIVITY) fire_inactivity(r, rl, rep);
+        }
+    }
+    free(c->rule_id);
+    free(c);
+    round_step(r);
+}
+
+static void poll_read(round_t *r, const char *rule_id, const char *key, int64_t max) {
+    char maxs[32], lim[16];
+    snprintf(maxs, sizeof maxs, "%lld", (long long)max);
+    snprintf(lim, sizeof lim, "%d", POLL_LIMIT);
+    const char *argv[8] = {"ZRANGEBYSCORE", key, "-inf", maxs, "WITHSCORES", "LIMIT", "0", lim};
+    size_t lens[8];
+    for (int i = 0; i < 8; i++) lens[i] = strlen(argv[i]);
+    read_ctx *c = xcalloc(1, sizeof *c);
+    c->r = r;
+    c->rule_id = rule_id ? xstrdup(rule_id) : NULL;
+    r->outstanding++;
+    redis_sink_read(r->st->sink, 8, argv, lens, on_poll_reply, c);
+}
+
+void redis_store_poll(redis_store_t *st, const char *topic, int32_t partition, int64_t now,
+                      void (*done)(void *ud, int more, int ok), void *ud) {
+    round_t *r = xcalloc(1, sizeof *r);
+    r->st = st;
+    r->topic = xstrdup(topic);
+    r->part = partition;
+    r->now = now;
+    r->ok = 1;
+    r->done = done;
+    r->ud = ud;
+    r->outstanding = 1; /* held until every read is queued */
+    argv_b k;
+    a_init(&k);
+    k_timers(st, &k, topic, partition);
+    poll_read(r, NULL, k.buf.s, now);
+    const ruleset_t *rs = *st->rules;
+    for (size_t i = 0; i < ruleset_count(rs); i++) {
+        const rule_t *rl = ruleset_rule(rs, i);
+        if (!rl->enabled || rl->kind != TRIG_INACTIVITY) continue;
+        sb_reset(&k.buf);
+        k.n = 0;
+        k_seen(st, &k, topic, partition, rl->id);
+        poll_read(r, rl->id, k.buf.s, now - rl->inactive_ms);
+    }
+    sb_free(&k.buf);
+    round_step(r);
+}

@@ -1,0 +1,71 @@
+/* state_redis.h - the Redis store: the daemon's executor of intents
+ * (state.h) and its timers, with the outcomes of state_mem.c (docs/time.md is
+ * the contract; "Redis keys" there is the layout).
+ *
+ * Every intent that needs state is one EVALSHA of a script carried by the
+ * sink (redis_sink.h): ordered on one connection, held until acknowledged,
+ * resent after a reconnect. Each script is idempotent under resend: a wait
+ * is keyed by its grant id, a count occurrence by the message id, a grant by
+ * its claim, an inactivity firing by a marker holding the silence's start.
+ *
+ * Timers live in Redis, per Kafka partition: the daemon polls the partitions
+ * it owns (redis_store_poll), so ownership of timers moves with a rebalance
+ * and a restarted daemon fires what fell due while it was down. A poll reads
+ * only what is due (ZRANGEBYSCORE -inf now LIMIT 0 500): a million pending
+ * waits cost one empty range read per tick. */
+#ifndef BENEFITD_STATE_REDIS_H
+#define BENEFITD_STATE_REDIS_H
+
+#include <stdint.h>
+#include "state.h"
+#include "engine.h"
+#include "../core/config.h"
+#include "../rules/rules.h"
+#include "../sink/redis_sink.h"
+
+typedef struct redis_store redis_store_t;
+
+/* What a script did. */
+typedef enum {
+    RS_REPEAT = 0,     /* the grant id was already claimed: nothing pushed */
+    RS_GRANTED = 1,    /* claimed and pushed */
+    RS_SCHEDULED = 2,  /* a pending wait recorded (or already recorded by this very trigger) */
+    RS_PENDING = 3,    /* a wait of the rule is pending for the member: trigger ignored */
+    RS_PROGRESS = 4,   /* a count below N */
+    RS_EXPLAINED = 5,  /* nothing granted, for the reason of the intent (or a soft reason at due) */
+    RS_CANCELLED = 6,  /* n = how many waits the event cancelled */
+    RS_TOUCHED = 7,
+    RS_STALE = 8,      /* a timer whose wait was cancelled or fired, a silence that ended: nothing */
+    RS_DROPPED = 9,    /* a wait of a removed or disabled rule: deleted, never granted */
+    RS_ERROR = 10,
+} rs_outcome;
+
+typedef void (*rs_done_cb)(void *ud, rs_outcome kind, long long n);
+
+/* Registers the store's scripts with the sink: call before redis_sink_start.
+ * rules points at the daemon's current ruleset (read at each use, so a
+ * reload between a poll and its reply is seen); eng decides inactivity. */
+redis_store_t *redis_store_new(redis_sink_t *sink, const config_t *cfg, ruleset_t *const *rules, engine_t *eng);
+void redis_store_free(redis_store_t *st);
+
+/* Executes one intent of an event read from topic/partition. Returns 1 when
+ * a Redis write was queued (cb is called once, on its acknowledgement), 0
+ * when the intent needed none (an explain: cb is not called). */
+int redis_store_apply(redis_store_t *st, const intent_t *in, const char *topic, int32_t partition, rs_done_cb cb,
+                      void *ud);
+
+/* One poll round of a partition's timers and inactivity indexes at now: the
+ * due waits fire (or are dropped, for rules no longer enabled), the silent
+ * members of each inactivity rule fire. done(ud, more, ok) is called once,
+ * when every read of the round is answered (fires are queued by then, in
+ * order, ahead of anything sent later): more = 1 when a read hit its limit
+ * (poll again at once), ok = 0 when the connection dropped meanwhile. */
+void redis_store_poll(redis_store_t *st, const char *topic, int32_t partition, int64_t now,
+                      void (*done)(void *ud, int more, int ok), void *ud);
+
+typedef struct rs_stats {
+    uint64_t fired, fired_repeats, dropped, stale, inact_fired, scheduled, cancelled, pending_hits, errors;
+} rs_stats_t;
+void redis_store_stats(const redis_store_t *st, rs_stats_t *out);
+
+#endif

@@ -1,0 +1,297 @@
+#!/usr/bin/python3
+"""The time shapes live: waits, cancel_on, counts and inactivity in the real
+daemon, durable in a real redis-server, fed by the librdkafka mock cluster.
+
+Every test compares what lands in Redis with what `benefitd replay --until`
+predicts for the same events (grant ids: replay decides on event time, the
+daemon on processing time, so only the clock fields differ). Events carry
+timestamps just before now and rules use short durations (seconds), so a
+whole test runs in seconds; waiting is always for a condition, with a
+deadline.
+
+Run from the repo root: /usr/bin/python3 -m unittest -v tests/integration/test_time.py
+(or tests/integration/run-all). Needs `make all`.
+"""
+import datetime
+import json
+import os
+import re
+import sys
+import time
+import unittest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from harness import IntegrationTest, duplicates, replay, wait_for  # noqa: E402
+
+TOPIC = "events"
+
+
+def now_ms():
+    return int(time.time() * 1000)
+
+
+def iso(ms):
+    return datetime.datetime.fromtimestamp(ms / 1000, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def iso_to_ms(s):
+    t = datetime.datetime.strptime(s, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=datetime.timezone.utc)
+    return int(round(t.timestamp() * 1000))
+
+
+def tev(event, user, mid, ts, **props):
+    return {"type": "track", "event": event, "userId": user, "messageId": mid, "timestamp": iso(ts),
+            "properties": props}
+
+
+def rule(rid, trigger, grant, extra=""):
+    return "id: %s\ntrigger: %s\n%sgrant: %s\n" % (rid, trigger, extra, grant)
+
+
+CART = rule("cart", "{event: Product Added}",
+            "{benefit: coupon, sku: CART-10, value: 10, expires_in: 72h, channel: email, "
+            "message: \"{{properties.name}} is still in your cart\"}",
+            "wait: 2s\ncancel_on: [Order Completed]\n")
+POST = rule("post", "{event: Order Completed, where: properties.total >= 100}",
+            "{benefit: coupon, sku: NEXT-5, value: 5, expires_in: 30d, channel: email}", "wait: 2s\n")
+THIRD = rule("third", "{event: Order Completed, count: 3, within: 10s}",
+             "{benefit: points, sku: PTS, value: 300, channel: email}")
+WINBACK = rule("winback", "{inactive_for: 3s}",
+               "{benefit: coupon, sku: WB-15, value: 15, expires_in: 14d, channel: email, "
+               "message: \"We miss you, {{user_id}}\"}")
+
+
+def stream_grants(client, prefix="bd:"):
+    """Every grant in the grant streams, with the time Redis added it (the
+    stream entry id's milliseconds) in g['_pushed_ms']."""
+    out = []
+    for key in sorted(client.scan_iter(match=prefix + "grants:*")):
+        for eid, fields in client.xrange(key):
+            g = json.loads(fields["grant"])
+            g["_pushed_ms"] = int(eid.split("-")[0])
+            out.append(g)
+    return out
+
+
+def owned_partitions(daemon):
+    """The partitions whose timers the daemon polls now, from its log."""
+    owned = set()
+    for line in daemon.log().splitlines():
+        m = re.search(r"event=timers_(owned|released) topic=\S+ partition=(\d+)", line)
+        if m:
+            (owned.add if m.group(1) == "owned" else owned.discard)(int(m.group(2)))
+    return owned
+
+
+class TimeTest(IntegrationTest):
+
+    def setUp(self):
+        super().setUp()
+        self.env.start_backends()
+
+    def start(self, rules, n=1):
+        self.env.write_rules(rules)
+        self.env.write_config(channels={})
+        return [self.env.start_daemon() for _ in range(n)]
+
+    def events_file(self, events, name="events.jsonl"):
+        path = self.env.dir / name
+        with open(path, "w") as f:
+            for e in events:
+                f.write(json.dumps(e) + "\n")
+        return path
+
+    def replay_ids(self, path, until_ms):
+        rep = replay(self.env.rules_dir, path, config=self.env.config_path, until=iso(until_ms))
+        self.assertEqual(rep.rc, 0, rep.stderr)
+        ids = [g["grant_id"] for g in rep.grants]
+        self.assertEqual(duplicates(ids), {})
+        return rep, set(ids)
+
+    def quiet(self):
+        """Nothing left that could fire: no timer, no member awaiting a silence."""
+        c = self.env.client()
+        keys = list(c.scan_iter(match="bd:timers:*")) + list(c.scan_iter(match="bd:seen:*"))
+        return all(c.zcard(k) == 0 for k in keys)
+
+    def wait_ids(self, ids, timeout, what):
+        c = self.env.client()
+        return wait_for(lambda: ids <= {g["grant_id"] for g in stream_grants(c)}, timeout, what, interval=0.1)
+
+    def assertLiveEqualsReplay(self, rep_ids):
+        live = stream_grants(self.env.client())
+        live_ids = [g["grant_id"] for g in live]
+        self.assertEqual(duplicates(live_ids), {}, "a grant was pushed twice")
+        self.assertEqual(set(live_ids), rep_ids,
+                         "only live: %s; only replay: %s" % (set(live_ids) - rep_ids, rep_ids - set(live_ids)))
+        return live
+
+    # ------------------------------------------------------------------ a
+    def test_a_each_shape_live_equals_replay(self):
+        self.start({"cart.yaml": CART, "post.yaml": POST, "third.yaml": THIRD, "winback.yaml": WINBACK})
+        b = now_ms() - 1000
+        evs = [
+            tev("Product Added", "u1", "a-1", b, name="Lamp"),                 # cart: granted after 2s
+            tev("Product Added", "u2", "a-2", b, name="Desk"),                 # cart: cancelled by the order
+            tev("Order Completed", "u2", "a-3", b + 300, total=50),
+            tev("Product Added", "u3", "a-4", b, name="Chair"),                # cart: one grant, first add's id
+            tev("Product Added", "u3", "a-5", b + 200, name="Rug"),            # (already pending)
+            tev("Order Completed", "u4", "a-6", b, total=120),                 # post after 2s
+            tev("Order Completed", "u4", "a-7", b + 100, total=30),
+            tev("Order Completed", "u4", "a-8", b + 200, total=30),            # third: crosses 3
+            tev("Order Completed", "u5", "a-9", b, total=150),                 # post
+            tev("Order Completed", "u5", "a-9", b, total=150),                 # redelivered: counts once
+        ]                                                                      # winback: all five, once
+        path = self.events_file(evs)
+        rep, rep_ids = self.replay_ids(path, b + 60000)
+        by_rule = {}
+        for g in rep.grants:
+            by_rule.setdefault(g["rule"], set()).add(g["user_id"])
+        self.assertEqual(by_rule, {"cart": {"u1", "u3"}, "post": {"u4", "u5"}, "third": {"u4"},
+                                   "winback": {"u1", "u2", "u3", "u4", "u5"}})
+        self.env.kafka.produce(path)
+        self.wait_ids(rep_ids, 20, "the grants replay predicts")
+        wait_for(self.quiet, 10, "every timer and silence to be spent")
+        live = self.assertLiveEqualsReplay(rep_ids)
+        self.env.wait_all_committed(timeout=20)
+        # waits are issued at their due time: processing time + 2s
+        for g in live:
+            if g["rule"] in ("cart", "post"):
+                lag = iso_to_ms(g["issued_at"]) - iso_to_ms(g["trigger"]["timestamp"])
+                self.assertGreaterEqual(lag, 2000, g)
+                self.assertGreaterEqual(g["_pushed_ms"], iso_to_ms(g["issued_at"]) - 50, "fired early: %s" % g)
+            if g["rule"] == "winback":
+                self.assertEqual(iso_to_ms(g["issued_at"]), iso_to_ms(g["trigger"]["timestamp"]) + 3000)
+        c = self.env.client()
+        self.assertEqual(list(c.scan_iter(match="bd:{u:*}:wait:*")), [])
+        self.assertEqual(c.hlen("bd:{u:u1}:waits"), 0)
+
+    # ------------------------------------------------------------------ b
+    def test_b_kill9_with_waits_pending(self):
+        soon = rule("soon", "{event: Product Added}", "{benefit: coupon, sku: S, value: 1, channel: email}",
+                    "wait: 2s\n")
+        later = rule("later", "{event: Product Added}", "{benefit: coupon, sku: L, value: 2, channel: email}",
+                     "wait: 11s\n")
+        d1, = self.start({"soon.yaml": soon, "later.yaml": later})
+        b = now_ms() - 500
+        evs = [tev("Product Added", "k%02d" % i, "k-%d" % i, b + i) for i in range(16)]
+        path = self.events_file(evs)
+        rep, rep_ids = self.replay_ids(path, b + 60000)
+        self.assertEqual(len(rep_ids), 32)
+        self.env.kafka.produce(path)
+        self.env.wait_all_committed(timeout=20)   # every wait is in Redis
+        c = self.env.client()
+        pending = sum(c.zcard(k) for k in c.scan_iter(match="bd:timers:*"))
+        self.assertEqual(pending, 32)
+        d1.kill9()
+        killed = now_ms()
+        # the daemon stays down past the short waits' due time: they are overdue at restart
+        time.sleep(max(0, (killed + 2500 - now_ms()) / 1000))
+        self.assertEqual(stream_grants(c), [], "a wait fired while no daemon ran")
+        d2 = self.env.start_daemon(timeout=30)
+        d2.wait_log(r"event=timers_owned", 10)
+        assigned = now_ms()
+        self.wait_ids(rep_ids, 20, "every wait to fire after the restart")
+        live = self.assertLiveEqualsReplay(rep_ids)
+        for g in live:
+            due = iso_to_ms(g["issued_at"])
+            self.assertGreaterEqual(g["_pushed_ms"], due - 50, "fired early: %s" % g)
+            if g["rule"] == "soon":   # overdue at restart: fired at once
+                self.assertLess(due, assigned)
+                self.assertLess(g["_pushed_ms"] - assigned, 1500, g)
+            elif due > assigned:      # due after the restart: on time
+                self.assertLess(g["_pushed_ms"] - due, 1000, g)
+        self.assertTrue(self.quiet())
+
+    # ------------------------------------------------------------------ c
+    def test_c_two_daemons_handover(self):
+        cart = rule("cart", "{event: Product Added}", "{benefit: coupon, sku: C, value: 1, channel: email}",
+                    "wait: 9s\ncancel_on: [Order Completed]\n")
+        d1, d2 = self.start({"cart.yaml": cart}, n=2)
+
+        def split():
+            a, b = owned_partitions(d1), owned_partitions(d2)
+            return a and b and not (a & b) and len(a | b) == 4 and (a, b)
+        wait_for(split, 30, "both daemons to own partitions")
+        b = now_ms() - 500
+        first = [tev("Product Added", "h%02d" % i, "h-%d" % i, b + i) for i in range(24)]
+        first.append(tev("Order Completed", "h00", "h-o", b + 100))   # one cancelled
+        path1 = self.events_file(first, "first.jsonl")
+        self.env.kafka.produce(path1)
+        self.env.wait_all_committed(timeout=20)
+        c = self.env.client()
+        theirs = owned_partitions(d2)
+        left = sum(c.zcard("bd:timers:%s:%d" % (TOPIC, p)) for p in theirs)
+        self.assertGreater(left, 0, "no pending wait on the partitions of the daemon to stop")
+        self.assertEqual(d2.terminate(), 0)
+        wait_for(lambda: owned_partitions(d1) == {0, 1, 2, 3}, 30, "the survivor to own every partition")
+        _, ids1 = self.replay_ids(path1, b + 60000)
+        self.assertEqual(len(ids1), 23)
+        self.wait_ids(ids1, 20, "the stopped daemon's timers to fire on the survivor")
+        self.assertEqual(sum(c.zcard("bd:timers:%s:%d" % (TOPIC, p)) for p in theirs), 0)
+
+        d3 = self.env.start_daemon(timeout=30)
+        wait_for(lambda: (owned_partitions(d1) and owned_partitions(d3) and
+                          len(owned_partitions(d1) | owned_partitions(d3)) == 4), 30, "a new split")
+        b2 = now_ms() - 500
+        second = [tev("Product Added", "j%02d" % i, "j-%d" % i, b2 + i) for i in range(16)]
+        path2 = self.events_file(second, "second.jsonl")
+        self.env.kafka.produce(path2)
+        allp = self.events_file(first + second, "all.jsonl")
+        _, ids = self.replay_ids(allp, b2 + 60000)
+        self.assertEqual(len(ids), 39)
+        self.wait_ids(ids, 25, "the second batch's waits")
+        self.assertLiveEqualsReplay(ids)
+
+    # ------------------------------------------------------------------ d
+    def test_d_cancel_on_before_due(self):
+        self.start({"cart.yaml": CART})
+        b = now_ms() - 500
+        evs = [tev("Product Added", "c1", "c-1", b, name="Lamp"),
+               tev("Order Completed", "c1", "c-2", b + 200, total=20),
+               tev("Product Added", "c2", "c-3", b, name="Desk")]      # not cancelled: the witness
+        path = self.events_file(evs)
+        rep, rep_ids = self.replay_ids(path, b + 60000)
+        self.assertEqual({g["user_id"] for g in rep.grants}, {"c2"})
+        self.env.kafka.produce(path)
+        self.wait_ids(rep_ids, 15, "the uncancelled wait to fire")
+        wait_for(self.quiet, 5, "no timer left")
+        self.assertLiveEqualsReplay(rep_ids)
+        c = self.env.client()
+        self.assertEqual(c.hlen("bd:{u:c1}:waits"), 0)
+        self.assertEqual(list(c.scan_iter(match="bd:{u:c1}:grant:*")), [])
+
+    # ------------------------------------------------------------------ e
+    def test_e_reload_removes_rule_with_pending_waits(self):
+        gone = rule("gone", "{event: Product Added}", "{benefit: coupon, sku: G, value: 1, channel: email}",
+                    "wait: 3s\n")
+        kept = rule("kept", "{event: Product Added}", "{benefit: coupon, sku: K, value: 5, channel: email}",
+                    "wait: 3s\n")
+        d, = self.start({"gone.yaml": gone, "kept.yaml": kept})
+        b = now_ms() - 500
+        evs = [tev("Product Added", "r%d" % i, "r-%d" % i, b + i) for i in range(6)]
+        path = self.events_file(evs)
+        self.env.kafka.produce(path)
+        self.env.wait_all_committed(timeout=20)
+        c = self.env.client()
+        self.assertEqual(sum(c.zcard(k) for k in c.scan_iter(match="bd:timers:*")), 12)
+        # remove `gone`, change `kept` (value 5 -> 7): its pending waits keep what was decided
+        (self.env.rules_dir / "gone.yaml").unlink()
+        (self.env.rules_dir / "kept.yaml").write_text(kept.replace("value: 5", "value: 7"))
+        start = d.log_size()
+        d.send(__import__("signal").SIGHUP)
+        d.wait_log(r"event=reloaded rules=1 ", 10, start=start)
+        wait_for(self.quiet, 15, "every pending wait to fall due")
+        live = stream_grants(c)
+        self.assertEqual(sorted(g["user_id"] for g in live), ["r%d" % i for i in range(6)])
+        self.assertEqual({g["rule"] for g in live}, {"kept"})
+        self.assertEqual({g["benefit"]["value"] for g in live}, {5}, "a pending wait took the new rule's value")
+        self.assertEqual(len(re.findall(r"event=wait_dropped rule=gone .*reason=\"rule removed\"", d.log())), 6)
+        # replay of the old rules grants the same `kept` ids
+        old = self.env.write_rules({"gone.yaml": gone, "kept.yaml": kept}, self.env.dir / "old-rules")
+        rep = replay(old, path, config=self.env.config_path, until=iso(b + 60000))
+        self.assertEqual({g["grant_id"] for g in rep.grants if g["rule"] == "kept"}, {g["grant_id"] for g in live})
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
