@@ -560,6 +560,31 @@ class PipelineTest(IntegrationTest):
         self.assertTrue(d.alive())
         self.assertEqual(d.terminate(), 0)
 
+    # ------------------------------------------------------------------ l
+    @unittest.expectedFailure
+    def test_l_failed_push_is_retried_not_dropped(self):
+        """KNOWN DAEMON BUG (reported; remove expectedFailure once fixed).
+        The claim+push Lua step (daemon/policy/state_redis.c push(), formerly
+        daemon/sink/redis_sink.c CLAIM_PUSH_LUA) runs SET NX on the claim
+        before LPUSH/XADD. When the push fails at run time (here WRONGTYPE:
+        the queue key holds another type), Redis does not roll the SET back:
+        the sink keeps the write and retries it as designed, but the retry
+        finds the claim taken, returns 0 ("repeat"), the offset is committed
+        and the grant is gone for good, even after the key is fixed."""
+        evs = [ev("Order Completed", "u-%d" % i, "m-%d" % i, total=300, order_id="o-%d" % i) for i in range(3)]
+        path = write_jsonl(self.env.dir / "orders.jsonl", evs)
+        self.env.write_config()
+        c = self.env.client()
+        c.set("bd:grants:email", "not a stream")   # e.g. a channel's kind changed in the config
+        d = self.env.start_daemon()
+        self.env.kafka.produce(path)
+        d.wait_log(r"event=redis_write_error .*WRONGTYPE", 20)
+        c.delete("bd:grants:email")                # the operator repairs it
+        self.env.wait_all_committed()
+        rep = self.replay_of(path)
+        self.assertEqual(len(rep.grants), 3)
+        self.assertGrantsMatchReplay(read_grants(c), rep.grants, "after a failed push")
+
     # ------------------------------------------------------------------ h
     def test_h_check_reports_located_errors(self):
         bad = self.env.write_rules({
