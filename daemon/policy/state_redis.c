@@ -44,11 +44,26 @@
     "  t[#t + 1] = string.sub(s, p)\n" \
     "  return t\n" \
     "end\n" \
+    /* Redis does not roll a script back on error: whatever ran before a \
+     * failing command stays written. So every script checks the one \
+     * command that can fail (a push to a queue of the wrong type) before \
+     * its first write, and push() sets the claim only after the push. */ \
+    "local function guard(queue, kind)\n" \
+    "  local t = redis.call('TYPE', queue)\n" \
+    "  t = t['ok'] or t\n" \
+    "  if t ~= 'none' and t ~= kind then\n" \
+    "    error({err = 'WRONGTYPE grant queue ' .. queue .. ' is a ' .. t .. ', not a ' .. kind})\n" \
+    "  end\n" \
+    "end\n" \
+    /* Guards the issue block that follows the arguments read so far. */ \
+    "local function precheck() if A[i + 1] == 'g' then guard(A[i + 4], A[i + 5]) end end\n" \
     "local function push(claim, ttl, queue, kind, maxlen, json)\n" \
-    "  if not redis.call('SET', claim, '1', 'NX', 'PX', ttl) then return 0 end\n" \
+    "  if redis.call('EXISTS', claim) == 1 then return 0 end\n" \
+    "  guard(queue, kind)\n" \
     "  if kind == 'list' then redis.call('LPUSH', queue, json)\n" \
     "  elseif tonumber(maxlen) > 0 then redis.call('XADD', queue, 'MAXLEN', '~', maxlen, '*', 'grant', json)\n" \
     "  else redis.call('XADD', queue, '*', 'grant', json) end\n" \
+    "  redis.call('SET', claim, '1', 'PX', ttl)\n" \
     "  return 1\n" \
     "end\n" \
     /* issue: 'x' report only; 'g' claim+push; 's' record a pending wait */ \
@@ -78,6 +93,7 @@ static const char LUA_ISSUE[] = LUA_PRELUDE "return issue()\n";
 /* COUNT_GRANT: key, ts, floor ("(ts-within"), ttl, N, occurrence, then an issue block. */
 static const char LUA_COUNT[] = LUA_PRELUDE
     "local key, ts, floor, ttl, n, occ = nx(), nx(), nx(), nx(), tonumber(nx()), nx()\n"
+    "precheck()\n"
     "redis.call('ZREMRANGEBYSCORE', key, '-inf', floor)\n"
     "local before = redis.call('ZCARD', key)\n"
     "redis.call('ZADD', key, 'NX', ts, occ)\n"
@@ -114,13 +130,14 @@ static const char LUA_TOUCH[] = LUA_PRELUDE
  * 'd' = drop: the rule is gone or disabled), claim, ttl. */
 static const char LUA_FIRE[] = LUA_PRELUDE
     "local waits, wkey, gid, timers, tm, mode, claim, ttl = nx(), nx(), nx(), nx(), nx(), nx(), nx(), nx()\n"
-    "redis.call('ZREM', timers, tm)\n"
     "local body = redis.call('GET', wkey)\n"
+    "local b = body and parts(body, 7)\n"
+    "if b and mode ~= 'd' and b[6] == '' then guard(b[3], b[4]) end\n"
+    "redis.call('ZREM', timers, tm)\n"
     "local known = redis.call('HDEL', waits, gid)\n"
     "if not body then return {8} end\n"
     "redis.call('DEL', wkey)\n"
     "if mode == 'd' then return {9} end\n"
-    "local b = parts(body, 7)\n"
     "if b[6] ~= '' then return {5, b[6]} end\n"
     "return {push(claim, ttl, b[3], b[4], b[5], b[7])}\n";
 
@@ -130,6 +147,7 @@ static const char LUA_FIRE[] = LUA_PRELUDE
  * a poll reads only silences not yet fired. */
 static const char LUA_INACT[] = LUA_PRELUDE
     "local seen, user, last, marker, mttl = nx(), nx(), nx(), nx(), nx()\n"
+    "precheck()\n"
     "local s = redis.call('ZSCORE', seen, user)\n"
     "if not s or tonumber(s) ~= tonumber(last) then return {8} end\n"
     "redis.call('ZREM', seen, user)\n"

@@ -10,8 +10,16 @@
 #include <string.h>
 
 /* Script 0. ARGV = ttl_ms, kind, maxlen, field, value, ...; KEYS[1] = claim, KEYS[2] = queue. */
+/* Redis does not roll a script back on error, so the push (the only command
+ * that can fail: a queue key of the wrong type) runs before the claim is
+ * set; a failed push leaves nothing behind and the resend can succeed. */
 static const char CLAIM_PUSH_LUA[] =
-    "if not redis.call('SET', KEYS[1], '1', 'NX', 'PX', ARGV[1]) then return 0 end\n"
+    "if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end\n"
+    "local t = redis.call('TYPE', KEYS[2])\n"
+    "t = t['ok'] or t\n"
+    "if t ~= 'none' and t ~= ARGV[2] then\n"
+    "  return redis.error_reply('WRONGTYPE grant queue ' .. KEYS[2] .. ' is a ' .. t .. ', not a ' .. ARGV[2])\n"
+    "end\n"
     "if ARGV[2] == 'list' then\n"
     "  redis.call('LPUSH', KEYS[2], ARGV[5])\n"
     "else\n"
@@ -23,6 +31,7 @@ static const char CLAIM_PUSH_LUA[] =
     "  for i = 4, #ARGV do args[#args+1] = ARGV[i] end\n"
     "  redis.call('XADD', unpack(args))\n"
     "end\n"
+    "redis.call('SET', KEYS[1], '1', 'PX', ARGV[1])\n"
     "return 1\n";
 
 #define MAX_SCRIPTS 16

@@ -230,10 +230,12 @@ static void read_cb(evutil_socket_t fd, short what, void *arg) {
 static void more_cb(evutil_socket_t fd, short what, void *arg) { drain(arg); }
 
 /* A slow safety net: serves librdkafka callbacks even when no message wakes us. */
+/* Once reading stops (shutdown) the queue is left alone: rd_kafka_poll() is
+ * forbidden on a consumer queue (it asserts on a fetched message), and
+ * rd_kafka_consumer_close() serves what remains. */
 static void tick_cb(evutil_socket_t fd, short what, void *arg) {
     kafka_source_t *s = arg;
     if (s->reading) drain(s);
-    else rd_kafka_poll(s->rk, 0);
 }
 
 static int set_prop(rd_kafka_conf_t *conf, const char *k, const char *v, char *err, size_t errlen) {

@@ -561,16 +561,11 @@ class PipelineTest(IntegrationTest):
         self.assertEqual(d.terminate(), 0)
 
     # ------------------------------------------------------------------ l
-    @unittest.expectedFailure
     def test_l_failed_push_is_retried_not_dropped(self):
-        """KNOWN DAEMON BUG (reported; remove expectedFailure once fixed).
-        The claim+push Lua step (daemon/policy/state_redis.c push(), formerly
-        daemon/sink/redis_sink.c CLAIM_PUSH_LUA) runs SET NX on the claim
-        before LPUSH/XADD. When the push fails at run time (here WRONGTYPE:
-        the queue key holds another type), Redis does not roll the SET back:
-        the sink keeps the write and retries it as designed, but the retry
-        finds the claim taken, returns 0 ("repeat"), the offset is committed
-        and the grant is gone for good, even after the key is fixed."""
+        """Redis does not roll a failed script back. A push that fails at run
+        time (here WRONGTYPE: the queue key holds another type) must leave no
+        claim behind, so the sink's retry pushes the grant once the operator
+        repairs the key."""
         evs = [ev("Order Completed", "u-%d" % i, "m-%d" % i, total=300, order_id="o-%d" % i) for i in range(3)]
         path = write_jsonl(self.env.dir / "orders.jsonl", evs)
         self.env.write_config()
