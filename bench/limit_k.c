@@ -8,7 +8,9 @@
  *           [--dump-ts FILE]
  *
  * Prints one JSON object on stdout: msgs, bytes, join_s (subscribe to first
- * message), read_s (first to last message), rate (msgs/read_s).
+ * message), read_s (first to last message), rate (msgs/read_s), peak_rss_kb
+ * (what a bare consumer of this topic holds: the daemon's memory is compared
+ * with it).
  * --dump-ts writes "messageId<TAB>kafka timestamp ms" per message: the
  * produce time the latency phase compares grants with. */
 #include <getopt.h>
@@ -26,6 +28,16 @@ static double now_s(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static long peak_rss_kb(void) {
+    FILE *f = fopen("/proc/self/status", "r");
+    char line[256];
+    long kb = 0;
+    while (f && fgets(line, sizeof line, f))
+        if (!strncmp(line, "VmHWM:", 6)) kb = atol(line + 6);
+    if (f) fclose(f);
+    return kb;
 }
 
 static int set(rd_kafka_conf_t *c, const char *k, const char *v) {
@@ -131,8 +143,8 @@ int main(int argc, char **argv) {
         if (got > 0) t_last = now_s();
     }
     double read_s = n > 1 ? t_last - t_first : 0;
-    printf("{\"msgs\":%ld,\"bytes\":%llu,\"join_s\":%.3f,\"read_s\":%.3f,\"rate\":%.0f}\n", n, bytes,
-           t_first ? t_first - t_sub : -1.0, read_s, read_s > 0 ? (double)n / read_s : 0.0);
+    printf("{\"msgs\":%ld,\"bytes\":%llu,\"join_s\":%.3f,\"read_s\":%.3f,\"rate\":%.0f,\"peak_rss_kb\":%ld}\n", n,
+           bytes, t_first ? t_first - t_sub : -1.0, read_s, read_s > 0 ? (double)n / read_s : 0.0, peak_rss_kb());
     if (df) fclose(df);
     rd_kafka_queue_destroy(q);
     rd_kafka_consumer_close(rk);
