@@ -95,8 +95,13 @@ int decode_event(const decoder_t *d, const char *buf, size_t len, int64_t now_ms
     if (len == 0) FAIL("empty message");
     const char *bad = prescan((const unsigned char *)buf, len, d->max_depth);
     if (bad) FAIL("%s", bad);
-    ev->root = cJSON_ParseWithLength(buf, len);
+    /* cJSON stops at the end of the first value; anything but whitespace
+     * after it means the message is not one JSON document. */
+    const char *end = NULL;
+    ev->root = cJSON_ParseWithLengthOpts(buf, len, &end, 0);
     if (!ev->root) FAIL("not JSON");
+    while (end && end < buf + len && (*end == ' ' || *end == '\t' || *end == '\r' || *end == '\n')) end++;
+    if (end && end < buf + len) FAIL("not JSON: trailing data");
     if (!cJSON_IsObject(ev->root)) FAIL("not a JSON object");
 
     cJSON *t = get_path(ev->root, d->map.type);
@@ -119,6 +124,11 @@ int decode_event(const decoder_t *d, const char *buf, size_t len, int64_t now_ms
     if (nonempty_string(uid)) {
         ev->user_id = uid->valuestring;
     } else if (cJSON_IsNumber(uid)) {
+        /* Only whole numbers that a double holds exactly: anything else would
+         * be rounded into another member's id. */
+        double v = uid->valuedouble;
+        if (!(v >= -9007199254740992.0 && v <= 9007199254740992.0) || v != (double)(long long)v)
+            FAIL("bad user id: not a whole number");
         /* Numeric ids are common upstream; keep them as their integer text. */
         snprintf(ev->user_buf, sizeof ev->user_buf, "%.0f", uid->valuedouble);
         ev->user_id = ev->user_buf;

@@ -93,6 +93,9 @@ static void test_rejects(void **state) {
     expect_reason("{\"type\":\"track\",\"event\":\"X\",\"userId\":\"u\xff\"}", "invalid UTF-8");
     expect_reason("{\"a\":\"\xc0\xaf\"}", "invalid UTF-8"); /* overlong encoding */
     expect_reason("", "empty message");
+    expect_reason("{\"type\":\"track\",\"event\":\"X\",\"userId\":\"u\"} trailing", "not JSON: trailing data");
+    expect_reason("{\"type\":\"track\",\"event\":\"X\",\"userId\":1.5}", "bad user id: not a whole number");
+    expect_reason("{\"type\":\"track\",\"event\":\"X\",\"userId\":1e308}", "bad user id: not a whole number");
     /* Found by fuzz_decode: 1e400 parses as inf, and converting it to an
      * integer was undefined behaviour (tests/fuzz/crashes/decode-timestamp-inf). */
     expect_reason("{\"type\":\"track\",\"event\":\"E\",\"userId\":\"u1\",\"timestamp\":1e400}",
