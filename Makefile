@@ -52,6 +52,7 @@ test: deps
 	$(MAKE) test-unit
 	$(MAKE) test-sanitize
 	$(MAKE) test-replay
+	$(MAKE) fuzz-run FUZZ_SECONDS=10
 	$(MAKE) test-integration
 
 # The unit suites again under AddressSanitizer + UndefinedBehaviorSanitizer.
