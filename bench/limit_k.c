@@ -12,7 +12,10 @@
  * (what a bare consumer of this topic holds: the daemon's memory is compared
  * with it).
  * --dump-ts writes "messageId<TAB>kafka timestamp ms" per message: the
- * produce time the latency phase compares grants with. */
+ * produce time the latency phase compares grants with. --latency adds
+ * lat_p50_ms/lat_p99_ms/lat_p999_ms: receive time minus produce time, the
+ * transport's own latency (the floor under the daemon's). -X prop=value sets
+ * a librdkafka property. */
 #include <getopt.h>
 #include <inttypes.h>
 #include <stdio.h>
@@ -23,6 +26,7 @@
 #include <librdkafka/rdkafka.h>
 
 #define BATCH 512
+#define MAX_X 16
 
 static double now_s(void) {
     struct timespec ts;
@@ -38,6 +42,17 @@ static long peak_rss_kb(void) {
         if (!strncmp(line, "VmHWM:", 6)) kb = atol(line + 6);
     if (f) fclose(f);
     return kb;
+}
+
+static int64_t wall_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static int cmp_i64(const void *a, const void *b) {
+    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+    return (x > y) - (x < y);
 }
 
 static int set(rd_kafka_conf_t *c, const char *k, const char *v) {
@@ -69,14 +84,15 @@ static int message_id(const char *p, size_t n, const char **out, size_t *len) {
 }
 
 int main(int argc, char **argv) {
-    const char *brokers = NULL, *topic = NULL, *group = NULL, *dump = NULL;
+    const char *brokers = NULL, *topic = NULL, *group = NULL, *dump = NULL, *xprops[MAX_X];
+    int nx = 0, want_lat = 0;
     long expect = 0;
     double timeout = 120;
     static const struct option opts[] = {{"brokers", 1, 0, 'b'}, {"topic", 1, 0, 't'}, {"group", 1, 0, 'g'},
                                          {"expect", 1, 0, 'n'},  {"timeout", 1, 0, 'T'}, {"dump-ts", 1, 0, 'd'},
-                                         {0, 0, 0, 0}};
+                                         {"latency", 0, 0, 'l'}, {0, 0, 0, 0}};
     int c;
-    while ((c = getopt_long(argc, argv, "b:t:g:n:T:d:", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "b:t:g:n:T:d:X:l", opts, NULL)) != -1) {
         switch (c) {
         case 'b': brokers = optarg; break;
         case 't': topic = optarg; break;
@@ -84,6 +100,11 @@ int main(int argc, char **argv) {
         case 'n': expect = atol(optarg); break;
         case 'T': timeout = atof(optarg); break;
         case 'd': dump = optarg; break;
+        case 'l': want_lat = 1; break;
+        case 'X':
+            if (nx == MAX_X) return 2;
+            xprops[nx++] = optarg;
+            break;
         default: return 2;
         }
     }
@@ -104,6 +125,13 @@ int main(int argc, char **argv) {
         set(conf, "auto.offset.reset", "earliest") || set(conf, "enable.auto.commit", "false") ||
         set(conf, "enable.auto.offset.store", "false") || set(conf, "enable.partition.eof", "false"))
         return 2;
+    for (int i = 0; i < nx; i++) {
+        char *eq = strchr(xprops[i], '=');
+        if (!eq) return 2;
+        *eq = '\0';
+        if (set(conf, xprops[i], eq + 1)) return 2;
+    }
+    int64_t *lat = want_lat ? malloc((size_t)expect * sizeof *lat) : NULL;
     rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, err, sizeof err);
     if (!rk) {
         fprintf(stderr, "limit_k: %s\n", err);
@@ -124,11 +152,13 @@ int main(int argc, char **argv) {
     unsigned long long bytes = 0;
     rd_kafka_message_t *msgs[BATCH];
     while (n < expect && now_s() - t_sub < timeout) {
-        ssize_t got = rd_kafka_consume_batch_queue(q, 100, msgs, BATCH);
+        /* The batch call waits for a full batch or the timeout: 1 ms when measuring latency. */
+        ssize_t got = rd_kafka_consume_batch_queue(q, want_lat ? 1 : 100, msgs, BATCH);
         for (ssize_t i = 0; i < got; i++) {
             rd_kafka_message_t *m = msgs[i];
             if (!m->err) {
                 if (!n) t_first = now_s();
+                if (lat && n < expect) lat[n] = wall_ms() - rd_kafka_message_timestamp(m, NULL);
                 n++;
                 bytes += m->len;
                 if (df) {
@@ -145,6 +175,13 @@ int main(int argc, char **argv) {
     double read_s = n > 1 ? t_last - t_first : 0;
     printf("{\"msgs\":%ld,\"bytes\":%llu,\"join_s\":%.3f,\"read_s\":%.3f,\"rate\":%.0f,\"peak_rss_kb\":%ld}\n", n,
            bytes, t_first ? t_first - t_sub : -1.0, read_s, read_s > 0 ? (double)n / read_s : 0.0, peak_rss_kb());
+    if (lat && n > 0) {
+        long k = n < expect ? n : expect;
+        qsort(lat, (size_t)k, sizeof *lat, cmp_i64);
+        fprintf(stdout, "{\"lat_p50_ms\":%lld,\"lat_p99_ms\":%lld,\"lat_p999_ms\":%lld}\n",
+                (long long)lat[k / 2], (long long)lat[(long)(k * 0.99)], (long long)lat[(long)(k * 0.999)]);
+        free(lat);
+    }
     if (df) fclose(df);
     rd_kafka_queue_destroy(q);
     rd_kafka_consumer_close(rk);
