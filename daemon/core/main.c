@@ -1,8 +1,9 @@
-/* main.c - the command line: run (the daemon), check, replay, version. */
+/* main.c - the command line: run (the daemon), check, replay, pool, block, version. */
 #include "config.h"
 #include "daemon.h"
 #include "diag.h"
 #include "log.h"
+#include "../policy/pool_cli.h"
 #include "../replay/replay.h"
 #include "../rules/rules.h"
 
@@ -20,6 +21,10 @@ static void usage(FILE *f) {
           "                                       check config and rules without starting (like nginx -t)\n"
           "  benefitd replay --rules DIR [--config FILE] [--until TIME] [--explain] [--pool NAME=FILE]... EVENTS.jsonl|-\n"
           "                                       run rules over recorded events on a virtual clock\n"
+          "  benefitd pool load NAME FILE | status [NAME] | lookup NAME CODE  [-c FILE]\n"
+          "                                       code pools in Redis (docs/policy.md)\n"
+          "  benefitd block add|remove user|device|ip VALUE | list [KIND]  [-c FILE]\n"
+          "                                       the blocklist checked in the grant step\n"
           "  benefitd version\n",
           f);
 }
@@ -87,6 +92,8 @@ int main(int argc, char **argv) {
         if (!strcmp(cmd, "run")) return run_main(argc - 1, argv + 1);
         if (!strcmp(cmd, "check")) return check_main(argc - 1, argv + 1);
         if (!strcmp(cmd, "replay")) return replay_main(argc - 1, argv + 1);
+        if (!strcmp(cmd, "pool")) return pool_main(argc - 1, argv + 1);
+        if (!strcmp(cmd, "block")) return block_main(argc - 1, argv + 1);
         if (!strcmp(cmd, "version")) { printf("benefitd %s\n", BENEFITD_VERSION); return 0; }
         if (!strcmp(cmd, "help")) { usage(stdout); return 0; }
         fprintf(stderr, "benefitd: unknown command '%s'\n", cmd);

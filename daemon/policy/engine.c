@@ -1,4 +1,5 @@
 #include "engine.h"
+#include "policy.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -144,6 +145,7 @@ typedef struct rule_dec {
     const char *reason;
     int soft;                 /* holdout / shadow: a grant that would have been made */
     int have_rec;             /* e->rec holds the open grant record */
+    const char *pool;         /* the code pool of the grant (variant over base), or NULL */
     size_t cut;
     long long expires_in;
     char grant_id[40];
@@ -195,6 +197,7 @@ static const char *build_grant(engine_t *e, rule_dec *d, const event_t *ev, cons
     sb_puts(b, ",\"code\":null,\"expires_at\":");
     d->cut = b->len;
     d->expires_in = PICK(expires_in_ms, -1);
+    d->pool = PICK(pool, NULL);
     sb_putc(b, '}');
 
     sb_puts(b, ",\"channel\":");
@@ -359,6 +362,9 @@ static void fill_intent(engine_t *e, intent_t *in, const rule_dec *d, const even
     in->wait_ms = r->wait_ms;
     in->cancel_on = r->cancel_on;
     in->n_cancel_on = r->n_cancel_on;
+    in->device = e->device;
+    in->ip = e->ip;
+    in->pool = d->have_rec ? d->pool : NULL;
     if (r->kind == TRIG_COUNT) {
         in->kind = INTENT_COUNT_GRANT;
         in->occurrence = ev->message_id;
@@ -390,6 +396,8 @@ void engine_run(engine_t *e, const ruleset_t *rs, const event_t *ev, const bd_cl
     expr_arena_reset(&e->arena);
     eval_ctx_t ctx = {.ev = ev, .arena = &e->arena};
     groups g = {.n = 0};
+    policy_subject(ev->context, "device", "id", e->device);
+    policy_subject(ev->context, "ip", NULL, e->ip);
     for (size_t i = 0; i < list->n; i++) {
         const rule_t *r = list->rules[i];
         if (!r->enabled || r->kind == TRIG_INACTIVITY) continue;
@@ -416,6 +424,7 @@ void engine_decide_inactivity(engine_t *e, const rule_t *r, const char *user, in
     engine_inactivity_occurrence(last_ms, occ);
     expr_arena_reset(&e->arena);
     eval_ctx_t ctx = {.ev = &ev, .arena = &e->arena};
+    e->device[0] = e->ip[0] = '\0'; /* no event: no device, no IP */
     e->matched++;
     rule_dec rd;
     decide_rule(e, &rd, r, &ev, occ, &ctx, now_ms, NULL);

@@ -50,6 +50,7 @@ typedef struct engine {
     char **touch_names; size_t n_touch;      /* sorted */
     int touch_any;                           /* an inactivity rule counts every event */
     char fire_grant_id[40];                  /* engine_decide_inactivity's grant id */
+    char device[160], ip[160];               /* the event's limit subjects (policy.h) */
 } engine_t;
 
 void engine_init(engine_t *e);

@@ -55,6 +55,13 @@ typedef struct intent {
     int64_t wait_ms;           /* > 0: issuing means scheduling a wait due at (issue time + wait_ms) */
     char *const *cancel_on;    /* the rule's cancel_on, kept with the pending wait */
     size_t n_cancel_on;
+    /* Policy subjects, checked in the grant step (docs/policy.md): the
+     * trigger's context.device.id and context.ip ("" when absent: the
+     * per_device / per_ip limit does not apply), and the code pool the grant
+     * draws from (NULL: none). Kept with a pending wait, checked when it fires. */
+    const char *device;
+    const char *ip;
+    const char *pool;
 
     /* COUNT_GRANT */
     const char *occurrence;    /* the event's message_id: a redelivered event counts once */
@@ -95,6 +102,19 @@ struct engine;
 /* The in-memory store. */
 store_t *store_mem_new(void);
 void store_free(store_t *s);
+/* The zone of daily budgets' calendar days (default UTC). */
+void store_mem_set_timezone(store_t *s, const char *tz);
+/* Adds a code to a pool (codes are handed out in the order they were added).
+ * Returns 1 added, 0 already in the pool, -1 already issued, -2 not a valid
+ * code (policy_code_ok). */
+int store_mem_pool_add(store_t *s, const char *pool, const char *code);
+/* Codes available / issued in a pool. */
+void store_mem_pool_status(const store_t *s, const char *pool, size_t *available, size_t *issued);
+/* The audit record of an issued code (JSON: grant_id, user_id, rule,
+ * issued_at), or NULL. */
+const char *store_mem_pool_issued(const store_t *s, const char *pool, const char *code);
+/* Blocklist: kind is "user", "device" or "ip". */
+void store_mem_block(store_t *s, const char *kind, const char *value);
 
 /* Executes one intent at once. rs is the ruleset the intent was decided with
  * (TOUCH needs it to know which inactivity rules the event feeds). */

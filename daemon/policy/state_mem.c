@@ -12,6 +12,7 @@
  * member with a million events costs one entry, not a million. */
 #include "state.h"
 #include "engine.h"
+#include "policy.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -29,6 +30,7 @@ typedef struct wait {
     size_t xbody_len;
     char **cancel_on;
     size_t n_cancel_on;
+    char *device, *ip, *pool; /* policy subjects, checked when the wait fires */
     int dead;                 /* cancelled: skipped and freed when the heap pops it */
     struct wait *next;        /* the member's pending waits */
 } wait_t;
@@ -71,6 +73,34 @@ typedef struct timer {
     size_t ina;               /* T_INACT: index into m->ina (stable across growth) */
 } timer_t_;
 
+/* A string-keyed map (open addressing); values are owned by the caller's
+ * free function. Used for limit windows, budget counters, pools and the
+ * blocklist: the in-memory stand-ins for their Redis keys. */
+typedef struct kv {
+    char *k;
+    void *v;
+} kv;
+typedef struct smap {
+    kv *s;
+    size_t cap, n;
+} smap;
+
+/* A limit's sliding window (grant times) or a budget counter. */
+typedef struct lim {
+    int64_t *ts;
+    size_t n, cap;
+    long long count;
+} lim_t;
+
+/* A code pool: codes in load order (popped from head), the codes in it, and
+ * the audit record of every issued code. */
+typedef struct pool {
+    char **codes;
+    size_t head, n, cap;
+    smap avail;               /* code -> (void *)1 */
+    smap issued;              /* code -> audit JSON */
+} pool_t;
+
 struct store {
     member_t **slots;
     size_t cap, n;
@@ -88,7 +118,70 @@ struct store {
     char iver[17];
     size_t *inact_idx;
     size_t n_inact;
+    /* policy (docs/policy.md) */
+    char *tz;
+    policy_day_cache day;
+    smap lims;                /* key (as in Redis) -> lim_t */
+    smap pools;               /* name -> pool_t */
+    smap blocks;              /* "kind:value" -> (void *)1 */
+    strbuf key;
 };
+
+static void **smap_slot(smap *m, const char *k, int create) {
+    if (!create && !m->cap) return NULL;
+    if (create && (m->n + 1) * 2 > m->cap) {
+        size_t ncap = m->cap ? m->cap * 2 : 64;
+        kv *ns = xcalloc(ncap, sizeof *ns);
+        for (size_t i = 0; i < m->cap; i++) {
+            if (!m->s[i].k) continue;
+            size_t j = (size_t)hash64(m->s[i].k, strlen(m->s[i].k), 0) & (ncap - 1);
+            while (ns[j].k) j = (j + 1) & (ncap - 1);
+            ns[j] = m->s[i];
+        }
+        free(m->s);
+        m->s = ns;
+        m->cap = ncap;
+    }
+    size_t j = (size_t)hash64(k, strlen(k), 0) & (m->cap - 1);
+    while (m->s[j].k) {
+        if (!strcmp(m->s[j].k, k)) return &m->s[j].v;
+        j = (j + 1) & (m->cap - 1);
+    }
+    if (!create) return NULL;
+    m->s[j].k = xstrdup(k);
+    m->n++;
+    return &m->s[j].v;
+}
+
+static void *smap_get(const smap *m, const char *k) {
+    void **v = smap_slot((smap *)m, k, 0);
+    return v ? *v : NULL;
+}
+
+static void smap_free(smap *m, void (*fv)(void *)) {
+    for (size_t i = 0; i < m->cap; i++) {
+        if (!m->s[i].k) continue;
+        free(m->s[i].k);
+        if (fv) fv(m->s[i].v);
+    }
+    free(m->s);
+    memset(m, 0, sizeof *m);
+}
+
+static void lim_free(void *p) {
+    lim_t *l = p;
+    free(l->ts);
+    free(l);
+}
+
+static void pool_free(void *p) {
+    pool_t *pl = p;
+    for (size_t i = pl->head; i < pl->n; i++) free(pl->codes[i]);
+    free(pl->codes);
+    smap_free(&pl->avail, NULL);
+    smap_free(&pl->issued, free);
+    free(pl);
+}
 
 /* ---- members -------------------------------------------------------------- */
 
@@ -118,6 +211,16 @@ static member_t *member_get(store_t *s, const char *id) {
     s->slots[j] = m;
     s->n++;
     return m;
+}
+
+static int claimed(const store_t *s, const char *id) {
+    if (!s->ccap) return 0;
+    size_t j = hstr(id) & (s->ccap - 1);
+    while (s->claims[j]) {
+        if (strcmp(s->claims[j], id) == 0) return 1;
+        j = (j + 1) & (s->ccap - 1);
+    }
+    return 0;
 }
 
 static int claim(store_t *s, const char *id) {
@@ -198,6 +301,9 @@ static void wait_free(wait_t *w) {
     free(w->xbody);
     for (size_t i = 0; i < w->n_cancel_on; i++) free(w->cancel_on[i]);
     free(w->cancel_on);
+    free(w->device);
+    free(w->ip);
+    free(w->pool);
     free(w);
 }
 
@@ -225,7 +331,57 @@ void store_free(store_t *s) {
     free(s->claims);
     free(s->inact_idx);
     sb_free(&s->out);
+    free(s->tz);
+    smap_free(&s->lims, lim_free);
+    smap_free(&s->pools, pool_free);
+    smap_free(&s->blocks, NULL);
+    sb_free(&s->key);
     free(s);
+}
+
+void store_mem_set_timezone(store_t *s, const char *tz) {
+    free(s->tz);
+    s->tz = tz && *tz ? xstrdup(tz) : NULL;
+    memset(&s->day, 0, sizeof s->day);
+}
+
+static pool_t *pool_get(store_t *s, const char *name, int create) {
+    void **v = smap_slot(&s->pools, name, create);
+    if (!v) return NULL;
+    if (!*v) *v = xcalloc(1, sizeof(pool_t));
+    return *v;
+}
+
+int store_mem_pool_add(store_t *s, const char *name, const char *code) {
+    if (!policy_code_ok(code, strlen(code))) return -2;
+    pool_t *p = pool_get(s, name, 1);
+    if (smap_get(&p->issued, code)) return -1;
+    void **v = smap_slot(&p->avail, code, 1);
+    if (*v) return 0;
+    *v = (void *)1;
+    if (p->n == p->cap) {
+        p->cap = p->cap ? p->cap * 2 : 64;
+        p->codes = xrealloc(p->codes, p->cap * sizeof *p->codes);
+    }
+    p->codes[p->n++] = xstrdup(code);
+    return 1;
+}
+
+void store_mem_pool_status(const store_t *s, const char *name, size_t *available, size_t *issued) {
+    const pool_t *p = smap_get(&s->pools, name);
+    *available = p ? p->n - p->head : 0;
+    *issued = p ? p->issued.n : 0;
+}
+
+const char *store_mem_pool_issued(const store_t *s, const char *name, const char *code) {
+    const pool_t *p = smap_get(&s->pools, name);
+    return p ? smap_get(&p->issued, code) : NULL;
+}
+
+void store_mem_block(store_t *s, const char *kind, const char *value) {
+    sb_reset(&s->key);
+    sb_printf(&s->key, "%s:%s", kind, value);
+    *smap_slot(&s->blocks, s->key.s, 1) = (void *)1;
 }
 
 size_t store_pending_waits(const store_t *s) { return s->pending; }
@@ -242,20 +398,153 @@ static void out_explain(store_t *s, const char *reason, const char *rule_id, con
     cb(ud, &o);
 }
 
-/* The claim + push step (one Lua call in live). */
-static void grant(store_t *s, const char *rule_id, const char *user, const char *grant_id, const char *target,
-                  const char *channel, const char *rec, size_t len, size_t cut, long long expires_in, int64_t at,
-                  store_out_cb cb, void *ud) {
-    store_out_t o = {.at = at, .rule_id = rule_id, .user = user, .grant_id = grant_id, .channel = channel,
-                     .target_user = target};
-    if (!claim(s, grant_id)) {
+/* One grant step: what the Lua step does in live (docs/policy.md). */
+typedef struct greq {
+    const rule_t *rule;       /* the rule as it is now: its limits apply */
+    const char *rule_id, *user, *grant_id, *target, *channel;
+    const char *rec;          /* open grant record */
+    size_t len, cut;
+    long long expires_in;
+    const char *xbody;
+    size_t xlen;
+    const char *device, *ip, *pool;
+    int64_t at;
+} greq;
+
+typedef struct lcheck {
+    strbuf key;
+    long long count, period;
+    const char *reason;
+} lcheck;
+
+static int blocked(store_t *s, const char *kind, const char *v) {
+    if (!v || !*v) return 0;
+    sb_reset(&s->key);
+    sb_printf(&s->key, "%s:%s", kind, v);
+    return smap_get(&s->blocks, s->key.s) != NULL;
+}
+
+static lim_t *lim_get(store_t *s, const char *key) {
+    void **v = smap_slot(&s->lims, key, 1);
+    if (!*v) *v = xcalloc(1, sizeof(lim_t));
+    return *v;
+}
+
+/* Grants inside (at - period, +inf): a grant exactly one period old no
+ * longer counts, as ZCOUNT key (at-period +inf in live. */
+static size_t lim_count(const lim_t *l, int64_t at, long long period) {
+    size_t n = 0;
+    for (size_t i = 0; i < l->n; i++)
+        if (l->ts[i] > at - period) n++;
+    return n;
+}
+
+static void lim_add(lim_t *l, int64_t at, long long period) {
+    size_t k = 0;
+    for (size_t i = 0; i < l->n; i++)
+        if (l->ts[i] > at - period) l->ts[k++] = l->ts[i];
+    l->n = k;
+    if (l->n == l->cap) {
+        l->cap = l->cap ? l->cap * 2 : 4;
+        l->ts = xrealloc(l->ts, l->cap * sizeof *l->ts);
+    }
+    l->ts[l->n++] = at;
+}
+
+#define CODE_TAIL "null,\"expires_at\":"
+
+/* The claim + policy + pool + push step (one Lua call in live): a repeat is
+ * reported first; then the blocklist, the limits (per_user, per_device,
+ * per_ip), budget and daily budget are checked, then a code is popped;
+ * any of them suppresses without taking the claim. Only a grant spends. */
+static void grant(store_t *s, const greq *q, store_out_cb cb, void *ud) {
+    store_out_t o = {.at = q->at, .rule_id = q->rule_id, .user = q->user, .grant_id = q->grant_id,
+                     .channel = q->channel, .target_user = q->target};
+    if (claimed(s, q->grant_id)) {
         o.kind = OUT_REPEAT;
         o.json = "";
         cb(ud, &o);
         return;
     }
+    const char *why = NULL;
+    if (blocked(s, "user", q->target) || (strcmp(q->user, q->target) && blocked(s, "user", q->user)) ||
+        blocked(s, "device", q->device) || blocked(s, "ip", q->ip))
+        why = "blocklist";
+    lcheck chk[3];
+    size_t nchk = 0;
+    const rule_t *r = q->rule;
+    if (r && r->per_user.count) {
+        chk[nchk] = (lcheck){.count = r->per_user.count, .period = r->per_user.period_ms, .reason = "limit per_user"};
+        sb_init(&chk[nchk].key);
+        sb_printf(&chk[nchk++].key, "{u:%s}:lim:%s", q->target, r->id);
+    }
+    if (r && r->per_device.count && q->device && *q->device) {
+        chk[nchk] = (lcheck){.count = r->per_device.count, .period = r->per_device.period_ms, .reason = "limit per_device"};
+        sb_init(&chk[nchk].key);
+        sb_printf(&chk[nchk++].key, "lim:%s:dev:%s", r->id, q->device);
+    }
+    if (r && r->per_ip.count && q->ip && *q->ip) {
+        chk[nchk] = (lcheck){.count = r->per_ip.count, .period = r->per_ip.period_ms, .reason = "limit per_ip"};
+        sb_init(&chk[nchk].key);
+        sb_printf(&chk[nchk++].key, "lim:%s:ip:%s", r->id, q->ip);
+    }
+    for (size_t i = 0; !why && i < nchk; i++)
+        if (lim_count(lim_get(s, chk[i].key.s), q->at, chk[i].period) >= (size_t)chk[i].count) why = chk[i].reason;
+    lim_t *budget = NULL, *daily = NULL;
+    if (r && r->budget) {
+        sb_reset(&s->key);
+        sb_printf(&s->key, "budget:%s", r->id);
+        budget = lim_get(s, s->key.s);
+        if (!why && budget->count >= r->budget) why = "budget";
+    }
+    if (r && r->daily_budget) {
+        sb_reset(&s->key);
+        sb_printf(&s->key, "budget:%s:%s", r->id, policy_day(&s->day, s->tz, q->at));
+        daily = lim_get(s, s->key.s);
+        if (!why && daily->count >= r->daily_budget) why = "daily budget";
+    }
+    pool_t *pool = NULL;
+    if (!why && q->pool) {
+        pool = pool_get(s, q->pool, 0);
+        if (!pool || pool->head == pool->n) why = "pool empty";
+    }
+    if (why) {
+        for (size_t i = 0; i < nchk; i++) sb_free(&chk[i].key);
+        out_explain(s, why, q->rule_id, q->user, q->xbody, q->xlen, NULL, q->at, OUT_EXPLAIN, cb, ud);
+        return;
+    }
+    claim(s, q->grant_id);
+    for (size_t i = 0; i < nchk; i++) {
+        lim_add(lim_get(s, chk[i].key.s), q->at, chk[i].period);
+        sb_free(&chk[i].key);
+    }
+    if (budget) budget->count++;
+    if (daily) daily->count++;
     sb_reset(&s->out);
-    engine_finish_grant(rec, len, cut, expires_in, at, &s->out);
+    size_t tl = sizeof CODE_TAIL - 1;
+    if (pool && q->cut >= tl && !memcmp(q->rec + q->cut - tl, CODE_TAIL, tl)) {
+        char *code = pool->codes[pool->head++];
+        *smap_slot(&pool->avail, code, 1) = NULL;
+        strbuf rec;
+        sb_init(&rec);
+        sb_append(&rec, q->rec, q->cut - tl);
+        sb_printf(&rec, "\"%s\"", code);
+        size_t cut = rec.len + 1 + (tl - 5);
+        sb_append(&rec, q->rec + q->cut - tl + 4, q->len - (q->cut - tl + 4));
+        engine_finish_grant(rec.s, rec.len, cut, q->expires_in, q->at, &s->out);
+        sb_free(&rec);
+        strbuf audit;
+        sb_init(&audit);
+        char ts[32];
+        format_iso8601_ms(q->at, ts, sizeof ts);
+        sb_printf(&audit, "{\"grant_id\":\"%s\",\"user_id\":", q->grant_id);
+        sb_json_str(&audit, q->target, strlen(q->target));
+        sb_printf(&audit, ",\"rule\":\"%s\",\"issued_at\":\"%s\"}", q->rule_id, ts);
+        *smap_slot(&pool->issued, code, 1) = audit.s;
+        free(code);
+    } else {
+        engine_finish_grant(q->rec, q->len, q->cut, q->expires_in, q->at, &s->out);
+    }
     o.kind = OUT_GRANT;
     o.json = s->out.s;
     o.len = s->out.len;
@@ -298,6 +587,9 @@ static void schedule(store_t *s, member_t *m, const intent_t *in, int64_t at, st
         for (size_t i = 0; i < in->n_cancel_on; i++) w->cancel_on[i] = xstrdup(in->cancel_on[i]);
         w->n_cancel_on = in->n_cancel_on;
     }
+    w->device = xstrdup(in->device ? in->device : "");
+    w->ip = xstrdup(in->ip ? in->ip : "");
+    w->pool = in->pool ? xstrdup(in->pool) : NULL;
     w->next = m->waits;
     m->waits = w;
     s->pending++;
@@ -314,9 +606,13 @@ static void issue(store_t *s, member_t *m, const intent_t *in, int64_t at, store
         schedule(s, m ? m : member_get(s, in->user), in, at, cb, ud);
     else if (in->reason)
         out_explain(s, in->reason, in->rule->id, in->user, in->xbody, in->xbody_len, NULL, at, OUT_EXPLAIN, cb, ud);
-    else
-        grant(s, in->rule->id, in->user, in->grant_id, in->target_user, in->channel, in->rec, in->rec_len,
-              in->rec_cut, in->expires_in_ms, at, cb, ud);
+    else {
+        greq q = {.rule = in->rule, .rule_id = in->rule->id, .user = in->user, .grant_id = in->grant_id,
+                  .target = in->target_user, .channel = in->channel, .rec = in->rec, .len = in->rec_len,
+                  .cut = in->rec_cut, .expires_in = in->expires_in_ms, .xbody = in->xbody, .xlen = in->xbody_len,
+                  .device = in->device, .ip = in->ip, .pool = in->pool, .at = at};
+        grant(s, &q, cb, ud);
+    }
 }
 
 /* ---- intents -------------------------------------------------------------- */
@@ -473,9 +769,15 @@ static void fire_wait(store_t *s, const ruleset_t *rs, wait_t *w, int64_t at, st
     const char *why = !r ? "rule removed" : !r->enabled ? "rule disabled" : w->reason[0] ? w->reason : NULL;
     if (why)
         out_explain(s, why, w->rule_id, w->user, w->xbody, w->xbody_len, NULL, at, OUT_EXPLAIN, cb, ud);
-    else
-        grant(s, w->rule_id, w->user, w->grant_id, w->target_user, w->channel, w->rec, w->rec_len, w->rec_cut,
-              w->expires_in, at, cb, ud);
+    else {
+        /* Limits are checked now, at the grant moment, with the rule's
+         * limits as they are now (docs/policy.md). */
+        greq q = {.rule = r, .rule_id = w->rule_id, .user = w->user, .grant_id = w->grant_id,
+                  .target = w->target_user, .channel = w->channel, .rec = w->rec, .len = w->rec_len,
+                  .cut = w->rec_cut, .expires_in = w->expires_in, .xbody = w->xbody, .xlen = w->xbody_len,
+                  .device = w->device, .ip = w->ip, .pool = w->pool, .at = at};
+        grant(s, &q, cb, ud);
+    }
 }
 
 static void fire_inact(store_t *s, const ruleset_t *rs, engine_t *eng, member_t *m, size_t idx, int64_t at,

@@ -16,6 +16,7 @@
  *   Pseen:TOPIC:PART:RULE   zset ID -> last activity (ms), per inactivity rule
  * (RS = \x1e, cancel_on names are \x1f-delimited.) */
 #include "state_redis.h"
+#include "policy.h"
 #include "../core/log.h"
 #include "../core/util.h"
 
@@ -57,23 +58,87 @@
     "end\n" \
     /* Guards the issue block that follows the arguments read so far. */ \
     "local function precheck() if A[i + 1] == 'g' then guard(A[i + 4], A[i + 5]) end end\n" \
-    "local function push(claim, ttl, queue, kind, maxlen, json)\n" \
-    "  if redis.call('EXISTS', claim) == 1 then return 0 end\n" \
+    /* The policy block of a grant step (docs/policy.md): read after the \
+     * grant's own arguments; '0' = none. Keys are built here from the \
+     * prefix, rule and subjects, so FIRE can take the subjects kept in a \
+     * wait's body. */ \
+    "local function read_pol()\n" \
+    "  if nx() ~= '1' then return nil end\n" \
+    "  local p = {at = tonumber(nx()), iso = nx(), gid = nx(), rule = nx(), user = nx(), target = nx(),\n" \
+    "             dev = nx(), ip = nx(), pool = nx(), P = nx()}\n" \
+    "  p.lu, p.pu, p.ld, p.pd, p.li, p.pi = tonumber(nx()), tonumber(nx()), tonumber(nx()), tonumber(nx()), tonumber(nx()), tonumber(nx())\n" \
+    "  p.budget, p.daily, p.day = tonumber(nx()), tonumber(nx()), nx()\n" \
+    "  return p\n" \
+    "end\n" \
+    /* Read-only checks: the blocklist, then each limit (grants inside \
+     * (at - period, +inf)), then the budgets. Returns the reason or nil. */ \
+    "local function pol_check(p)\n" \
+    "  local L = p.P .. 'lim:' .. p.rule\n" \
+    "  p.checks = {}\n" \
+    "  if p.lu > 0 then p.checks[#p.checks + 1] = {p.P .. '{u:' .. p.target .. '}:lim:' .. p.rule, p.lu, p.pu, 'limit per_user'} end\n" \
+    "  if p.ld > 0 and p.dev ~= '' then p.checks[#p.checks + 1] = {L .. ':dev:' .. p.dev, p.ld, p.pd, 'limit per_device'} end\n" \
+    "  if p.li > 0 and p.ip ~= '' then p.checks[#p.checks + 1] = {L .. ':ip:' .. p.ip, p.li, p.pi, 'limit per_ip'} end\n" \
+    "  if p.budget > 0 then p.bkey = p.P .. 'budget:' .. p.rule end\n" \
+    "  if p.daily > 0 then p.dkey = p.P .. 'budget:' .. p.rule .. ':' .. p.day end\n" \
+    "  local B = p.P .. 'block:'\n" \
+    "  if redis.call('SISMEMBER', B .. 'user', p.target) == 1\n" \
+    "     or (p.user ~= p.target and redis.call('SISMEMBER', B .. 'user', p.user) == 1)\n" \
+    "     or (p.dev ~= '' and redis.call('SISMEMBER', B .. 'device', p.dev) == 1)\n" \
+    "     or (p.ip ~= '' and redis.call('SISMEMBER', B .. 'ip', p.ip) == 1) then return 'blocklist' end\n" \
+    "  for _, c in ipairs(p.checks) do\n" \
+    "    if redis.call('ZCOUNT', c[1], '(' .. string.format('%d', p.at - c[3]), '+inf') >= c[2] then return c[4] end\n" \
+    "  end\n" \
+    "  if p.bkey and tonumber(redis.call('GET', p.bkey) or '0') >= p.budget then return 'budget' end\n" \
+    "  if p.dkey and tonumber(redis.call('GET', p.dkey) or '0') >= p.daily then return 'daily budget' end\n" \
+    "  return nil\n" \
+    "end\n" \
+    "local function pol_spend(p, code)\n" \
+    "  for _, c in ipairs(p.checks) do\n" \
+    "    redis.call('ZREMRANGEBYSCORE', c[1], '-inf', string.format('%d', p.at - c[3]))\n" \
+    "    redis.call('ZADD', c[1], p.at, p.gid)\n" \
+    "    redis.call('PEXPIRE', c[1], c[3] + 60000)\n" \
+    "  end\n" \
+    "  if p.bkey then redis.call('INCR', p.bkey) end\n" \
+    "  if p.dkey then redis.call('INCR', p.dkey); redis.call('PEXPIRE', p.dkey, 259200000) end\n" \
+    "  if code then\n" \
+    "    redis.call('HSET', p.P .. 'pool:' .. p.pool .. ':issued', code,\n" \
+    "      cjson.encode({grant_id = p.gid, user_id = p.target, rule = p.rule, issued_at = p.iso}))\n" \
+    "  end\n" \
+    "end\n" \
+    /* The grant step: a repeat first; then policy (read-only), the queue's \
+     * guard, and only then the writes: the code's SPOP, the push, the \
+     * spending, the claim last. A suppression takes no claim. */ \
+    "local function push(claim, ttl, queue, kind, maxlen, json, p)\n" \
+    "  if redis.call('EXISTS', claim) == 1 then return {0} end\n" \
+    "  if p then\n" \
+    "    local why = pol_check(p)\n" \
+    "    if why then return {5, why} end\n" \
+    "  end\n" \
     "  guard(queue, kind)\n" \
+    "  local code\n" \
+    "  if p and p.pool ~= '' then\n" \
+    "    code = redis.call('SPOP', p.P .. 'pool:' .. p.pool)\n" \
+    "    if not code then return {5, 'pool empty'} end\n" \
+    "    local s = string.find(json, '\"code\":null,\"expires_at\":', 1, true)\n" \
+    "    if s then json = string.sub(json, 1, s + 6) .. '\"' .. code .. '\"' .. string.sub(json, s + 11) end\n" \
+    "  end\n" \
     "  if kind == 'list' then redis.call('LPUSH', queue, json)\n" \
     "  elseif tonumber(maxlen) > 0 then redis.call('XADD', queue, 'MAXLEN', '~', maxlen, '*', 'grant', json)\n" \
     "  else redis.call('XADD', queue, '*', 'grant', json) end\n" \
+    "  if p then pol_spend(p, code) end\n" \
     "  redis.call('SET', claim, '1', 'PX', ttl)\n" \
-    "  return 1\n" \
+    "  return {1}\n" \
     "end\n" \
-    /* issue: 'x' report only; 'g' claim+push; 's' record a pending wait */ \
+    /* issue: 'x' report only; 'g' claim+push; 's' record a pending wait \
+     * (its body keeps the policy subjects: recipient, device, IP, pool) */ \
     "local function issue()\n" \
     "  local mode = nx()\n" \
     "  if mode == 'x' then return {5} end\n" \
     "  local claim, ttl, queue, kind, maxlen, json = nx(), nx(), nx(), nx(), nx(), nx()\n" \
-    "  if mode == 'g' then return {push(claim, ttl, queue, kind, maxlen, json)} end\n" \
+    "  if mode == 'g' then return push(claim, ttl, queue, kind, maxlen, json, read_pol()) end\n" \
     "  local waits, wkey, gid, timers, tm, rule = nx(), nx(), nx(), nx(), nx(), nx()\n" \
     "  local now, due, why, cancel = tonumber(nx()), nx(), nx(), nx()\n" \
+    "  local target, dev, ip, pool = nx(), nx(), nx(), nx()\n" \
     "  if redis.call('EXISTS', claim) == 1 then return {0} end\n" \
     "  if redis.call('HEXISTS', waits, gid) == 1 then return {2} end\n" \
     "  local all = redis.call('HGETALL', waits)\n" \
@@ -82,7 +147,8 @@
     "    if w[2] == rule and tonumber(w[1]) >= now then return {3} end\n" \
     "  end\n" \
     "  redis.call('HSET', waits, gid, due .. RS .. rule .. RS .. cancel)\n" \
-    "  redis.call('SET', wkey, timers .. RS .. tm .. RS .. queue .. RS .. kind .. RS .. maxlen .. RS .. why .. RS .. json)\n" \
+    "  redis.call('SET', wkey, timers .. RS .. tm .. RS .. queue .. RS .. kind .. RS .. maxlen .. RS .. why .. RS ..\n" \
+    "    target .. RS .. dev .. RS .. ip .. RS .. pool .. RS .. json)\n" \
     "  redis.call('ZADD', timers, due, tm)\n" \
     "  return {2}\n" \
     "end\n"
@@ -127,11 +193,20 @@ static const char LUA_TOUCH[] = LUA_PRELUDE
     "return {7}\n";
 
 /* FIRE a due wait: waits, wait key, gid, timers, timer member, mode ('g' or
- * 'd' = drop: the rule is gone or disabled), claim, ttl. */
+ * 'd' = drop: the rule is gone or disabled), claim, ttl, then the policy
+ * block of the rule as it is now (limits are checked at the grant moment);
+ * its subjects come from the body (written by this build: 11 fields; a body
+ * of the previous build has 7 and no subjects). */
 static const char LUA_FIRE[] = LUA_PRELUDE
     "local waits, wkey, gid, timers, tm, mode, claim, ttl = nx(), nx(), nx(), nx(), nx(), nx(), nx(), nx()\n"
+    "local p = read_pol()\n"
     "local body = redis.call('GET', wkey)\n"
-    "local b = body and parts(body, 7)\n"
+    "local b = body and parts(body, 11)\n"
+    "local json = b and b[#b]\n"
+    "if p and b then\n"
+    "  if #b == 11 then p.target, p.dev, p.ip, p.pool = b[7], b[8], b[9], b[10]\n"
+    "  else p.target, p.dev, p.ip, p.pool = p.user, '', '', '' end\n"
+    "end\n"
     "if b and mode ~= 'd' and b[6] == '' then guard(b[3], b[4]) end\n"
     "redis.call('ZREM', timers, tm)\n"
     "local known = redis.call('HDEL', waits, gid)\n"
@@ -139,7 +214,7 @@ static const char LUA_FIRE[] = LUA_PRELUDE
     "redis.call('DEL', wkey)\n"
     "if mode == 'd' then return {9} end\n"
     "if b[6] ~= '' then return {5, b[6]} end\n"
-    "return {push(claim, ttl, b[3], b[4], b[5], b[7])}\n";
+    "return push(claim, ttl, b[3], b[4], b[5], json, p)\n";
 
 /* INACT: a silent member: seen key, member, last, marker key, marker ttl,
  * then an issue block. Once per silence: the marker holds the `last` that
@@ -165,6 +240,7 @@ struct redis_store {
     int sh[S_N];
     strbuf tmp, json;
     rs_stats_t stats;
+    policy_day_cache day;
 };
 
 /* ---- argument vectors ------------------------------------------------------ */
@@ -233,12 +309,25 @@ static void count_outcome(redis_store_t *st, rs_outcome k, long long n) {
     }
 }
 
+/* A policy suppression in the grant step: {5, reason}. */
+static void count_policy(redis_store_t *st, const redisReply *r) {
+    if (!r || r->type != REDIS_REPLY_ARRAY || r->elements < 2 || r->element[1]->type != REDIS_REPLY_STRING) return;
+    const char *why = r->element[1]->str;
+    if (!strncmp(why, "limit ", 6)) st->stats.limited++;
+    else if (!strcmp(why, "budget") || !strcmp(why, "daily budget")) st->stats.budget++;
+    else if (!strcmp(why, "pool empty")) st->stats.pool_empty++;
+    else if (!strcmp(why, "blocklist")) st->stats.blocked++;
+    else return;
+    log_debug("suppressed", "reason=\"%s\"", why);
+}
+
 static void on_call_reply(void *ud, const redisReply *reply) {
     call_ctx *c = ud;
     long long n;
     rs_outcome k = parse_reply(reply, &n);
     if (k == RS_ERROR)
         log_error("redis_store_reply", "script=%d type=%d", c->script, reply ? reply->type : -1);
+    if (k == RS_EXPLAINED) count_policy(c->st, reply);
     count_outcome(c->st, k, n);
     if (c->cb) c->cb(c->ud, k, n);
     free(c);
@@ -265,6 +354,35 @@ static void k_seen(redis_store_t *st, argv_b *a, const char *topic, int32_t part
     a_fmt(a, "%sseen:%s:%d:%s", st->cfg->key_prefix, topic, (int)part, rule);
 }
 
+/* The policy block (LUA_PRELUDE's read_pol()) of a grant of rule r issued
+ * at `at`: r's limits as they are now, the subjects of the grant (empty in
+ * FIRE: the script takes them from the wait's body). */
+static void add_policy(redis_store_t *st, argv_b *a, const rule_t *r, const char *gid, const char *user,
+                       const char *target, const char *dev, const char *ip, const char *pool, int64_t at) {
+    char iso[32];
+    format_iso8601_ms(at, iso, sizeof iso);
+    a_str(a, "1");
+    a_ll(a, at);
+    a_str(a, iso);
+    a_str(a, gid);
+    a_str(a, r->id);
+    a_str(a, user);
+    a_str(a, target);
+    a_str(a, dev);
+    a_str(a, ip);
+    a_str(a, pool);
+    a_str(a, st->cfg->key_prefix);
+    a_ll(a, r->per_user.count);
+    a_ll(a, r->per_user.period_ms);
+    a_ll(a, r->per_device.count);
+    a_ll(a, r->per_device.period_ms);
+    a_ll(a, r->per_ip.count);
+    a_ll(a, r->per_ip.period_ms);
+    a_ll(a, r->budget);
+    a_ll(a, r->daily_budget);
+    a_str(a, r->daily_budget ? policy_day(&st->day, st->cfg->timezone, at) : "");
+}
+
 /* The issue block (LUA_PRELUDE's issue()) for a decision whose moment has
  * come at `at`: a hard reason is reported; a rule that waits schedules (the
  * grant finished now, issued at its due time); a soft reason is reported;
@@ -289,7 +407,11 @@ static void add_issue(redis_store_t *st, argv_b *a, const intent_t *in, int64_t 
     sb_reset(&st->json);
     if (in->rec && !in->reason) engine_finish_grant(in->rec, in->rec_len, in->rec_cut, in->expires_in_ms, when, &st->json);
     a_add(a, st->json.s ? st->json.s : "", st->json.len);
-    if (!waits) return;
+    if (!waits) {
+        add_policy(st, a, in->rule, in->grant_id, in->user, in->target_user, in->device ? in->device : "",
+                   in->ip ? in->ip : "", in->pool ? in->pool : "", at);
+        return;
+    }
     k_member(st, a, in->user, "waits", NULL);
     k_member(st, a, in->user, "wait:", in->grant_id);
     a_str(a, in->grant_id);
@@ -306,6 +428,10 @@ static void add_issue(redis_store_t *st, argv_b *a, const intent_t *in, int64_t 
         sb_putc(&st->tmp, '\x1f');
     }
     a_add(a, st->tmp.s ? st->tmp.s : "", st->tmp.len);
+    a_str(a, in->target_user);
+    a_str(a, in->device ? in->device : "");
+    a_str(a, in->ip ? in->ip : "");
+    a_str(a, in->pool ? in->pool : "");
 }
 
 /* ---- lifecycle ---------------------------------------------------------------- */
@@ -467,6 +593,13 @@ static void fire_timers(round_t *r, const redisReply *rep) {
         a_str(&a, why ? "d" : "g");
         k_member(st, &a, user, "grant:", gid);
         a_ll(&a, st->cfg->claim_ttl_ms > 0 ? st->cfg->claim_ttl_ms : 1);
+        if (why) {
+            a_str(&a, "0");
+        } else {
+            const redisReply *sc = rep->element[i + 1];
+            int64_t due = sc->type == REDIS_REPLY_STRING ? (int64_t)strtod(sc->str, NULL) : r->now;
+            add_policy(st, &a, rl, gid, user, "", "", "", "", due);
+        }
         a_send(st, &a, S_FIRE, on_fire_reply, st);
     }
 }

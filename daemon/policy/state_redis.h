@@ -32,7 +32,8 @@ typedef enum {
     RS_SCHEDULED = 2,  /* a pending wait recorded (or already recorded by this very trigger) */
     RS_PENDING = 3,    /* a wait of the rule is pending for the member: trigger ignored */
     RS_PROGRESS = 4,   /* a count below N */
-    RS_EXPLAINED = 5,  /* nothing granted, for the reason of the intent (or a soft reason at due) */
+    RS_EXPLAINED = 5,  /* nothing granted, for the reason of the intent (or a soft reason at due), or
+                        * suppressed by policy in the grant step (the reply's second element) */
     RS_CANCELLED = 6,  /* n = how many waits the event cancelled */
     RS_TOUCHED = 7,
     RS_STALE = 8,      /* a timer whose wait was cancelled or fired, a silence that ended: nothing */
@@ -65,6 +66,8 @@ void redis_store_poll(redis_store_t *st, const char *topic, int32_t partition, i
 
 typedef struct rs_stats {
     uint64_t fired, fired_repeats, dropped, stale, inact_fired, scheduled, cancelled, pending_hits, errors;
+    /* grant steps suppressed by policy (docs/policy.md) */
+    uint64_t limited, budget, pool_empty, blocked;
 } rs_stats_t;
 void redis_store_stats(const redis_store_t *st, rs_stats_t *out);
 

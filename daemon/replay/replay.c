@@ -127,20 +127,47 @@ int replay_main(int argc, char **argv) {
         fprintf(stderr, "benefitd replay: --until: not an ISO-8601 time: %s\n", until);
         goto out;
     }
-    /* Code pools are validated (name and readable file) even though this
-     * build has no rule that can draw from them yet. */
+    /* Code pools: one code per line (blank lines skipped), in file order:
+     * replay hands them out in that order, so its output is reproducible
+     * (live pops them at random, SPOP). Loaded before the rules so a bad
+     * file is reported first. */
+    r.store = store_mem_new();
+    store_mem_set_timezone(r.store, cfg.timezone);
     for (size_t i = 0; i < npools; i++) {
         const char *eq = strchr(pools[i], '=');
         if (!eq || eq == pools[i] || !eq[1]) {
             fprintf(stderr, "benefitd replay: --pool wants NAME=FILE, got '%s'\n", pools[i]);
             goto out;
         }
+        char *name = xstrndup(pools[i], (size_t)(eq - pools[i]));
         FILE *pf = fopen(eq + 1, "r");
         if (!pf) {
             fprintf(stderr, "benefitd replay: --pool %s: %s\n", eq + 1, strerror(errno));
+            free(name);
             goto out;
         }
+        char *pl = NULL;
+        size_t pcap = 0;
+        ssize_t plen;
+        long pline = 0, bad = 0;
+        while ((plen = getline(&pl, &pcap, pf)) != -1) {
+            pline++;
+            while (plen > 0 && (pl[plen - 1] == '\n' || pl[plen - 1] == '\r' || pl[plen - 1] == ' ' ||
+                                pl[plen - 1] == '\t'))
+                pl[--plen] = '\0';
+            char *code = pl;
+            while (*code == ' ' || *code == '\t') code++;
+            if (!*code) continue;
+            if (store_mem_pool_add(r.store, name, code) == -2) {
+                fprintf(stderr, "%s:%ld: not a valid code (printable ASCII, no spaces, quotes or backslashes)\n",
+                        eq + 1, pline);
+                bad++;
+            }
+        }
+        free(pl);
         fclose(pf);
+        free(name);
+        if (bad) goto out;
     }
     /* Replay runs the time shapes on its in-memory store; the daemon refuses
      * them until its Redis store lands (rules.h, RULES_ALLOW_TIME). */
@@ -156,7 +183,6 @@ int replay_main(int argc, char **argv) {
     }
     rc = 0;
     r.rs = rs;
-    r.store = store_mem_new();
     bd_clock_t clk;
     clock_init_virtual(&clk, 0);
     size_t cap = 0;

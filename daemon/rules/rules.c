@@ -400,8 +400,9 @@ static void check_code_pools(loader *L, const ynode *rm, const rule_t *r) {
 
 /* ==== NOT YET IMPLEMENTED DOWNSTREAM =========================================
  * The keys below are parsed and fully checked above (so a file is valid the
- * day they land), then refused here so nobody believes a limit or a wait is
- * enforced when it is not. Delete a row when its feature ships everywhere;
+ * day they land), then refused here so nobody believes a key is enforced
+ * when it is not (`limits` and `pool` landed with issue 4: docs/policy.md;
+ * `audience` waits for member profiles, issue 5). Delete a row when its feature ships everywhere;
  * `allowed_by` names the load flag under which a row's feature already works
  * (time shapes run in replay's in-memory store, not yet in the daemon).
  * section NULL = the rule itself; "grant" also covers every variant's grant. */
@@ -413,11 +414,9 @@ static const struct {
     {NULL, "audience", 0},
     {NULL, "wait", RULES_ALLOW_TIME},
     {NULL, "cancel_on", RULES_ALLOW_TIME},
-    {NULL, "limits", 0},
     {"trigger", "count", RULES_ALLOW_TIME},
     {"trigger", "within", RULES_ALLOW_TIME},
     {"trigger", "inactive_for", RULES_ALLOW_TIME},
-    {"grant", "pool", 0},
 };
 
 static void reject_in(loader *L, const ynode *m, const char *key) {

@@ -1,0 +1,87 @@
+#include "policy.h"
+#include "../core/util.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+static int64_t floor_div(int64_t a, int64_t b) { return a / b - (a % b != 0 && (a < 0) != (b < 0)); }
+
+const char *policy_day(policy_day_cache *c, const char *tz, int64_t at) {
+    const char *zone = tz && *tz ? tz : "UTC";
+    if (c->end > c->start && at >= c->start && at < c->end && !strcmp(c->tz, zone)) return c->day;
+    snprintf(c->tz, sizeof c->tz, "%s", zone);
+    if (!strcmp(zone, "UTC")) {
+        int64_t d = floor_div(at, 86400000);
+        time_t secs = (time_t)(d * 86400);
+        struct tm tm;
+        gmtime_r(&secs, &tm);
+        snprintf(c->day, sizeof c->day, "%04d-%02d-%02d", tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday);
+        c->start = d * 86400000;
+        c->end = c->start + 86400000;
+        return c->day;
+    }
+    /* An IANA zone: switch TZ around localtime/mktime (only when the day
+     * changes, never per grant). Day bounds come from mktime of local
+     * midnights, so a 23- or 25-hour DST day is right. */
+    char *old = getenv("TZ") ? xstrdup(getenv("TZ")) : NULL;
+    setenv("TZ", zone, 1);
+    tzset();
+    time_t secs = (time_t)floor_div(at, 1000);
+    struct tm tm;
+    localtime_r(&secs, &tm);
+    snprintf(c->day, sizeof c->day, "%04d-%02d-%02d", tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday);
+    struct tm s = {0}, e = {0};
+    s.tm_year = e.tm_year = tm.tm_year;
+    s.tm_mon = e.tm_mon = tm.tm_mon;
+    s.tm_mday = tm.tm_mday;
+    e.tm_mday = tm.tm_mday + 1;
+    s.tm_isdst = e.tm_isdst = -1;
+    time_t ts = mktime(&s), te = mktime(&e);
+    if (old) {
+        setenv("TZ", old, 1);
+        free(old);
+    } else {
+        unsetenv("TZ");
+    }
+    tzset();
+    c->start = (int64_t)ts * 1000;
+    c->end = (int64_t)te * 1000;
+    if (ts == (time_t)-1 || te == (time_t)-1 || at < c->start || at >= c->end) c->start = c->end = 0; /* no cache */
+    return c->day;
+}
+
+void policy_subject(const cJSON *context, const char *path1, const char *path2, char out[160]) {
+    out[0] = '\0';
+    const cJSON *v = context ? cJSON_GetObjectItemCaseSensitive(context, path1) : NULL;
+    if (v && path2) v = cJSON_IsObject(v) ? cJSON_GetObjectItemCaseSensitive(v, path2) : NULL;
+    if (!v) return;
+    char num[64];
+    const char *s;
+    if (cJSON_IsString(v) && v->valuestring) {
+        s = v->valuestring;
+    } else if (cJSON_IsNumber(v)) {
+        snprintf(num, sizeof num, "%.17g", v->valuedouble);
+        s = num;
+    } else {
+        return;
+    }
+    size_t n = strlen(s);
+    int odd = n > 128;
+    for (size_t i = 0; !odd && i < n; i++) odd = (unsigned char)s[i] < 0x20 || s[i] == 0x7f;
+    if (!odd) {
+        memcpy(out, s, n + 1);
+        return;
+    }
+    snprintf(out, 160, "h%016llx%016llx", (unsigned long long)hash64(s, n, 31), (unsigned long long)hash64(s, n, 32));
+}
+
+int policy_code_ok(const char *s, size_t n) {
+    if (n == 0 || n > 128) return 0;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char ch = (unsigned char)s[i];
+        if (ch <= 0x20 || ch >= 0x7f || ch == '"' || ch == '\\') return 0;
+    }
+    return 1;
+}
