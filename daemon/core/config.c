@@ -2,6 +2,7 @@
  * Every string in a config_t is owned by it, defaults included, so
  * config_free never has to know where a value came from. */
 #include "config.h"
+#include "http.h"
 #include "util.h"
 #include "yamlnode.h"
 
@@ -16,7 +17,7 @@
 
 #define DEFAULT_DEAD_LETTER_KEY "{prefix}deadletter"
 
-static const char *const TOP_KEYS[] = {"kafka", "redis", "rules", "output", "dead_letter", "decode", "daemon", NULL};
+static const char *const TOP_KEYS[] = {"kafka", "redis", "rules", "output", "dead_letter", "decode", "daemon", "http", NULL};
 static const char *const KAFKA_KEYS[] = {"brokers", "topics", "group_id", "properties", NULL};
 static const char *const REDIS_KEYS[] = {"host",      "port",       "password",  "password_file", "password_env",
                                          "db",        "key_prefix", "claim_ttl", "max_inflight",  NULL};
@@ -26,6 +27,7 @@ static const char *const CHANNEL_KEYS[] = {"kind", "key", "maxlen", NULL};
 static const char *const DEAD_LETTER_KEYS[] = {"key", "maxlen", NULL};
 static const char *const DECODE_KEYS[] = {"max_event_bytes", "max_depth", "default_type", "fields", NULL};
 static const char *const DAEMON_KEYS[] = {"allow_root", "shutdown_timeout", NULL};
+static const char *const HTTP_KEYS[] = {"enabled", "bind", "port", "allow_remote", NULL};
 
 /* decode.fields keys, in the order of config_t.decode_strs; slot 9 is
  * default_type. The offsets say which decode_map_t member each one sets. */
@@ -198,6 +200,9 @@ void config_init_default(config_t *c) {
     c->dead_letter_maxlen = 100000;
     decoder_init_default(&c->decoder);
     c->shutdown_timeout_ms = 10000;
+    c->http_enabled = 1;
+    c->http_bind = xstrdup(HTTP_DEFAULT_BIND);
+    c->http_port = HTTP_DEFAULT_PORT;
 }
 
 void config_free(config_t *c) {
@@ -222,6 +227,7 @@ void config_free(config_t *c) {
     }
     free(c->channels);
     free(c->dead_letter_key);
+    free(c->http_bind);
     for (size_t i = 0; i < sizeof c->decode_strs / sizeof c->decode_strs[0]; i++) free(c->decode_strs[i]);
     memset(c, 0, sizeof *c);
 }
@@ -488,6 +494,28 @@ static void load_daemon(cload *L, const ynode *top) {
     get_duration(L, m, "shutdown_timeout", &c->shutdown_timeout_ms);
 }
 
+/* The listener is checked here, so `benefitd check` refuses what the daemon
+ * would refuse: a bind address that is not loopback needs allow_remote. */
+static void load_http(cload *L, const ynode *top) {
+    config_t *c = L->c;
+    const ynode *m = section(L, top, "http", HTTP_KEYS);
+    if (!m) return;
+    const ynode *n = yn_get(m, "enabled");
+    if (n) yn_bool(n, L->file, "enabled", &c->http_enabled, L->d);
+    n = yn_get(m, "allow_remote");
+    if (n) yn_bool(n, L->file, "allow_remote", &c->http_allow_remote, L->d);
+    long long v = c->http_port;
+    get_int(L, m, "port", 0, 65535, &v);
+    c->http_port = (int)v;
+    const ynode *b = yn_get(m, "bind");
+    size_t before = L->d->n;
+    get_str(L, m, "bind", 0, &c->http_bind);
+    if (!c->http_enabled || L->d->n > before) return;
+    char err[300];
+    if (http_check_bind(c->http_bind, c->http_allow_remote, err, sizeof err) != 0)
+        err_at(L, b ? b : m, "%s", err);
+}
+
 /* ---- public ---------------------------------------------------------------- */
 
 int config_load(config_t *c, const char *path, diag_t *diag) {
@@ -510,6 +538,7 @@ int config_load(config_t *c, const char *path, diag_t *diag) {
         load_dead_letter(&L, root, &dl_tmpl);
         load_decode(&L, root);
         load_daemon(&L, root);
+        load_http(&L, root);
         /* after every section: the prefix may be set after dead_letter.key */
         strbuf b;
         sb_init(&b);

@@ -48,6 +48,11 @@ typedef struct config {
     /* daemon */
     int allow_root;             /* false */
     long long shutdown_timeout_ms; /* 10s: how long SIGTERM waits for Redis acks */
+    /* http: /metrics, /healthz, /readyz (core/http.h) */
+    int http_enabled;           /* true */
+    char *http_bind;            /* "127.0.0.1"; not loopback only with http_allow_remote */
+    int http_port;              /* 9464; 0 = an ephemeral port (logged as event=http_listening) */
+    int http_allow_remote;      /* false */
 } config_t;
 
 /* Defaults, as documented. */

@@ -6,6 +6,8 @@
 #include "../policy/engine.h"
 #include "../policy/state_redis.h"
 #include "clock.h"
+#include "http.h"
+#include "metrics.h"
 #include "../rules/rules.h"
 #include "../sink/redis_sink.h"
 #include "../source/kafka_source.h"
@@ -26,6 +28,94 @@
  * event under the decode limit, bounded for hostile ones. */
 #define DLQ_PAYLOAD_MAX (1024 * 1024)
 
+/* Pending-timer gauges (ZCARD of the owned partitions' timer and last-seen
+ * sets) are refreshed by each partition's poller this often: a few cheap
+ * reads per partition, whatever the number of pending waits. */
+#define PENDING_REFRESH_US (5 * 1000000LL)
+
+/* Without systemd's watchdog, the keep-alive timer still runs at this period. */
+#define DEFAULT_WATCHDOG_US (10 * 1000000ULL)
+
+/* ---- metric label sets ------------------------------------------------------
+ * Raw reasons are free text (they carry sizes and values); the label sets are
+ * fixed, so a hostile stream cannot grow the page. */
+
+enum {
+    DR_NOT_JSON, DR_NOT_OBJECT, DR_INVALID_UTF8, DR_TOO_DEEP, DR_TOO_LARGE, DR_EMPTY, DR_NO_TYPE,
+    DR_UNSUPPORTED_TYPE, DR_NO_USER_ID, DR_NO_EVENT_NAME, DR_BAD_TIMESTAMP, DR_BAD_USER_ID, DR_FIELD_TOO_LONG,
+    DR_OTHER, DR_N
+};
+static const char *const DECODE_REASONS[DR_N] = {
+    "not_json", "not_object", "invalid_utf8", "too_deep", "too_large", "empty", "no_type",
+    "unsupported_type", "no_user_id", "no_event_name", "bad_timestamp", "bad_user_id", "field_too_long",
+    "other"};
+
+static int starts(const char *s, const char *prefix) { return strncmp(s, prefix, strlen(prefix)) == 0; }
+
+/* decode.c's reasons, by their fixed beginnings. */
+static int decode_reason_index(const char *r) {
+    static const struct { const char *prefix; int idx; } map[] = {
+        {"not a JSON object", DR_NOT_OBJECT}, {"not JSON", DR_NOT_JSON}, {"invalid UTF-8", DR_INVALID_UTF8},
+        {"nested too deep", DR_TOO_DEEP},     {"too large", DR_TOO_LARGE}, {"empty", DR_EMPTY},
+        {"no type", DR_NO_TYPE},              {"unsupported type", DR_UNSUPPORTED_TYPE},
+        {"no user id", DR_NO_USER_ID},        {"no event name", DR_NO_EVENT_NAME},
+        {"bad timestamp", DR_BAD_TIMESTAMP},  {"bad user id", DR_BAD_USER_ID},
+    };
+    for (size_t i = 0; i < sizeof map / sizeof map[0]; i++)
+        if (starts(r, map[i].prefix)) return map[i].idx;
+    size_t n = strlen(r);
+    if (n >= 8 && !strcmp(r + n - 8, "too long")) return DR_FIELD_TOO_LONG;
+    return DR_OTHER;
+}
+
+enum { SR_NOT_ACTIVE, SR_GROUP_LOST, SR_HOLDOUT, SR_SHADOW, SR_NO_VALUE, SR_NO_RECIPIENT, SR_ALREADY_PENDING,
+       SR_OTHER, SR_N };
+static const char *const SUPP_REASONS[SR_N] = {"not_active", "group_lost", "holdout", "shadow", "no_value",
+                                                "no_recipient", "already_pending", "other"};
+
+/* The engine's reasons (engine.c); a reason added later counts as other. */
+static int supp_reason_index(const char *r) {
+    if (!r) return SR_OTHER;
+    for (int i = 0; i < SR_N; i++) {
+        const char *a = SUPP_REASONS[i], *b = r;
+        while (*a && *b && (*a == *b || (*a == '_' && *b == ' '))) a++, b++;
+        if (!*a && !*b) return i;
+    }
+    return SR_OTHER;
+}
+
+/* Per-rule children, cached for the hot path: one slot per rule of the set in
+ * use, sorted by rule pointer (an intent names its rule by pointer), rebuilt
+ * on reload. Children are never freed, so a pointer taken before a reload
+ * stays valid for an acknowledgement that arrives after it. */
+#define RULE_CHANNELS 4
+typedef struct rule_metrics {
+    const rule_t *rule;
+    metric_counter_t *matches;
+    metric_counter_t *supp[SR_N];                 /* created on first use */
+    const char *chan[RULE_CHANNELS];              /* the rule's channels seen so far (owned by the rule) */
+    metric_counter_t *grants[RULE_CHANNELS];
+    int n_chan;
+} rule_metrics;
+
+typedef struct daemon_metrics {
+    metrics_registry_t *reg;
+    metric_counter_t *events, *ev_decoded, *ev_dead;
+    metric_counter_t *decode_errors, *decode_err[DR_N];
+    metric_counter_t *matches, *grants, *writes, *w_pushed, *w_repeat, *supp;
+    metric_histogram_t *rtt, *rtt_op[SINK_N_OPS];
+    metric_gauge_t *inflight, *redis_up;
+    metric_counter_t *reconnects;
+    uint64_t reconnects_seen;
+    metric_gauge_t *lag, *paused;
+    metric_gauge_t *pending, *pending_wait, *pending_inact;
+    metric_gauge_t *pool;
+    metric_gauge_t *rules_info, *rules_info_cur, *rules_loaded;
+    metric_counter_t *reloads, *reload_ok, *reload_err;
+    rule_metrics *rules;   /* the rule cache */
+    size_t n_rules;
+} daemon_metrics;
+
 typedef struct daemon_state daemon_state;
 
 /* One owned partition's timer poller: created on assignment, stopped on revoke. */
@@ -38,6 +128,10 @@ typedef struct poller {
     int busy;      /* a poll round is in flight */
     int dead;      /* revoked while busy: freed when the round ends */
     int seen;
+    metric_gauge_t *lag;          /* benefitd_kafka_consumer_lag{topic,partition} */
+    int zpending;                 /* pending-timer reads in flight */
+    long long wait_n, inact_n, inact_acc;
+    int64_t zcard_at_us;          /* when the pending-timer counts were last read */
 } poller;
 
 struct daemon_state {
@@ -50,10 +144,16 @@ struct daemon_state {
     bd_clock_t clock;
     poller *pollers;
     kafka_source_t *src;
-    struct event *sig_int, *sig_term, *sig_hup, *stats_ev, *drain_ev;
+    struct event *sig_int, *sig_term, *sig_hup, *stats_ev, *drain_ev, *watchdog_ev;
     int stopping;
     int64_t stop_deadline_us;
     int notified_ready;
+    int joined;            /* the group handed us an assignment (maybe empty) at least once */
+    int assigned;          /* partitions owned now */
+    int paused;            /* what we last asked of the source */
+    char status[160];      /* the last STATUS= sent */
+    http_server_t *http;
+    daemon_metrics m;
     strbuf key, key2;
     /* the message being processed, for the decision callback */
     offset_token_t *cur_tok;
@@ -63,14 +163,140 @@ struct daemon_state {
     uint64_t state_writes, scheduled, already_pending, cancelled, count_progress;
 };
 
+static void set_paused(daemon_state *d, int paused) {
+    d->paused = paused;
+    kafka_source_set_paused(d->src, paused);
+}
+
+/* ---- metrics ------------------------------------------------------------------- */
+
+static int cmp_rule_ptr(const void *a, const void *b) {
+    uintptr_t x = (uintptr_t)((const rule_metrics *)a)->rule, y = (uintptr_t)((const rule_metrics *)b)->rule;
+    return x < y ? -1 : x > y;
+}
+
+/* Rebuilds the rule cache for the set in use (at start and after a reload). */
+static void rule_metrics_rebuild(daemon_state *d) {
+    daemon_metrics *m = &d->m;
+    free(m->rules);
+    m->n_rules = ruleset_count(d->rules);
+    m->rules = xcalloc(m->n_rules ? m->n_rules : 1, sizeof *m->rules);
+    for (size_t i = 0; i < m->n_rules; i++) {
+        rule_metrics *rm = &m->rules[i];
+        rm->rule = ruleset_rule(d->rules, i);
+        rm->matches = metrics_labels(m->matches, rm->rule->id);
+    }
+    qsort(m->rules, m->n_rules, sizeof *m->rules, cmp_rule_ptr);
+}
+
+static rule_metrics *rule_metrics_find(daemon_state *d, const rule_t *r) {
+    if (!r) return NULL;
+    rule_metrics key = {.rule = r};
+    return bsearch(&key, d->m.rules, d->m.n_rules, sizeof key, cmp_rule_ptr);
+}
+
+static metric_counter_t *rule_supp(daemon_state *d, rule_metrics *rm, int reason) {
+    if (!rm) return NULL;
+    if (!rm->supp[reason]) rm->supp[reason] = metrics_labels(d->m.supp, rm->rule->id, SUPP_REASONS[reason]);
+    return rm->supp[reason];
+}
+
+static metric_counter_t *rule_grants(daemon_state *d, rule_metrics *rm, const char *channel) {
+    if (!rm) return NULL;
+    if (!channel) channel = "default";
+    for (int i = 0; i < rm->n_chan; i++)
+        if (!strcmp(rm->chan[i], channel)) return rm->grants[i];
+    metric_counter_t *c = metrics_labels(d->m.grants, rm->rule->id, channel);
+    if (rm->n_chan < RULE_CHANNELS) {
+        rm->chan[rm->n_chan] = channel;
+        rm->grants[rm->n_chan++] = c;
+    }
+    return c;
+}
+
+static void set_rules_info(daemon_state *d) {
+    metrics_gauge_remove(d->m.rules_info_cur);
+    d->m.rules_info_cur = metrics_labels(d->m.rules_info, ruleset_version(d->rules));
+    metrics_gauge_set(d->m.rules_info_cur, 1);
+    metrics_gauge_set(d->m.rules_loaded, (double)ruleset_count(d->rules));
+}
+
+static void on_latency(void *ud, sink_op op, double seconds) {
+    daemon_state *d = ud;
+    metrics_histogram_observe(d->m.rtt_op[op], seconds);
+}
+
+static void collect(void *ud);
+
+static void metrics_setup(daemon_state *d) {
+    daemon_metrics *m = &d->m;
+    metrics_registry_t *r = m->reg = metrics_registry_new();
+    m->events = metrics_counter(r, "benefitd_events_total", "Kafka messages processed, by outcome.", "outcome", NULL);
+    m->ev_decoded = metrics_labels(m->events, "decoded");
+    m->ev_dead = metrics_labels(m->events, "dead_letter");
+    m->decode_errors = metrics_counter(r, "benefitd_decode_errors_total",
+                                       "Messages dead-lettered because they did not decode, by reason.", "reason", NULL);
+    for (int i = 0; i < DR_N; i++) m->decode_err[i] = metrics_labels(m->decode_errors, DECODE_REASONS[i]);
+    m->matches = metrics_counter(r, "benefitd_rule_matches_total",
+                                 "Decoded events whose trigger and where matched the rule (granted or not).", "rule",
+                                 NULL);
+    m->grants = metrics_counter(r, "benefitd_grants_total",
+                                "Grants claimed and pushed to Redis by event decisions (immediate and count rules), "
+                                "by rule and channel.",
+                                "rule", "channel", NULL);
+    m->writes = metrics_counter(r, "benefitd_grant_writes_total",
+                                "Acknowledged grant writes of event decisions: pushed, or repeat (already claimed, "
+                                "nothing pushed).",
+                                "result", NULL);
+    m->w_pushed = metrics_labels(m->writes, "pushed");
+    m->w_repeat = metrics_labels(m->writes, "repeat");
+    m->supp = metrics_counter(r, "benefitd_suppressions_total", "Matched decisions that granted nothing, by reason.",
+                              "rule", "reason", NULL);
+    m->rtt = metrics_histogram(r, "benefitd_redis_roundtrip_seconds",
+                               "Time from sending a Redis request to its reply, by kind (push: claim+push, script: "
+                               "state scripts, read: timer polls).",
+                               metrics_latency_buckets, metrics_latency_nbuckets, "op", NULL);
+    for (int i = 0; i < SINK_N_OPS; i++) m->rtt_op[i] = metrics_labels(m->rtt, sink_op_names[i]);
+    m->inflight = metrics_gauge(r, "benefitd_redis_inflight", "Redis requests sent or queued, not yet answered.", NULL);
+    m->redis_up = metrics_gauge(r, "benefitd_redis_up", "1 when connected to Redis with every script loaded.", NULL);
+    m->reconnects = metrics_counter(r, "benefitd_redis_reconnects_total", "Redis connections lost and retried.", NULL);
+    m->lag = metrics_gauge(r, "benefitd_kafka_consumer_lag",
+                           "Messages between the consumer position and the high watermark, per owned partition.",
+                           "topic", "partition", NULL);
+    m->paused = metrics_gauge(r, "benefitd_kafka_paused",
+                              "1 while consumption is paused (Redis down or too many writes in flight).", NULL);
+    m->pending = metrics_gauge(r, "benefitd_pending_timers",
+                               "Pending waits and watched silences of the owned partitions (refreshed every 5 s).",
+                               "kind", NULL);
+    m->pending_wait = metrics_labels(m->pending, "wait");
+    m->pending_inact = metrics_labels(m->pending, "inactivity");
+    m->pool = metrics_gauge(r, "benefitd_pool_codes_available", "Codes left in each code pool.", "pool", NULL);
+    m->rules_info = metrics_gauge(r, "benefitd_rules_info", "The rule set in use (value 1), by version.", "version",
+                                  NULL);
+    m->rules_loaded = metrics_gauge(r, "benefitd_rules_loaded", "Rules in the set in use.", NULL);
+    m->reloads = metrics_counter(r, "benefitd_rules_reloads_total", "Rule reloads (SIGHUP), by result.", "result",
+                                 NULL);
+    m->reload_ok = metrics_labels(m->reloads, "ok");
+    m->reload_err = metrics_labels(m->reloads, "error");
+    metrics_on_collect(r, collect, d);
+    rule_metrics_rebuild(d);
+    set_rules_info(d);
+}
+
+static void metrics_teardown(daemon_state *d) {
+    free(d->m.rules);
+    metrics_registry_free(d->m.reg);
+    memset(&d->m, 0, sizeof d->m);
+}
+
 static void update_backpressure(daemon_state *d) {
     if (d->stopping) return;
     size_t inflight = redis_sink_inflight(d->sink);
     int ready = redis_sink_ready(d->sink);
     /* Hysteresis: pause above the bound, resume at half of it, so a busy
      * pipeline does not flap between the two. */
-    if (!ready || inflight >= (size_t)d->cfg.max_inflight) kafka_source_set_paused(d->src, 1);
-    else if (inflight <= (size_t)d->cfg.max_inflight / 2) kafka_source_set_paused(d->src, 0);
+    if (!ready || inflight >= (size_t)d->cfg.max_inflight) set_paused(d, 1);
+    else if (inflight <= (size_t)d->cfg.max_inflight / 2) set_paused(d, 0);
 }
 
 typedef struct ack_ctx {
@@ -84,6 +310,7 @@ static void on_grant_ack(void *ud, int status) {
     if (a->is_grant) {
         if (status == 1) a->d->grants_pushed++;
         else a->d->grants_repeat++;
+        metrics_counter_inc(status == 1 ? a->d->m.w_pushed : a->d->m.w_repeat, 1);
     }
     kafka_source_release(a->tok);
     daemon_state *d = a->d;
@@ -108,17 +335,28 @@ typedef struct intent_ack {
     offset_token_t *tok;
     int kind;
     char rule[64];
+    metric_counter_t *granted;    /* grants{rule,channel} */
+    metric_counter_t *explained;  /* suppressions{rule,reason} of the intent's reason */
+    metric_counter_t *pending;    /* suppressions{rule,already_pending} */
 } intent_ack;
 
 static void on_intent_ack(void *ud, rs_outcome k, long long n) {
     intent_ack *a = ud;
     daemon_state *d = a->d;
     switch (k) {
-    case RS_GRANTED: d->grants_pushed++; break;
-    case RS_REPEAT: d->grants_repeat++; break;
+    case RS_GRANTED:
+        d->grants_pushed++;
+        metrics_counter_inc(d->m.w_pushed, 1);
+        metrics_counter_inc(a->granted, 1);
+        break;
+    case RS_REPEAT:
+        d->grants_repeat++;
+        metrics_counter_inc(d->m.w_repeat, 1);
+        break;
     case RS_SCHEDULED: d->scheduled++; break;
     case RS_PENDING:
         d->already_pending++;
+        metrics_counter_inc(a->pending, 1);
         log_debug("suppressed", "rule=%s reason=\"already pending\"", a->rule);
         break;
     case RS_CANCELLED: d->cancelled += (uint64_t)n; break;
@@ -126,7 +364,11 @@ static void on_intent_ack(void *ud, rs_outcome k, long long n) {
         d->count_progress++;
         log_debug("count_progress", "rule=%s count=%lld", a->rule, n);
         break;
-    case RS_EXPLAINED: d->suppressed++; break;
+    case RS_EXPLAINED:
+        d->suppressed++;
+        if (!a->explained && a->rule[0]) a->explained = metrics_labels(d->m.supp, a->rule, SUPP_REASONS[SR_OTHER]);
+        metrics_counter_inc(a->explained, 1);
+        break;
     default: break;
     }
     kafka_source_release(a->tok);
@@ -136,8 +378,14 @@ static void on_intent_ack(void *ud, rs_outcome k, long long n) {
 
 static void on_intent(void *ud, const event_t *ev, const intent_t *in) {
     daemon_state *d = ud;
+    rule_metrics *rm = NULL;
+    if (in->kind != INTENT_TOUCH && in->kind != INTENT_CANCEL) {
+        rm = rule_metrics_find(d, in->rule);
+        if (rm) metrics_counter_inc(rm->matches, 1);
+    }
     if (in->kind == INTENT_EXPLAIN) {
         d->suppressed++;
+        metrics_counter_inc(rule_supp(d, rm, supp_reason_index(in->reason)), 1);
         log_debug("suppressed", "rule=%s user=%s reason=\"%s\"", in->rule->id, ev->user_id, in->reason);
         return;
     }
@@ -156,11 +404,19 @@ static void on_intent(void *ud, const event_t *ev, const intent_t *in) {
     a->tok = d->cur_tok;
     a->kind = in->kind;
     if (in->rule) snprintf(a->rule, sizeof a->rule, "%s", in->rule->id);
+    if (rm) {
+        if (in->kind == INTENT_GRANT || in->kind == INTENT_COUNT_GRANT) a->granted = rule_grants(d, rm, in->channel);
+        if (in->reason) a->explained = rule_supp(d, rm, supp_reason_index(in->reason));
+        if (in->kind == INTENT_SCHEDULE) a->pending = rule_supp(d, rm, SR_ALREADY_PENDING);
+    }
     kafka_source_hold(d->cur_tok);
     if (!redis_store_apply(d->store, in, d->cur_topic, d->cur_partition, on_intent_ack, a)) {
         /* nothing to write (a reason that needs no state) */
         kafka_source_release(a->tok);
-        if (in->kind == INTENT_GRANT || in->kind == INTENT_SCHEDULE) d->suppressed++;
+        if (in->kind == INTENT_GRANT || in->kind == INTENT_SCHEDULE) {
+            d->suppressed++;
+            metrics_counter_inc(a->explained, 1);
+        }
         free(a);
         return;
     }
@@ -192,11 +448,14 @@ static void on_message(void *ud, const rd_kafka_message_t *m, offset_token_t *to
     char reason[128];
     int64_t now = now_wall_ms();
     if (decode_event(&d->cfg.decoder, m->payload ? m->payload : "", m->len, now, &ev, reason, sizeof reason) != 0) {
+        metrics_counter_inc(d->m.ev_dead, 1);
+        metrics_counter_inc(d->m.decode_err[decode_reason_index(reason)], 1);
         dead_letter(d, m, reason);
     } else {
         ev.partition = m->partition;
         ev.offset = m->offset;
         d->events_ok++;
+        metrics_counter_inc(d->m.ev_decoded, 1);
         d->cur_topic = rd_kafka_topic_name(m->rkt);
         d->cur_partition = m->partition;
         /* The decision time is the wall clock now (docs/time.md: live is
@@ -221,14 +480,63 @@ static void poller_free(poller *p) {
     free(p);
 }
 
+/* A released poller goes once nothing of it is in flight. */
+static int poller_reap(poller *p) {
+    if (!p->dead) return 0;
+    if (!p->busy && !p->zpending) poller_free(p);
+    return 1;
+}
+
 static void poll_done(void *ud, int more, int ok) {
     poller *p = ud;
     p->busy = 0;
-    if (p->dead) {
-        poller_free(p);
-        return;
-    }
+    if (poller_reap(p)) return;
     poller_arm(p, more && ok ? 0 : POLL_INTERVAL_MS);
+}
+
+/* ---- pending-timer counts: ZCARD of the partition's timer set and of each
+ * inactivity rule's last-seen set (state_redis.c's keys), read on the
+ * sink's connection like the polls, at most every PENDING_REFRESH_US. */
+
+static void zcard_wait_cb(void *ud, const redisReply *r) {
+    poller *p = ud;
+    p->zpending--;
+    if (r && r->type == REDIS_REPLY_INTEGER) p->wait_n = r->integer;
+    poller_reap(p);
+}
+
+static void zcard_inact_cb(void *ud, const redisReply *r) {
+    poller *p = ud;
+    if (r && r->type == REDIS_REPLY_INTEGER) p->inact_acc += r->integer;
+    if (--p->zpending == 0 && !p->dead) p->inact_n = p->inact_acc;
+    poller_reap(p);
+}
+
+static void zcard_read(daemon_state *d, poller *p, const char *key, sink_reply_cb cb) {
+    const char *argv[2] = {"ZCARD", key};
+    size_t lens[2] = {5, strlen(key)};
+    p->zpending++;
+    redis_sink_read(d->sink, 2, argv, lens, cb, p);
+}
+
+static void pending_refresh(daemon_state *d, poller *p) {
+    int64_t now = now_mono_us();
+    if (p->zpending || (p->zcard_at_us && now - p->zcard_at_us < PENDING_REFRESH_US)) return;
+    p->zcard_at_us = now;
+    sb_reset(&d->key2);
+    sb_printf(&d->key2, "%stimers:%s:%d", d->cfg.key_prefix, p->topic, (int)p->partition);
+    zcard_read(d, p, d->key2.s, zcard_wait_cb);
+    p->inact_acc = 0;
+    int n = 0;
+    for (size_t i = 0; i < ruleset_count(d->rules); i++) {
+        const rule_t *r = ruleset_rule(d->rules, i);
+        if (r->kind != TRIG_INACTIVITY || !r->enabled) continue;
+        sb_reset(&d->key2);
+        sb_printf(&d->key2, "%sseen:%s:%d:%s", d->cfg.key_prefix, p->topic, (int)p->partition, r->id);
+        zcard_read(d, p, d->key2.s, zcard_inact_cb);
+        n++;
+    }
+    if (!n) p->inact_n = 0;
 }
 
 /* Polls must not run while Redis is down: the reconnect re-activates every
@@ -241,6 +549,7 @@ static void poll_cb(evutil_socket_t fd, short what, void *arg) {
         poller_arm(p, POLL_INTERVAL_MS);
         return;
     }
+    pending_refresh(d, p);
     p->busy = 1;
     redis_store_poll(d->store, p->topic, p->partition, clock_now_ms(&d->clock), poll_done, p);
 }
@@ -257,6 +566,10 @@ static void poller_mark(void *ud, const char *topic, int32_t partition) {
     p->topic = xstrdup(topic);
     p->partition = partition;
     p->seen = 1;
+    char part[16];
+    snprintf(part, sizeof part, "%d", (int)partition);
+    p->lag = metrics_labels(d->m.lag, topic, part);
+    metrics_gauge_remove(p->lag); /* on the page once known (collect) */
     p->ev = evtimer_new(d->base, poll_cb, p);
     p->next = d->pollers;
     d->pollers = p;
@@ -277,8 +590,9 @@ static void sync_pollers(daemon_state *d) {
         *pp = p->next;
         log_info("timers_released", "topic=%s partition=%d", p->topic, (int)p->partition);
         event_del(p->ev);
-        if (p->busy) p->dead = 1;
-        else poller_free(p);
+        metrics_gauge_remove(p->lag);
+        p->dead = 1;
+        poller_reap(p);
     }
 }
 
@@ -295,10 +609,74 @@ static void pollers_free(daemon_state *d) {
     }
 }
 
+/* ---- readiness, systemd, /metrics --------------------------------------------- */
+
+/* /readyz: Redis up, rules loaded, Kafka partitions assigned. */
+static int ready_check(void *ud, char *why, size_t n) {
+    daemon_state *d = ud;
+    if (d->stopping) snprintf(why, n, "stopping");
+    else if (!d->rules) snprintf(why, n, "rules not loaded");
+    else if (!redis_sink_ready(d->sink)) snprintf(why, n, "redis down");
+    else if (!d->joined) snprintf(why, n, "kafka: consumer group not joined yet");
+    else if (d->assigned == 0) snprintf(why, n, "kafka: no partitions assigned");
+    else return 1;
+    return 0;
+}
+
+/* READY=1 once the group is joined (an assignment, even an empty one: a
+ * standby member of a group with fewer partitions than daemons is up),
+ * Redis is up and the rules are loaded; STATUS= on every change. */
+static void notify_state(daemon_state *d) {
+    if (d->stopping) return;
+    int up = redis_sink_ready(d->sink);
+    char st[sizeof d->status];
+    if (!d->joined)
+        snprintf(st, sizeof st, "joining consumer group, %zu rules, redis %s", ruleset_count(d->rules),
+                 up ? "up" : "down");
+    else
+        snprintf(st, sizeof st, "consuming %d partitions, %zu rules, redis %s", d->assigned, ruleset_count(d->rules),
+                 up ? "up" : "down");
+    if (strcmp(st, d->status) != 0) {
+        memcpy(d->status, st, sizeof st);
+        sd_notifyf(0, "STATUS=%s", st);
+    }
+    if (!d->notified_ready && d->joined && up && d->rules) {
+        d->notified_ready = 1;
+        sd_notify(0, "READY=1");
+        log_info("ready", "rules=%zu rules_version=%s partitions=%d", ruleset_count(d->rules),
+                 ruleset_version(d->rules), d->assigned);
+    }
+}
+
+/* Refreshes, at each scrape, what is cheaper to read than to track. */
+static void collect(void *ud) {
+    daemon_state *d = ud;
+    daemon_metrics *m = &d->m;
+    if (!d->sink) return;
+    metrics_gauge_set(m->inflight, (double)redis_sink_inflight(d->sink));
+    metrics_gauge_set(m->redis_up, redis_sink_ready(d->sink) ? 1 : 0);
+    uint64_t acked, repeats, reconnects;
+    redis_sink_stats(d->sink, &acked, &repeats, &reconnects);
+    metrics_counter_inc(m->reconnects, (double)(reconnects - m->reconnects_seen));
+    m->reconnects_seen = reconnects;
+    metrics_gauge_set(m->paused, d->paused || d->stopping ? 1 : 0);
+    long long wait_n = 0, inact_n = 0;
+    for (poller *p = d->pollers; p; p = p->next) {
+        int64_t lag;
+        if (d->src && kafka_source_lag(d->src, p->topic, p->partition, &lag) == 0) metrics_gauge_set(p->lag, (double)lag);
+        wait_n += p->wait_n;
+        inact_n += p->inact_n;
+    }
+    metrics_gauge_set(m->pending_wait, (double)wait_n);
+    metrics_gauge_set(m->pending_inact, (double)inact_n);
+}
+
 static void on_assignment(void *ud, int n) {
     daemon_state *d = ud;
+    d->joined = 1;
+    d->assigned = n;
     sync_pollers(d);
-    sd_notifyf(0, "STATUS=consuming %d partitions, %zu rules", n, ruleset_count(d->rules));
+    notify_state(d);
 }
 
 static void on_sink_state(void *ud, int ready) {
@@ -306,12 +684,10 @@ static void on_sink_state(void *ud, int ready) {
     if (!d->src) return;
     update_backpressure(d);
     if (ready) pollers_kick(d);
-    if (ready && !d->notified_ready) {
-        d->notified_ready = 1;
-        sd_notify(0, "READY=1");
-        log_info("ready", "rules=%zu rules_version=%s", ruleset_count(d->rules), ruleset_version(d->rules));
-    }
+    notify_state(d);
 }
+
+static void watchdog_cb(evutil_socket_t fd, short what, void *arg) { sd_notify(0, "WATCHDOG=1"); }
 
 static void reload_rules(daemon_state *d) {
     diag_t diag;
@@ -321,18 +697,23 @@ static void reload_rules(daemon_state *d) {
     if (!rs) {
         for (size_t i = 0; i < diag.n; i++) log_error("rule_error", "msg=\"%s\"", diag.msgs[i]);
         log_error("reload_refused", "errors=%zu kept_version=%s", diag.n, ruleset_version(d->rules));
+        metrics_counter_inc(d->m.reload_err, 1);
     } else {
         /* Decisions are synchronous and writes copy their strings, so nothing
          * refers to the old set between two events: swap and free. */
         ruleset_t *old = d->rules;
         d->rules = rs;
         d->reloads++;
+        rule_metrics_rebuild(d);
+        set_rules_info(d);
+        metrics_counter_inc(d->m.reload_ok, 1);
         log_info("reloaded", "rules=%zu version=%s previous=%s", ruleset_count(rs), ruleset_version(rs),
                  ruleset_version(old));
         ruleset_free(old);
     }
     diag_free(&diag);
-    sd_notify(0, "READY=1");
+    if (d->notified_ready) sd_notify(0, "READY=1");
+    notify_state(d);
 }
 
 static void log_stats(daemon_state *d) {
@@ -355,7 +736,6 @@ static void log_stats(daemon_state *d) {
 static void stats_cb(evutil_socket_t fd, short what, void *arg) {
     daemon_state *d = arg;
     log_stats(d);
-    sd_notify(0, "WATCHDOG=1");
 }
 
 /* Waits for in-flight writes to be acknowledged (or the deadline), then
@@ -375,7 +755,7 @@ static void stop_cb(evutil_socket_t sig, short what, void *arg) {
     daemon_state *d = arg;
     if (d->stopping) return;
     d->stopping = 1;
-    sd_notify(0, "STOPPING=1");
+    sd_notify(0, "STOPPING=1\nSTATUS=stopping: draining Redis writes");
     log_info("stopping", "signal=%d inflight=%zu", (int)sig, redis_sink_inflight(d->sink));
     kafka_source_stop_reading(d->src);
     d->stop_deadline_us = now_mono_us() + d->cfg.shutdown_timeout_ms * 1000;
@@ -412,7 +792,9 @@ int daemon_run(const char *config_path) {
     signal(SIGPIPE, SIG_IGN);
     d->base = event_base_new();
     if (!d->base) { fprintf(stderr, "benefitd: event_base_new failed\n"); goto out; }
+    metrics_setup(d);
     d->sink = redis_sink_new(d->base, &d->cfg, on_sink_state, d);
+    if (d->sink) redis_sink_set_latency_observer(d->sink, on_latency, d);
     if (d->sink) d->store = redis_store_new(d->sink, &d->cfg, &d->rules, &d->engine);
     char err[512];
     source_handlers_t h = {.on_message = on_message, .on_assignment = on_assignment};
@@ -426,17 +808,32 @@ int daemon_run(const char *config_path) {
     d->sig_hup = evsignal_new(d->base, SIGHUP, hup_cb, d);
     d->stats_ev = event_new(d->base, -1, EV_PERSIST, stats_cb, d);
     d->drain_ev = event_new(d->base, -1, EV_PERSIST, drain_cb, d);
+    d->watchdog_ev = event_new(d->base, -1, EV_PERSIST, watchdog_cb, d);
     struct timeval ten = {10, 0};
-    if (!d->sig_int || !d->sig_term || !d->sig_hup || !d->stats_ev || !d->drain_ev ||
+    /* Keep-alives at a third of systemd's WatchdogSec (the loop must turn
+     * for them to go out); without a watchdog, every 10 s all the same. */
+    uint64_t wd_us = 0;
+    if (sd_watchdog_enabled(0, &wd_us) <= 0 || wd_us == 0) wd_us = DEFAULT_WATCHDOG_US * 3;
+    struct timeval wd = {(time_t)(wd_us / 3 / 1000000), (suseconds_t)(wd_us / 3 % 1000000)};
+    if (!d->sig_int || !d->sig_term || !d->sig_hup || !d->stats_ev || !d->drain_ev || !d->watchdog_ev ||
         event_add(d->sig_int, NULL) || event_add(d->sig_term, NULL) || event_add(d->sig_hup, NULL) ||
-        event_add(d->stats_ev, &ten)) {
+        event_add(d->stats_ev, &ten) || event_add(d->watchdog_ev, &wd)) {
         fprintf(stderr, "benefitd: cannot set up signals/timers\n");
         goto out;
     }
+    if (d->cfg.http_enabled) {
+        d->http = http_server_new(d->base, d->cfg.http_bind, d->cfg.http_port, d->cfg.http_allow_remote, d->m.reg,
+                                  NULL, ready_check, d, err, sizeof err);
+        /* The address itself was checked with the config; failing to bind it
+         * (the port taken) leaves the daemon without /metrics, not without
+         * its work: logged loudly, not fatal. */
+        if (!d->http) log_error("http_unavailable", "bind=%s port=%d error=\"%s\"", d->cfg.http_bind, d->cfg.http_port, err);
+    }
     log_info("starting", "config=%s rules=%zu rules_version=%s brokers=%s redis=%s:%d", config_path ? config_path : "-",
              ruleset_count(d->rules), ruleset_version(d->rules), d->cfg.brokers, d->cfg.redis_host, d->cfg.redis_port);
+    notify_state(d);
     /* Reading waits for Redis: the source starts paused until the sink is ready. */
-    kafka_source_set_paused(d->src, 1);
+    set_paused(d, 1);
     redis_sink_start(d->sink);
     if (kafka_source_start(d->src, err, sizeof err) != 0) {
         fprintf(stderr, "benefitd: kafka: %s\n", err);
@@ -447,6 +844,7 @@ int daemon_run(const char *config_path) {
     log_info("stopped", NULL);
 out:
     diag_free(&diag);
+    http_server_free(d->http);
     if (d->src) kafka_source_free(d->src);
     pollers_free(d);
     if (d->sink) redis_sink_free(d->sink);
@@ -456,9 +854,11 @@ out:
     if (d->sig_hup) event_free(d->sig_hup);
     if (d->stats_ev) event_free(d->stats_ev);
     if (d->drain_ev) event_free(d->drain_ev);
+    if (d->watchdog_ev) event_free(d->watchdog_ev);
     if (d->base) event_base_free(d->base);
     if (d->rules) ruleset_free(d->rules);
     engine_free(&d->engine);
+    metrics_teardown(d);
     sb_free(&d->key);
     sb_free(&d->key2);
     config_free(&d->cfg);

@@ -47,6 +47,7 @@ typedef struct write_req {
     sink_reply_cb rcb;     /* redis_sink_eval / redis_sink_read */
     void *ud;
     uint64_t sent_gen;     /* connection generation it was last sent on; 0 = not sent */
+    int64_t sent_us;       /* monotonic time of the last send, for the latency observer */
 } write_req;
 
 struct redis_sink {
@@ -67,7 +68,17 @@ struct redis_sink {
     int stopping;
     int had_error;         /* last disconnect was ours after an error reply: keep backing off */
     uint64_t acked, repeats, reconnects;
+    sink_latency_cb lat_cb;
+    void *lat_ud;
 };
+
+const char *const sink_op_names[SINK_N_OPS] = {"push", "script", "read"};
+
+static void observe(redis_sink_t *s, const write_req *w) {
+    if (!s->lat_cb || !w->sent_us) return;
+    sink_op op = w->script < 0 ? SINK_OP_READ : w->script == 0 ? SINK_OP_PUSH : SINK_OP_SCRIPT;
+    s->lat_cb(s->lat_ud, op, (double)(now_mono_us() - w->sent_us) / 1e6);
+}
 
 static void connect_now(redis_sink_t *s);
 static void send_req(redis_sink_t *s, write_req *w);
@@ -122,6 +133,7 @@ static void on_write_reply(redisAsyncContext *ac, void *r, void *privdata) {
         if (cb) cb(ud, NULL);
         return;
     }
+    observe(s, w);
     if (reply->type == REDIS_REPLY_ERROR && w->resend) {
         /* The write did not happen; keep it. NOSCRIPT means Redis lost its
          * script cache (restart without persistence of scripts): reconnecting
@@ -153,6 +165,7 @@ static void send_req(redis_sink_t *s, write_req *w) {
         memcpy(w->argv[1], s->sha[w->script], 40);
         w->argvlen[1] = 40;
     }
+    if (s->lat_cb) w->sent_us = now_mono_us();
     if (redisAsyncCommandArgv(s->ac, on_write_reply, w, w->argc, (const char **)w->argv, w->argvlen) == REDIS_OK)
         w->sent_gen = s->gen;
 }
@@ -358,6 +371,11 @@ void redis_sink_read(redis_sink_t *s, int argc, const char *const *argv, const s
     w->rcb = cb;
     w->ud = ud;
     enqueue(s, w);
+}
+
+void redis_sink_set_latency_observer(redis_sink_t *s, sink_latency_cb cb, void *ud) {
+    s->lat_cb = cb;
+    s->lat_ud = ud;
 }
 
 size_t redis_sink_inflight(const redis_sink_t *s) { return s->inflight; }

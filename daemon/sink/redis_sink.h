@@ -59,6 +59,14 @@ void redis_sink_eval(redis_sink_t *s, int script, int nargs, const char *const *
 void redis_sink_read(redis_sink_t *s, int argc, const char *const *argv, const size_t *lens, sink_reply_cb cb,
                      void *ud);
 
+/* Round-trip latency: cb(ud, op, seconds) once per reply, with the time from
+ * sending the request (on the connection that answered) to its reply. */
+typedef enum { SINK_OP_PUSH, SINK_OP_SCRIPT, SINK_OP_READ } sink_op;
+#define SINK_N_OPS 3
+extern const char *const sink_op_names[SINK_N_OPS];   /* "push", "script", "read" */
+typedef void (*sink_latency_cb)(void *ud, sink_op op, double seconds);
+void redis_sink_set_latency_observer(redis_sink_t *s, sink_latency_cb cb, void *ud);
+
 /* Requests queued and not yet answered (writes and reads). */
 size_t redis_sink_inflight(const redis_sink_t *s);
 int redis_sink_ready(const redis_sink_t *s);

@@ -350,3 +350,25 @@ void kafka_source_each_partition(const kafka_source_t *s, void (*fn)(void *ud, c
 
 uint64_t kafka_source_consumed(const kafka_source_t *s) { return s->consumed; }
 int kafka_source_assigned(const kafka_source_t *s) { return s->assigned; }
+
+int kafka_source_lag(const kafka_source_t *s, const char *topic, int32_t partition, int64_t *lag) {
+    if (!s || !s->rk) return -1;
+    int64_t lo = -1, hi = -1;
+    if (rd_kafka_get_watermark_offsets(s->rk, topic, partition, &lo, &hi) != RD_KAFKA_RESP_ERR_NO_ERROR || hi < 0)
+        return -1;
+    rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(1);
+    rd_kafka_topic_partition_list_add(l, topic, partition);
+    int rc = -1;
+    if (rd_kafka_position(s->rk, l) == RD_KAFKA_RESP_ERR_NO_ERROR && !l->elems[0].err) {
+        int64_t pos = l->elems[0].offset;
+        /* No position yet (nothing consumed since the assignment): unknown,
+         * rather than a guess from the low watermark that would page someone
+         * for an idle partition whose committed offset is at the end. */
+        if (pos >= 0) {
+            *lag = hi > pos ? hi - pos : 0;
+            rc = 0;
+        }
+    }
+    rd_kafka_topic_partition_list_destroy(l);
+    return rc;
+}

@@ -46,6 +46,11 @@ void kafka_source_release(offset_token_t *t);
 void kafka_source_each_partition(const kafka_source_t *s, void (*fn)(void *ud, const char *topic, int32_t partition),
                                  void *ud);
 
+/* Consumer lag of an owned partition: the partition's high watermark (as of
+ * the last fetch response; no broker round trip) minus the consumer's
+ * position. Returns 0 and sets *lag, or -1 when either is not known yet. */
+int kafka_source_lag(const kafka_source_t *s, const char *topic, int32_t partition, int64_t *lag);
+
 uint64_t kafka_source_consumed(const kafka_source_t *s);
 int kafka_source_assigned(const kafka_source_t *s);
 

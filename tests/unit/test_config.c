@@ -108,6 +108,10 @@ static void test_defaults(void **state) {
     assert_null(c->decoder.map.default_type);
     assert_int_equal(c->allow_root, 0);
     assert_int_equal(c->shutdown_timeout_ms, 10000);
+    assert_int_equal(c->http_enabled, 1);
+    assert_string_equal(c->http_bind, "127.0.0.1");
+    assert_int_equal(c->http_port, 9464);
+    assert_int_equal(c->http_allow_remote, 0);
     /* any channel falls back to the default */
     assert_ptr_equal(config_channel(c, "push"), &c->channels[0]);
     assert_ptr_equal(config_channel(c, NULL), &c->channels[0]);
@@ -203,6 +207,40 @@ static void test_topic_list(void **state) {
     assert_int_equal(load(f, "kafka: {topics: [a, b, c]}\n"), 0);
     assert_int_equal(f->c.n_topics, 3);
     assert_string_equal(f->c.topics[2], "c");
+}
+
+static void test_http(void **state) {
+    fixture *f = *state;
+    assert_int_equal(load(f, "http: {enabled: true, bind: \"::1\", port: 0}\n"), 0);
+    assert_int_equal(f->c.http_enabled, 1);
+    assert_string_equal(f->c.http_bind, "::1");
+    assert_int_equal(f->c.http_port, 0);
+}
+
+static void test_http_remote_needs_allow_remote(void **state) {
+    fixture *f = *state;
+    assert_int_equal(load(f, "daemon: {allow_root: false}\nhttp:\n  port: 9500\n  bind: 0.0.0.0\n"), -1);
+    assert_one_error(f,
+                     "%s/benefitd.yaml:4:9: http bind address '0.0.0.0' is not loopback; set "
+                     "http.allow_remote: true to expose metrics and health off this host",
+                     f->dir);
+}
+
+static void test_http_remote_allowed(void **state) {
+    fixture *f = *state;
+    assert_int_equal(load(f, "http: {bind: 0.0.0.0, allow_remote: true, port: 9500}\n"), 0);
+    assert_int_equal(f->c.http_allow_remote, 1);
+    assert_string_equal(f->c.http_bind, "0.0.0.0");
+    /* disabled: the address is not used, so not checked */
+    config_free(&f->c);
+    config_init_default(&f->c);
+    assert_int_equal(load(f, "http: {enabled: false, bind: 0.0.0.0}\n"), 0);
+}
+
+static void test_http_bad_values(void **state) {
+    fixture *f = *state;
+    assert_int_equal(load(f, "http: {port: 70000, enabled: maybe, bnd: x}\n"), -1);
+    assert_int_equal(f->d.n, 3);
 }
 
 static void test_unknown_key_suggests(void **state) {
@@ -359,6 +397,10 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_unknown_timezone, setup, teardown),
         cmocka_unit_test_setup_teardown(test_default_type_null, setup, teardown),
         cmocka_unit_test_setup_teardown(test_sample_config, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_http, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_http_remote_needs_allow_remote, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_http_remote_allowed, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_http_bad_values, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
