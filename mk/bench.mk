@@ -1,5 +1,6 @@
 # `make bench`: speed measured against the machine's limits (issue 7).
-# Not part of `make test`. bench/README.md says what each figure means.
+# Not part of `make test`. bench/README.md says what each figure means;
+# BENCH_ARGS passes options to bench/run (e.g. BENCH_ARGS=--quick).
 BENCH_BINS := $(BUILD)/bench/limit_k $(BUILD)/bench/limit_r $(BUILD)/bench/parse_only
 BENCH_ARGS ?=
 
@@ -10,5 +11,7 @@ $(BUILD)/bench/%: $(BUILD)/bench/%.o
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -o $@ $^ $(LDLIBS)
 
-bench: all bench-tools
+# Like `make test`, it installs what it needs first (a fresh machine included).
+bench: deps
+	$(MAKE) all bench-tools
 	/usr/bin/python3 bench/run --build $(BUILD) $(BENCH_ARGS)
