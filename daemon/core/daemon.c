@@ -114,6 +114,8 @@ typedef struct daemon_metrics {
     metric_counter_t *reloads, *reload_ok, *reload_err;
     rule_metrics *rules;   /* the rule cache */
     size_t n_rules;
+    metric_gauge_t **pools;  /* pool_codes_available children of the pools the rules use */
+    size_t n_pools;
 } daemon_metrics;
 
 typedef struct daemon_state daemon_state;
@@ -221,6 +223,58 @@ static void set_rules_info(daemon_state *d) {
     metrics_gauge_set(d->m.rules_loaded, (double)ruleset_count(d->rules));
 }
 
+/* ---- code pool stock: SCARD {prefix}pool:NAME (docs/policy.md) of every pool
+ * the rules name, refreshed with the stats (every 10 s) and after a reload. */
+
+static void pool_stock_cb(void *ud, const redisReply *r) {
+    if (r && r->type == REDIS_REPLY_INTEGER) metrics_gauge_set(ud, (double)r->integer);
+}
+
+static void pool_add(daemon_state *d, metric_gauge_t ***v, size_t *n, const char *pool) {
+    if (!pool || !*pool) return;
+    metric_gauge_t *g = metrics_labels(d->m.pool, pool);
+    for (size_t i = 0; i < *n; i++)
+        if ((*v)[i] == g) return;
+    *v = xrealloc(*v, (*n + 1) * sizeof **v);
+    (*v)[(*n)++] = g;
+}
+
+/* The pools of the set in use; a pool no rule names any more leaves the page. */
+static void pools_rebuild(daemon_state *d) {
+    metric_gauge_t **v = NULL;
+    size_t n = 0;
+    for (size_t i = 0; i < ruleset_count(d->rules); i++) {
+        const rule_t *r = ruleset_rule(d->rules, i);
+        pool_add(d, &v, &n, r->grant.pool);
+        for (size_t j = 0; j < r->n_variants; j++) pool_add(d, &v, &n, r->variants[j].grant.pool);
+    }
+    for (size_t i = 0; i < d->m.n_pools; i++) {
+        size_t j = 0;
+        while (j < n && v[j] != d->m.pools[i]) j++;
+        if (j == n) metrics_gauge_remove(d->m.pools[i]);
+    }
+    free(d->m.pools);
+    d->m.pools = v;
+    d->m.n_pools = n;
+}
+
+static void pools_refresh(daemon_state *d) {
+    if (!d->sink || !redis_sink_ready(d->sink) || d->stopping) return;
+    for (size_t i = 0; i < ruleset_count(d->rules); i++) {
+        const rule_t *r = ruleset_rule(d->rules, i);
+        for (size_t j = 0; j <= r->n_variants; j++) {
+            const char *pool = j == 0 ? r->grant.pool : r->variants[j - 1].grant.pool;
+            if (!pool || !*pool) continue;
+            sb_reset(&d->key2);
+            sb_printf(&d->key2, "%spool:%s", d->cfg.key_prefix, pool);
+            const char *argv[2] = {"SCARD", d->key2.s};
+            size_t lens[2] = {5, d->key2.len};
+            /* the child outlives the sink (freed with the registry, after it) */
+            redis_sink_read(d->sink, 2, argv, lens, pool_stock_cb, metrics_labels(d->m.pool, pool));
+        }
+    }
+}
+
 static void on_latency(void *ud, sink_op op, double seconds) {
     daemon_state *d = ud;
     metrics_histogram_observe(d->m.rtt_op[op], seconds);
@@ -280,11 +334,13 @@ static void metrics_setup(daemon_state *d) {
     m->reload_err = metrics_labels(m->reloads, "error");
     metrics_on_collect(r, collect, d);
     rule_metrics_rebuild(d);
+    pools_rebuild(d);
     set_rules_info(d);
 }
 
 static void metrics_teardown(daemon_state *d) {
     free(d->m.rules);
+    free(d->m.pools);
     metrics_registry_free(d->m.reg);
     memset(&d->m, 0, sizeof d->m);
 }
@@ -684,6 +740,7 @@ static void on_sink_state(void *ud, int ready) {
     if (!d->src) return;
     update_backpressure(d);
     if (ready) pollers_kick(d);
+    if (ready) pools_refresh(d);
     notify_state(d);
 }
 
@@ -705,6 +762,8 @@ static void reload_rules(daemon_state *d) {
         d->rules = rs;
         d->reloads++;
         rule_metrics_rebuild(d);
+        pools_rebuild(d);
+        pools_refresh(d);
         set_rules_info(d);
         metrics_counter_inc(d->m.reload_ok, 1);
         log_info("reloaded", "rules=%zu version=%s previous=%s", ruleset_count(rs), ruleset_version(rs),
@@ -736,6 +795,7 @@ static void log_stats(daemon_state *d) {
 static void stats_cb(evutil_socket_t fd, short what, void *arg) {
     daemon_state *d = arg;
     log_stats(d);
+    pools_refresh(d);
 }
 
 /* Waits for in-flight writes to be acknowledged (or the deadline), then

@@ -67,6 +67,12 @@ variants:
   - {name: a, weight: 50}
   - {name: b, weight: 50, grant: {channel: sms}}
 """,
+    # one code per grant from the pool `vip` (docs/policy.md): its stock is a metric
+    "welcome-code.yaml": """\
+id: welcome-code
+trigger: {event: Signed Up}
+grant: {benefit: code, sku: WELCOME, pool: vip, channel: email}
+""",
     # every match is a suppression with reason shadow
     "order-shadow.yaml": """\
 id: order-shadow
@@ -79,6 +85,8 @@ grant: {benefit: points, sku: OS, value: 1}
 
 N_ORDERS = 24
 N_CARTS = 16
+N_SIGNUPS = 2
+POOL_CODES = 5
 BAD = {  # payload -> decode_errors reason
     "not json at all": "not_json",
     '{"type": "track", "userId": "u1"}': "no_event_name",
@@ -97,6 +105,9 @@ def events():
         out.append({"type": "track", "event": "Product Added", "userId": "u%d" % (i % 11),
                     "messageId": "c-%d" % i, "timestamp": "2026-03-01T11:00:%02d.000Z" % i,
                     "properties": {"price": 3}})
+    for i in range(N_SIGNUPS):
+        out.append({"type": "track", "event": "Signed Up", "userId": "new%d" % i, "messageId": "s-%d" % i,
+                    "timestamp": "2026-03-01T12:00:00.000Z"})
     return out
 
 
@@ -171,6 +182,7 @@ class OpsTest(IntegrationTest):
     def start(self, notify=None, watchdog_usec=None):
         env = self.env
         env.start_backends()
+        env.client().sadd("bd:pool:vip", *["CODE-%d" % i for i in range(POOL_CODES)])
         env.write_rules(RULES)
         self.port = free_port()
         env.write_config(extra="http: {enabled: true, bind: 127.0.0.1, port: %d, allow_remote: false}\n" % self.port)
@@ -201,8 +213,8 @@ class OpsTest(IntegrationTest):
 
         # systemd: READY=1 once the group is joined, Redis up, rules loaded
         wait_for(lambda: notify.has(lambda m: m == "READY=1"), 10, "READY=1 on the notify socket")
-        wait_for(lambda: notify.has(lambda m: re.fullmatch(r"STATUS=consuming 4 partitions, 3 rules, redis up", m)),
-                 10, "STATUS=consuming 4 partitions, 3 rules, redis up")
+        wait_for(lambda: notify.has(lambda m: re.fullmatch(r"STATUS=consuming 4 partitions, 4 rules, redis up", m)),
+                 10, "STATUS=consuming 4 partitions, 4 rules, redis up")
         # WATCHDOG_USEC=1.5 s: keep-alives every 0.5 s
         wait_for(lambda: sum(m == "WATCHDOG=1" for m in notify.drain()) >= 3, 5, "3 WATCHDOG=1 keep-alives")
 
@@ -245,6 +257,8 @@ class OpsTest(IntegrationTest):
         self.assertEqual(s.value("benefitd_rule_matches_total", rule="cart-push"), N_CARTS)
         self.assertEqual(s.value("benefitd_rule_matches_total", rule="order-shadow"), N_ORDERS)
         self.assertEqual(s.value("benefitd_suppressions_total", rule="order-shadow", reason="shadow"), N_ORDERS)
+        self.assertEqual(s.value("benefitd_rule_matches_total", rule="welcome-code"), N_SIGNUPS)
+        self.assertEqual(in_redis[("welcome-code", "email")], N_SIGNUPS)
 
         self.assertGreater(s.value("benefitd_redis_roundtrip_seconds_count", op="script"), 0)
         self.assertEqual(s.value("benefitd_redis_roundtrip_seconds_bucket", op="script", le="+Inf"),
@@ -258,7 +272,7 @@ class OpsTest(IntegrationTest):
         self.assertTrue({l["partition"] for l, _ in lag} <= {"0", "1", "2", "3"})
         self.assertEqual(s.value("benefitd_pending_timers", kind="wait"), 0)
         self.assertEqual(s.value("benefitd_pending_timers", kind="inactivity"), 0)
-        self.assertEqual(s.value("benefitd_rules_loaded"), 3)
+        self.assertEqual(s.value("benefitd_rules_loaded"), 4)
         self.assertEqual(len(s.series("benefitd_rules_info")), 1)
         self.assertEqual(s.value("benefitd_rules_reloads_total", result="ok"), 0)
 
@@ -267,7 +281,7 @@ class OpsTest(IntegrationTest):
         wait_for(lambda: http_get(port, "/readyz") == (503, "redis down\n"), 10, "/readyz 503 redis down")
         self.assertEqual(http_get(port, "/healthz")[0], 200)
         self.assertEqual(self.scrape().value("benefitd_redis_up"), 0)
-        wait_for(lambda: notify.has(lambda m: m == "STATUS=consuming 4 partitions, 3 rules, redis down"), 5,
+        wait_for(lambda: notify.has(lambda m: m == "STATUS=consuming 4 partitions, 4 rules, redis down"), 5,
                  "STATUS=... redis down")
         self.env.redis.start()
         wait_for(lambda: http_get(port, "/readyz")[0] == 200, 15, "/readyz 200 after Redis is back")
@@ -280,7 +294,7 @@ class OpsTest(IntegrationTest):
         notify.messages.clear()
         start = d.log_size()
         d.send(sig_mod.SIGHUP)
-        m = d.wait_log(r"event=reloaded rules=4 version=(\w+)", 10, start=start)
+        m = d.wait_log(r"event=reloaded rules=5 version=(\w+)", 10, start=start)
         wait_for(lambda: "READY=1" in notify.drain(), 5, "READY=1 after the reload")
         msgs = notify.messages
         self.assertIn("RELOADING=1", msgs)
@@ -290,8 +304,10 @@ class OpsTest(IntegrationTest):
         info = s.series("benefitd_rules_info")
         self.assertEqual([(l["version"], v) for l, v in info], [(m.group(1), 1)])
         self.assertNotEqual(m.group(1), old_version)
-        self.assertEqual(s.value("benefitd_rules_loaded"), 4)
+        self.assertEqual(s.value("benefitd_rules_loaded"), 5)
         self.assertEqual(s.value("benefitd_rule_matches_total", rule="extra"), 0)
+        wait_for(lambda: self.scrape().series("benefitd_pool_codes_available", pool="vip") ==
+                 [({"pool": "vip"}, POOL_CODES - N_SIGNUPS)], 5, "pool stock %d" % (POOL_CODES - N_SIGNUPS))
 
         # a broken set is refused and counted
         self.env.write_rules({"broken.yaml": "id: broken\ntrigger: {event: X}\ngrant: {benefit: coupon, sku: }\nwiat: 1h\n"})
@@ -300,7 +316,7 @@ class OpsTest(IntegrationTest):
         d.wait_log(r"event=reload_refused", 10, start=start)
         s = self.scrape()
         self.assertEqual(s.value("benefitd_rules_reloads_total", result="error"), 1)
-        self.assertEqual(s.value("benefitd_rules_loaded"), 4)
+        self.assertEqual(s.value("benefitd_rules_loaded"), 5)
 
         # stop: STOPPING=1, exit 0
         self.assertEqual(d.terminate(30), 0)
