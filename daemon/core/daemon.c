@@ -884,10 +884,13 @@ int daemon_run(const char *config_path) {
     if (d->cfg.http_enabled) {
         d->http = http_server_new(d->base, d->cfg.http_bind, d->cfg.http_port, d->cfg.http_allow_remote, d->m.reg,
                                   NULL, ready_check, d, err, sizeof err);
-        /* The address itself was checked with the config; failing to bind it
-         * (the port taken) leaves the daemon without /metrics, not without
-         * its work: logged loudly, not fatal. */
-        if (!d->http) log_error("http_unavailable", "bind=%s port=%d error=\"%s\"", d->cfg.http_bind, d->cfg.http_port, err);
+        /* A daemon nobody can watch is not started: a taken port would
+         * otherwise leave it running blind (set `http.enabled: false` to run
+         * without the endpoint on purpose). */
+        if (!d->http) {
+            fprintf(stderr, "benefitd: http %s:%d: %s\n", d->cfg.http_bind, d->cfg.http_port, err);
+            goto out;
+        }
     }
     log_info("starting", "config=%s rules=%zu rules_version=%s brokers=%s redis=%s:%d", config_path ? config_path : "-",
              ruleset_count(d->rules), ruleset_version(d->rules), d->cfg.brokers, d->cfg.redis_host, d->cfg.redis_port);

@@ -264,6 +264,10 @@ def default_config(brokers, redis_port, rules_dir, channels=None, kafka_props=No
     props = {"auto.offset.reset": "earliest", "session.timeout.ms": 4000, "heartbeat.interval.ms": 400}
     props.update(kafka_props or {})
     pr = ", ".join("%s: %s" % (k, json.dumps(str(v))) for k, v in props.items())
+    # Any free port for /metrics: a taken port stops the daemon, and tests run
+    # several daemons side by side.
+    if not re.search(r"^http:", extra, re.M):
+        extra = "http: {port: 0}\n" + extra
     return (
         "# written by tests/integration/harness.py\n"
         "kafka: {brokers: \"%s\", topics: [%s], group_id: %s, properties: {%s}}\n"
