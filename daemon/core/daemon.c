@@ -153,6 +153,7 @@ struct daemon_state {
     int joined;            /* the group handed us an assignment (maybe empty) at least once */
     int assigned;          /* partitions owned now */
     int paused;            /* what we last asked of the source */
+    int held;              /* reading held back: too many writes in flight */
     char status[160];      /* the last STATUS= sent */
     http_server_t *http;
     daemon_metrics m;
@@ -349,10 +350,14 @@ static void update_backpressure(daemon_state *d) {
     if (d->stopping) return;
     size_t inflight = redis_sink_inflight(d->sink);
     int ready = redis_sink_ready(d->sink);
-    /* Hysteresis: pause above the bound, resume at half of it, so a busy
-     * pipeline does not flap between the two. */
-    if (!ready || inflight >= (size_t)d->cfg.max_inflight) set_paused(d, 1);
-    else if (inflight <= (size_t)d->cfg.max_inflight / 2) set_paused(d, 0);
+    /* Redis away: pause the partitions (nothing can be acknowledged, so
+     * nothing should be fetched). Too many writes in flight: only stop
+     * reading, with hysteresis (hold above the bound, release at half), so
+     * the prefetched messages stay and a busy pipeline does not flap. */
+    set_paused(d, !ready);
+    if (inflight >= (size_t)d->cfg.max_inflight) d->held = 1;
+    else if (inflight <= (size_t)d->cfg.max_inflight / 2) d->held = 0;
+    kafka_source_hold_reading(d->src, d->held);
 }
 
 typedef struct ack_ctx {
@@ -715,7 +720,7 @@ static void collect(void *ud) {
     redis_sink_stats(d->sink, &acked, &repeats, &reconnects);
     metrics_counter_inc(m->reconnects, (double)(reconnects - m->reconnects_seen));
     m->reconnects_seen = reconnects;
-    metrics_gauge_set(m->paused, d->paused || d->stopping ? 1 : 0);
+    metrics_gauge_set(m->paused, d->paused || d->held || d->stopping ? 1 : 0);
     long long wait_n = 0, inact_n = 0;
     for (poller *p = d->pollers; p; p = p->next) {
         int64_t lag;

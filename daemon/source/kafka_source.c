@@ -42,6 +42,7 @@ struct kafka_source {
     ptrack_t *tracks;
     ptrack_t *last;        /* lookup cache: consecutive messages share a partition */
     int paused, reading, assigned;
+    int held;              /* flow control: the queue is left unread, partitions keep fetching */
     uint64_t consumed;
 };
 
@@ -198,26 +199,31 @@ static void dispatch(kafka_source_t *s, rd_kafka_message_t *m) {
     kafka_source_release(t);
 }
 
+/* Comes back for the next batch through a zero timer rather than
+ * event_active: a timer goes through the poll, so the Redis socket is written
+ * and read between two batches instead of after the whole queue. */
+static void schedule_more(kafka_source_t *s) {
+    static const struct timeval zero = {0, 0};
+    evtimer_add(s->more_ev, &zero);
+}
+
 /* Drains up to a few batches, then yields to the loop so Redis replies and
  * writes interleave with reading; `more_ev` brings us back. The queue's fd is
  * only written on empty -> non-empty, so we must keep going until it is empty. */
 static void drain(kafka_source_t *s) {
-    if (!s->reading) return;
+    if (!s->reading || s->held) return;
     rd_kafka_message_t *msgs[BATCH];
-    for (int round = 0; round < 4; round++) {
-        ssize_t n = rd_kafka_consume_batch_queue(s->q, 0, msgs, BATCH);
-        if (n < 0) {
-            log_warn("kafka_consume_error", "error=\"%s\"", rd_kafka_err2str(rd_kafka_last_error()));
-            return;
-        }
-        for (ssize_t i = 0; i < n; i++) {
-            if (s->reading) dispatch(s, msgs[i]);
-            rd_kafka_message_destroy(msgs[i]);
-        }
-        if (n < BATCH) { flush_stores(s); return; }
+    ssize_t n = rd_kafka_consume_batch_queue(s->q, 0, msgs, BATCH);
+    if (n < 0) {
+        log_warn("kafka_consume_error", "error=\"%s\"", rd_kafka_err2str(rd_kafka_last_error()));
+        return;
+    }
+    for (ssize_t i = 0; i < n; i++) {
+        if (s->reading) dispatch(s, msgs[i]);
+        rd_kafka_message_destroy(msgs[i]);
     }
     flush_stores(s);
-    event_active(s->more_ev, EV_TIMEOUT, 0);
+    if (n == BATCH) schedule_more(s);
 }
 
 static void read_cb(evutil_socket_t fd, short what, void *arg) {
@@ -305,7 +311,7 @@ int kafka_source_start(kafka_source_t *s, char *err, size_t errlen) {
     struct timeval sec = {1, 0};
     event_add(s->read_ev, NULL);
     event_add(s->tick_ev, &sec);
-    event_active(s->more_ev, EV_TIMEOUT, 0);
+    schedule_more(s);
     return 0;
 }
 
@@ -314,6 +320,12 @@ void kafka_source_set_paused(kafka_source_t *s, int paused) {
     s->paused = paused;
     pause_assignment(s, paused);
     log_info(paused ? "kafka_paused" : "kafka_resumed", NULL);
+}
+
+void kafka_source_hold_reading(kafka_source_t *s, int held) {
+    if (s->held == held) return;
+    s->held = held;
+    if (!held) schedule_more(s);
 }
 
 void kafka_source_stop_reading(kafka_source_t *s) {

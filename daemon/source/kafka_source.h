@@ -33,6 +33,10 @@ kafka_source_t *kafka_source_new(struct event_base *base, const config_t *cfg, s
 int kafka_source_start(kafka_source_t *s, char *err, size_t errlen);
 /* Backpressure: paused partitions fetch nothing until resumed. */
 void kafka_source_set_paused(kafka_source_t *s, int paused);
+/* Flow control while too many writes are in flight: stop reading the local
+ * queue without pausing the partitions, which would throw away librdkafka's
+ * prefetched messages and fetch them again on resume. */
+void kafka_source_hold_reading(kafka_source_t *s, int held);
 /* Stop delivering messages (shutdown); later messages are left for redelivery. */
 void kafka_source_stop_reading(kafka_source_t *s);
 /* Stores what is done, commits, leaves the group. Blocks up to a few seconds. */
