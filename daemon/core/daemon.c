@@ -485,6 +485,12 @@ static void on_intent(void *ud, const event_t *ev, const intent_t *in) {
     if (in->kind == INTENT_GRANT) d->grants_sent++;
 }
 
+/* The end of a Kafka batch: the touches batched across its messages go. */
+static void on_batch_end(void *ud) {
+    daemon_state *d = ud;
+    redis_store_flush(d->store);
+}
+
 static void dead_letter(daemon_state *d, const rd_kafka_message_t *m, const char *reason) {
     char part[16], off[24];
     snprintf(part, sizeof part, "%d", (int)m->partition);
@@ -612,6 +618,7 @@ static void poll_cb(evutil_socket_t fd, short what, void *arg) {
     }
     pending_refresh(d, p);
     p->busy = 1;
+    redis_store_flush(d->store); /* the round's reads come after every touch so far */
     redis_store_poll(d->store, p->topic, p->partition, clock_now_ms(&d->clock), poll_done, p);
 }
 
@@ -823,6 +830,7 @@ static void stop_cb(evutil_socket_t sig, short what, void *arg) {
     sd_notify(0, "STOPPING=1\nSTATUS=stopping: draining Redis writes");
     log_info("stopping", "signal=%d inflight=%zu", (int)sig, redis_sink_inflight(d->sink));
     kafka_source_stop_reading(d->src);
+    redis_store_flush(d->store); /* nothing batched waits: the drain counts it in flight */
     d->stop_deadline_us = now_mono_us() + d->cfg.shutdown_timeout_ms * 1000;
     struct timeval tv = {0, 20000};
     event_add(d->drain_ev, &tv);
@@ -862,7 +870,7 @@ int daemon_run(const char *config_path) {
     if (d->sink) redis_sink_set_latency_observer(d->sink, on_latency, d);
     if (d->sink) d->store = redis_store_new(d->sink, &d->cfg, &d->rules, &d->engine);
     char err[512];
-    source_handlers_t h = {.on_message = on_message, .on_assignment = on_assignment};
+    source_handlers_t h = {.on_message = on_message, .on_assignment = on_assignment, .on_batch_end = on_batch_end};
     d->src = kafka_source_new(d->base, &d->cfg, h, d, err, sizeof err);
     if (!d->sink || !d->store || !d->src) {
         fprintf(stderr, "benefitd: %s\n", d->src ? "redis sink init failed" : err);

@@ -186,10 +186,11 @@ static const char LUA_CANCEL[] = LUA_PRELUDE
     "end\n"
     "return out\n";
 
-/* TOUCH: ts, member, then the last-seen sets the event feeds. GT: never back. */
-static const char LUA_TOUCH[] = LUA_PRELUDE
-    "local ts, user = nx(), nx()\n"
-    "for k = 3, #A do redis.call('ZADD', A[k], 'GT', ts, user) end\n"
+/* TOUCHES: the TOUCH intents of a batch of events, as (last-seen set, ts,
+ * member) triples, one per inactivity rule an event feeds. GT: never back, so
+ * the order of the triples does not matter and a resend changes nothing. */
+static const char LUA_TOUCHES[] =
+    "for k = 1, #ARGV, 3 do redis.call('ZADD', ARGV[k], 'GT', ARGV[k + 1], ARGV[k + 2]) end\n"
     "return {7}\n";
 
 /* FIRE a due wait: waits, wait key, gid, timers, timer member, mode ('g' or
@@ -230,7 +231,60 @@ static const char LUA_INACT[] = LUA_PRELUDE
     "redis.call('SET', marker, last, 'PX', mttl)\n"
     "return issue()\n";
 
-enum { S_ISSUE, S_COUNT, S_CANCEL, S_TOUCH, S_FIRE, S_INACT, S_N };
+enum { S_ISSUE, S_COUNT, S_CANCEL, S_TOUCHES, S_FIRE, S_INACT, S_N };
+
+/* ---- argument vectors ------------------------------------------------------ */
+
+/* Grows as needed: a batch of touches has up to 3 x TOUCH_BATCH arguments. */
+typedef struct argv_b {
+    strbuf buf;
+    size_t *off, *len;
+    int n, cap;
+} argv_b;
+
+static void a_init(argv_b *a) {
+    sb_init(&a->buf);
+    a->off = a->len = NULL;
+    a->n = a->cap = 0;
+}
+static void a_free(argv_b *a) {
+    sb_free(&a->buf);
+    free(a->off);
+    free(a->len);
+    a_init(a);
+}
+static void a_reset(argv_b *a) { /* keeps capacity */
+    sb_reset(&a->buf);
+    a->n = 0;
+}
+static void a_add(argv_b *a, const char *s, size_t n) {
+    if (a->n == a->cap) {
+        a->cap = a->cap ? 2 * a->cap : 32;
+        a->off = xrealloc(a->off, (size_t)a->cap * sizeof *a->off);
+        a->len = xrealloc(a->len, (size_t)a->cap * sizeof *a->len);
+    }
+    a->off[a->n] = a->buf.len;
+    sb_append(&a->buf, s, n);
+    a->len[a->n++] = n;
+}
+
+/* ---- the store ------------------------------------------------------------- */
+
+/* Touches are sent in batches of at most this many (set, ts, member) triples. */
+#define TOUCH_BATCH 256
+
+typedef struct touch_cb {
+    rs_done_cb cb;
+    void *ud;
+} touch_cb;
+
+/* An enabled inactivity rule of the current ruleset, copied (the cache must
+ * not point into a ruleset that a reload may have freed). */
+typedef struct inact_rule {
+    char *id;
+    char **events;
+    size_t n_events;   /* 0 = any event */
+} inact_rule;
 
 struct redis_store {
     redis_sink_t *sink;
@@ -241,24 +295,16 @@ struct redis_store {
     strbuf tmp, json;
     rs_stats_t stats;
     policy_day_cache day;
+    /* the pending batch of touches: triples in tb, one (cb, ud) per intent */
+    argv_b tb;
+    touch_cb *tcb;
+    size_t tcb_n, tcb_cap;
+    /* the inactivity rules of the ruleset at inact_rs (of version inact_ver) */
+    const ruleset_t *inact_rs;
+    char inact_ver[32];
+    inact_rule *inact;
+    size_t n_inact;
 };
-
-/* ---- argument vectors ------------------------------------------------------ */
-
-#define MAX_ARGS 64
-typedef struct argv_b {
-    strbuf buf;
-    size_t off[MAX_ARGS], len[MAX_ARGS];
-    int n;
-} argv_b;
-
-static void a_init(argv_b *a) { sb_init(&a->buf); a->n = 0; }
-static void a_add(argv_b *a, const char *s, size_t n) {
-    if (a->n == MAX_ARGS) return;
-    a->off[a->n] = a->buf.len;
-    sb_append(&a->buf, s, n);
-    a->len[a->n++] = n;
-}
 static void a_str(argv_b *a, const char *s) { a_add(a, s ? s : "", s ? strlen(s) : 0); }
 static void a_fmt(argv_b *a, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static void a_fmt(argv_b *a, const char *fmt, ...) {
@@ -333,13 +379,51 @@ static void on_call_reply(void *ud, const redisReply *reply) {
     free(c);
 }
 
-static void a_send(redis_store_t *st, argv_b *a, int script, rs_done_cb cb, void *ud) {
-    const char *p[MAX_ARGS];
+/* Queues the script with a's arguments (the sink copies them). */
+static void a_eval(redis_store_t *st, const argv_b *a, int script, sink_reply_cb reply, void *ctx) {
+    const char **p = xmalloc((size_t)(a->n ? a->n : 1) * sizeof *p);
     for (int i = 0; i < a->n; i++) p[i] = a->buf.s + a->off[i];
+    redis_sink_eval(st->sink, st->sh[script], a->n, p, a->len, reply, ctx);
+    free(p);
+}
+
+static void a_send(redis_store_t *st, argv_b *a, int script, rs_done_cb cb, void *ud) {
     call_ctx *c = xmalloc(sizeof *c);
     *c = (call_ctx){st, script, cb, ud};
-    redis_sink_eval(st->sink, st->sh[script], a->n, p, a->len, on_call_reply, c);
-    sb_free(&a->buf);
+    a_eval(st, a, script, on_call_reply, c);
+    a_free(a);
+}
+
+/* The reply of a batch of touches: every intent of the batch gets what a
+ * single TOUCH would have got (RS_TOUCHED, or RS_ERROR, counted per intent). */
+typedef struct batch_ctx {
+    redis_store_t *st;
+    touch_cb *cbs;
+    size_t n;
+} batch_ctx;
+
+static void on_batch_reply(void *ud, const redisReply *reply) {
+    batch_ctx *c = ud;
+    long long n;
+    rs_outcome k = parse_reply(reply, &n);
+    if (k == RS_ERROR)
+        log_error("redis_store_reply", "script=%d type=%d touches=%zu", S_TOUCHES, reply ? reply->type : -1, c->n);
+    for (size_t i = 0; i < c->n; i++) {
+        count_outcome(c->st, k, n);
+        if (c->cbs[i].cb) c->cbs[i].cb(c->cbs[i].ud, k, n);
+    }
+    free(c->cbs);
+    free(c);
+}
+
+void redis_store_flush(redis_store_t *st) {
+    if (!st || !st->tcb_n) return;
+    batch_ctx *c = xmalloc(sizeof *c);
+    *c = (batch_ctx){st, st->tcb, st->tcb_n};
+    st->tcb = NULL;
+    st->tcb_n = st->tcb_cap = 0;
+    a_eval(st, &st->tb, S_TOUCHES, on_batch_reply, c);
+    a_reset(&st->tb);
 }
 
 /* ---- keys ------------------------------------------------------------------ */
@@ -444,7 +528,8 @@ redis_store_t *redis_store_new(redis_sink_t *sink, const config_t *cfg, ruleset_
     st->eng = eng;
     sb_init(&st->tmp);
     sb_init(&st->json);
-    static const char *const lua[S_N] = {LUA_ISSUE, LUA_COUNT, LUA_CANCEL, LUA_TOUCH, LUA_FIRE, LUA_INACT};
+    a_init(&st->tb);
+    static const char *const lua[S_N] = {LUA_ISSUE, LUA_COUNT, LUA_CANCEL, LUA_TOUCHES, LUA_FIRE, LUA_INACT};
     for (int i = 0; i < S_N; i++) {
         st->sh[i] = redis_sink_add_script(sink, lua[i]);
         if (st->sh[i] < 0) {
@@ -455,8 +540,48 @@ redis_store_t *redis_store_new(redis_sink_t *sink, const config_t *cfg, ruleset_
     return st;
 }
 
+static void inact_clear(redis_store_t *st) {
+    for (size_t i = 0; i < st->n_inact; i++) {
+        inact_rule *r = &st->inact[i];
+        for (size_t j = 0; j < r->n_events; j++) free(r->events[j]);
+        free(r->events);
+        free(r->id);
+    }
+    free(st->inact);
+    st->inact = NULL;
+    st->n_inact = 0;
+    st->inact_rs = NULL;
+}
+
+/* The enabled inactivity rules of the current ruleset, rebuilt when the
+ * ruleset changes (another pointer, or the same address with another version). */
+static void inact_refresh(redis_store_t *st) {
+    const ruleset_t *rs = *st->rules;
+    const char *ver = ruleset_version(rs);
+    if (st->inact_rs == rs && rs && !strcmp(st->inact_ver, ver)) return;
+    inact_clear(st);
+    size_t n = ruleset_count(rs);
+    if (n) st->inact = xcalloc(n, sizeof *st->inact);
+    for (size_t i = 0; i < n; i++) {
+        const rule_t *r = ruleset_rule(rs, i);
+        if (!r->enabled || r->kind != TRIG_INACTIVITY) continue;
+        inact_rule *c = &st->inact[st->n_inact++];
+        c->id = xstrdup(r->id);
+        c->n_events = r->n_events;
+        c->events = r->n_events ? xcalloc(r->n_events, sizeof *c->events) : NULL;
+        for (size_t j = 0; j < r->n_events; j++) c->events[j] = xstrdup(r->events[j]);
+    }
+    st->inact_rs = rs;
+    snprintf(st->inact_ver, sizeof st->inact_ver, "%s", ver);
+}
+
 void redis_store_free(redis_store_t *st) {
     if (!st) return;
+    /* a batch not sent is dropped: its callbacks never run (as for any call
+     * still in the sink when it is freed) */
+    free(st->tcb);
+    a_free(&st->tb);
+    inact_clear(st);
     sb_free(&st->tmp);
     sb_free(&st->json);
     free(st);
@@ -477,7 +602,7 @@ int redis_store_apply(redis_store_t *st, const intent_t *in, const char *topic, 
     case INTENT_SCHEDULE:
         add_issue(st, &a, in, in->ts, topic, partition);
         if (a.len[0] == 1 && a.buf.s[0] == 'x') { /* nothing to write */
-            sb_free(&a.buf);
+            a_free(&a);
             return 0;
         }
         a_send(st, &a, S_ISSUE, cb, ud);
@@ -500,25 +625,32 @@ int redis_store_apply(redis_store_t *st, const intent_t *in, const char *topic, 
         a_send(st, &a, S_CANCEL, cb, ud);
         return 1;
     case INTENT_TOUCH: {
-        const ruleset_t *rs = *st->rules;
-        a_ll(&a, in->ts);
-        a_str(&a, in->user);
-        for (size_t i = 0; i < ruleset_count(rs); i++) {
-            const rule_t *r = ruleset_rule(rs, i);
-            if (!r->enabled || r->kind != TRIG_INACTIVITY) continue;
+        /* Appended to the pending batch (redis_store_flush sends it). */
+        inact_refresh(st);
+        char ts[32];
+        int tslen = snprintf(ts, sizeof ts, "%lld", (long long)in->ts);
+        size_t added = 0;
+        for (size_t i = 0; i < st->n_inact; i++) {
+            const inact_rule *r = &st->inact[i];
             int counts = r->n_events == 0;
             for (size_t j = 0; !counts && j < r->n_events; j++) counts = !strcmp(r->events[j], in->event);
-            if (counts) k_seen(st, &a, topic, partition, r->id);
+            if (!counts) continue;
+            k_seen(st, &st->tb, topic, partition, r->id);
+            a_add(&st->tb, ts, (size_t)tslen);
+            a_str(&st->tb, in->user);
+            added++;
         }
-        if (a.n == 2) {
-            sb_free(&a.buf);
-            return 0;
+        if (!added) return 0;
+        if (st->tcb_n == st->tcb_cap) {
+            st->tcb_cap = st->tcb_cap ? 2 * st->tcb_cap : 64;
+            st->tcb = xrealloc(st->tcb, st->tcb_cap * sizeof *st->tcb);
         }
-        a_send(st, &a, S_TOUCH, cb, ud);
+        st->tcb[st->tcb_n++] = (touch_cb){cb, ud};
+        if (st->tb.n >= 3 * TOUCH_BATCH) redis_store_flush(st);
         return 1;
     }
     }
-    sb_free(&a.buf);
+    a_free(&a);
     return 0;
 }
 
@@ -675,6 +807,7 @@ void redis_store_poll(redis_store_t *st, const char *topic, int32_t partition, i
     r->done = done;
     r->ud = ud;
     r->outstanding = 1; /* held until every read is queued */
+    redis_store_flush(st); /* the reads see every touch before them */
     argv_b k;
     a_init(&k);
     k_timers(st, &k, topic, partition);
@@ -683,11 +816,10 @@ void redis_store_poll(redis_store_t *st, const char *topic, int32_t partition, i
     for (size_t i = 0; i < ruleset_count(rs); i++) {
         const rule_t *rl = ruleset_rule(rs, i);
         if (!rl->enabled || rl->kind != TRIG_INACTIVITY) continue;
-        sb_reset(&k.buf);
-        k.n = 0;
+        a_reset(&k);
         k_seen(st, &k, topic, partition, rl->id);
         poll_read(r, rl->id, k.buf.s, now - rl->inactive_ms);
     }
-    sb_free(&k.buf);
+    a_free(&k);
     round_step(r);
 }

@@ -4,7 +4,8 @@
  *
  * Every intent that needs state is one EVALSHA of a script carried by the
  * sink (redis_sink.h): ordered on one connection, held until acknowledged,
- * resent after a reconnect. Each script is idempotent under resend: a wait
+ * resent after a reconnect. TOUCH intents are the exception: they are
+ * batched (up to 256 ZADD GT triples per call, see redis_store_flush). Each script is idempotent under resend: a wait
  * is keyed by its grant id, a count occurrence by the message id, a grant by
  * its claim, an inactivity firing by a marker holding the silence's start.
  *
@@ -51,9 +52,17 @@ void redis_store_free(redis_store_t *st);
 
 /* Executes one intent of an event read from topic/partition. Returns 1 when
  * a Redis write was queued (cb is called once, on its acknowledgement), 0
- * when the intent needed none (an explain: cb is not called). */
+ * when the intent needed none (an explain: cb is not called).
+ * A TOUCH is only appended to the store's pending batch of touches, sent as
+ * one call when it reaches 256 triples or at redis_store_flush; its cb gets
+ * RS_TOUCHED (or RS_ERROR) on the batch's acknowledgement. */
 int redis_store_apply(redis_store_t *st, const intent_t *in, const char *topic, int32_t partition, rs_done_cb cb,
                       void *ud);
+
+/* Sends the pending batch of touches, if any. Call at the end of each batch
+ * of messages, and before waiting for acknowledgements (shutdown). A poll
+ * round flushes first by itself. */
+void redis_store_flush(redis_store_t *st);
 
 /* One poll round of a partition's timers and inactivity indexes at now: the
  * due waits fire (or are dropped, for rules no longer enabled), the silent

@@ -222,6 +222,7 @@ static void drain(kafka_source_t *s) {
         if (s->reading) dispatch(s, msgs[i]);
         rd_kafka_message_destroy(msgs[i]);
     }
+    if (n > 0 && s->h.on_batch_end) s->h.on_batch_end(s->ud);
     flush_stores(s);
     if (n == BATCH) schedule_more(s);
 }

@@ -24,6 +24,9 @@ typedef struct source_handlers {
     void (*on_message)(void *ud, const rd_kafka_message_t *m, offset_token_t *tok);
     /* After each assignment change, with the number of partitions now owned. */
     void (*on_assignment)(void *ud, int npartitions);
+    /* Optional: after each batch's messages were dispatched (before their
+     * offsets are stored), e.g. to send writes batched across messages. */
+    void (*on_batch_end)(void *ud);
 } source_handlers_t;
 
 /* Creates the consumer (not yet subscribed). NULL with a message in err. */
