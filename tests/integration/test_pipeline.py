@@ -494,7 +494,7 @@ class PipelineTest(IntegrationTest):
     def test_i_backpressure_pauses_and_loses_nothing(self):
         events = gen_events(self.env.dir / "day.jsonl", seed=9, members=200, events=3000, bad=6)
         self.env.write_config()
-        # two writes in flight at most: Kafka is paused and resumed all along
+        # two writes in flight at most: reading is held back and released all along
         self.env.config_path.write_text(self.env.config_path.read_text().replace("max_inflight: 10000",
                                                                                  "max_inflight: 2"))
         d = self.env.start_daemon()
@@ -505,12 +505,9 @@ class PipelineTest(IntegrationTest):
         self.assertGrantsMatchReplay(read_grants(c), rep.grants, "under backpressure")
         self.assertEqual(len(read_dead_letters(c)), 6)
         self.assertEqual(d.terminate(), 0)
-        log = d.log()
-        after = log[log.index("event=kafka_assigned"):]
-        self.assertIn("event=kafka_paused", after)
-        self.assertIn("event=kafka_resumed", after)
-        st = stats_line(log)
+        st = stats_line(d.log())
         self.assertEqual((int(st["consumed"]), int(st["repeats"])), (3006, 0), st)
+        self.assertGreater(int(st["read_holds"]), 0, st)
 
     # ------------------------------------------------------------------ j
     def test_j_stop_while_redis_stalls_redelivers(self):
