@@ -27,7 +27,8 @@ from pathlib import Path
 import redis
 
 REPO = Path(__file__).resolve().parents[2]
-BENEFITD = REPO / "build" / "benefitd"
+# BENEFITD_BIN runs the suite against another build (make test-integration-san).
+BENEFITD = Path(os.environ.get("BENEFITD_BIN") or REPO / "build" / "benefitd")
 KAFKATOOL = REPO / "build" / "kafkatool"
 GEN_EVENTS = REPO / "scripts" / "gen-events"
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
@@ -520,6 +521,12 @@ class Env:
         return wait_for(lambda: count_grants(c) >= n, timeout, "%d grants in Redis" % n)
 
     # -- teardown
+    def sanitizer_reports(self):
+        """Names of daemon logs holding an ASan/UBSan report."""
+        return [d.log_path.name for d in self.daemons if d.log_path.exists() and
+                re.search(r"ERROR: AddressSanitizer|runtime error:|ERROR: LeakSanitizer",
+                          d.log_path.read_text(errors="replace"))]
+
     def close(self, keep=False):
         """Stops everything; one failing stop does not spare the others."""
         stops = [lambda p=p: p.stop(sig_mod.SIGTERM, 5) for p in reversed(self.procs)]
@@ -530,7 +537,7 @@ class Env:
                 stop()
             except Exception as e:  # noqa: BLE001 - report and go on stopping
                 print("harness: while stopping: %r" % e, file=sys.stderr)
-        if not keep and not os.environ.get("BENEFITD_IT_KEEP"):
+        if not keep and not os.environ.get("BENEFITD_IT_KEEP") and not self.sanitizer_reports():
             shutil.rmtree(self.dir, ignore_errors=True)
 
     def dump(self, out=sys.stderr, lines=60):
@@ -578,6 +585,13 @@ class IntegrationTest(unittest.TestCase):
                 self.env.dump()
         finally:
             self.env.close(keep=failed)
+        # Checked after the stop, which is when a sanitizer reports most, and
+        # for every daemon, even one killed on purpose whose exit status no
+        # test looks at.
+        reports = self.env.sanitizer_reports()
+        if reports:
+            self.env.dump()
+            self.fail("sanitizer report in %s (logs kept in %s)" % (", ".join(reports), self.env.dir))
 
     # -- assertions shared by the tests
     def assertGrantsMatchReplay(self, live, replayed, msg=""):
