@@ -17,7 +17,10 @@
 
 #define DEFAULT_DEAD_LETTER_KEY "{prefix}deadletter"
 
-static const char *const TOP_KEYS[] = {"kafka", "redis", "rules", "output", "dead_letter", "decode", "daemon", "http", NULL};
+static const char *const TOP_KEYS[] = {"kafka",  "redis",         "rules",       "output", "dead_letter",
+                                       "decode", "daemon",        "http",        "timezone", "frequency_cap",
+                                       "quiet_hours", "pools",    NULL};
+static const char *const POOL_KEYS[] = {"low_stock", NULL};
 static const char *const KAFKA_KEYS[] = {"brokers", "topics", "group_id", "properties", NULL};
 static const char *const REDIS_KEYS[] = {"host",      "port",       "password",  "password_file", "password_env",
                                          "db",        "key_prefix", "claim_ttl", "max_inflight",  NULL};
@@ -203,6 +206,8 @@ void config_init_default(config_t *c) {
     c->http_enabled = 1;
     c->http_bind = xstrdup(HTTP_DEFAULT_BIND);
     c->http_port = HTTP_DEFAULT_PORT;
+    c->quiet_start_min = c->quiet_end_min = -1;
+    c->pool_low_stock_default = 100;
 }
 
 void config_free(config_t *c) {
@@ -228,6 +233,11 @@ void config_free(config_t *c) {
     free(c->channels);
     free(c->dead_letter_key);
     free(c->http_bind);
+    for (size_t i = 0; i < c->n_pool_low; i++) {
+        free(c->pool_low[i].key);
+        free(c->pool_low[i].value);
+    }
+    free(c->pool_low);
     for (size_t i = 0; i < sizeof c->decode_strs / sizeof c->decode_strs[0]; i++) free(c->decode_strs[i]);
     memset(c, 0, sizeof *c);
 }
@@ -380,16 +390,89 @@ static int known_timezone(const char *tz) {
     return ok;
 }
 
+static void load_timezone(cload *L, const ynode *tz) {
+    const char *s;
+    if (tz && yn_str(tz, L->file, "timezone", &s, L->d) == 0) {
+        if (!*s || !known_timezone(s)) err_at(L, tz, "unknown timezone '%s' (use an IANA name like Europe/Paris)", s);
+        else set_str(&L->c->timezone, s);
+    }
+}
+
 static void load_rules(cload *L, const ynode *top) {
     config_t *c = L->c;
+    /* top-level `timezone` (rules-format.md, "daemon-wide policy") is an
+     * alias of rules.timezone; both at once is an error */
+    const ynode *top_tz = yn_get(top, "timezone");
+    load_timezone(L, top_tz);
     const ynode *m = section(L, top, "rules", RULES_KEYS);
     if (!m) return;
     get_str(L, m, "dir", 0, &c->rules_dir);
     const ynode *tz = yn_get(m, "timezone");
-    const char *s;
-    if (tz && yn_str(tz, L->file, "timezone", &s, L->d) == 0) {
-        if (!*s || !known_timezone(s)) err_at(L, tz, "unknown timezone '%s' (use an IANA name like Europe/Paris)", s);
-        else set_str(&c->timezone, s);
+    if (tz && top_tz) err_at(L, tz, "'timezone' is set twice (top level and rules.timezone): keep one");
+    else load_timezone(L, tz);
+}
+
+/* "HH:MM" -> minutes of the day, or -1. */
+static int parse_hhmm(const char *s, size_t n) {
+    if (n != 5 || s[2] != ':') return -1;
+    for (size_t i = 0; i < 5; i++)
+        if (i != 2 && (s[i] < '0' || s[i] > '9')) return -1;
+    int h = (s[0] - '0') * 10 + (s[1] - '0'), m = (s[3] - '0') * 10 + (s[4] - '0');
+    if (h > 23 || m > 59) return -1;
+    return h * 60 + m;
+}
+
+/* frequency_cap: N/period, quiet_hours: HH:MM-HH:MM, pools: {NAME: {low_stock: N}}. */
+static void load_policy(cload *L, const ynode *top) {
+    config_t *c = L->c;
+    const ynode *n = yn_get(top, "frequency_cap");
+    if (n && !is_null(n)) {
+        int64_t count, period;
+        if (n->kind != YN_SCALAR || parse_rate(n->str, &count, &period) != 0 || count <= 0 || period <= 0)
+            err_at(L, n, "'frequency_cap' must be a rate N/duration, e.g. 3/1d");
+        else {
+            c->fcap_count = count;
+            c->fcap_period_ms = period;
+        }
+    }
+    n = yn_get(top, "quiet_hours");
+    if (n && !is_null(n)) {
+        const char *s = n->kind == YN_SCALAR ? n->str : "";
+        const char *dash = strchr(s, '-');
+        int a = dash ? parse_hhmm(s, (size_t)(dash - s)) : -1, b = dash ? parse_hhmm(dash + 1, strlen(dash + 1)) : -1;
+        if (a < 0 || b < 0)
+            err_at(L, n, "'quiet_hours' must be HH:MM-HH:MM, e.g. 22:00-08:00");
+        else if (a == b)
+            err_at(L, n, "'quiet_hours' starts and ends at the same time");
+        else {
+            c->quiet_start_min = a;
+            c->quiet_end_min = b;
+        }
+    }
+    const ynode *p = yn_get(top, "pools");
+    if (!p || is_null(p)) return;
+    if (p->kind != YN_MAP) {
+        err_at(L, p, "'pools' must be a mapping of pool name to settings");
+        return;
+    }
+    for (size_t i = 0; i < p->n; i++) {
+        const ynode *k = p->keys[i], *v = p->items[i];
+        if (v->kind != YN_MAP) {
+            err_at(L, v, "pool '%s' must be a mapping", k->str);
+            continue;
+        }
+        yn_check_keys(v, L->file, POOL_KEYS, L->d);
+        long long low = -1;
+        get_int(L, v, "low_stock", 0, LLONG_MAX, &low);
+        if (low < 0) continue;
+        if (!strcmp(k->str, "*")) {
+            c->pool_low_stock_default = low;
+            continue;
+        }
+        char num[32];
+        snprintf(num, sizeof num, "%lld", low);
+        c->pool_low = xrealloc(c->pool_low, (c->n_pool_low + 1) * sizeof *c->pool_low);
+        c->pool_low[c->n_pool_low++] = (kv_t){xstrdup(k->str), xstrdup(num)};
     }
 }
 
@@ -539,6 +622,7 @@ int config_load(config_t *c, const char *path, diag_t *diag) {
         load_decode(&L, root);
         load_daemon(&L, root);
         load_http(&L, root);
+        load_policy(&L, root);
         /* after every section: the prefix may be set after dead_letter.key */
         strbuf b;
         sb_init(&b);
@@ -553,6 +637,12 @@ int config_load(config_t *c, const char *path, diag_t *diag) {
     free(L.dir);
     yn_free(root);
     return diag->n > before ? -1 : 0;
+}
+
+long long config_pool_low_stock(const config_t *c, const char *pool) {
+    for (size_t i = 0; i < c->n_pool_low; i++)
+        if (!strcmp(c->pool_low[i].key, pool)) return atoll(c->pool_low[i].value);
+    return c->pool_low_stock_default;
 }
 
 const channel_cfg_t *config_channel(const config_t *c, const char *channel) {

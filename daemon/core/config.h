@@ -53,6 +53,14 @@ typedef struct config {
     char *http_bind;            /* "127.0.0.1"; not loopback only with http_allow_remote */
     int http_port;              /* 9464; 0 = an ephemeral port (logged as event=http_listening) */
     int http_allow_remote;      /* false */
+    /* daemon-wide policy (top level, docs/policy.md) */
+    long long fcap_count;       /* frequency_cap N/period: grants per member across all rules; 0 = none */
+    long long fcap_period_ms;
+    int quiet_start_min;        /* quiet_hours HH:MM-HH:MM as minutes of the local day; -1 = none */
+    int quiet_end_min;
+    /* pools: {NAME: {low_stock: N}}; pool_low_stock_default applies to the others */
+    kv_t *pool_low; size_t n_pool_low;   /* value: the threshold as a decimal string */
+    long long pool_low_stock_default;    /* 100 */
 } config_t;
 
 /* Defaults, as documented. */
@@ -61,6 +69,8 @@ void config_init_default(config_t *c);
  * Returns 0, or -1 with errors in diag (c is then half-applied: free it). */
 int config_load(config_t *c, const char *path, diag_t *diag);
 void config_free(config_t *c);
+/* The low-stock threshold of a pool (pools.NAME.low_stock, else the default). */
+long long config_pool_low_stock(const config_t *c, const char *pool);
 /* The output settings for a channel (falls back to "*"). */
 const channel_cfg_t *config_channel(const config_t *c, const char *channel);
 /* Appends the channel's key to out, with {prefix} and {channel} substituted

@@ -69,9 +69,12 @@ static int decode_reason_index(const char *r) {
 }
 
 enum { SR_NOT_ACTIVE, SR_GROUP_LOST, SR_HOLDOUT, SR_SHADOW, SR_NO_VALUE, SR_NO_RECIPIENT, SR_ALREADY_PENDING,
-       SR_OTHER, SR_N };
-static const char *const SUPP_REASONS[SR_N] = {"not_active", "group_lost", "holdout", "shadow", "no_value",
-                                                "no_recipient", "already_pending", "other"};
+       SR_CANCELLED, SR_LIMIT_PER_USER, SR_LIMIT_PER_DEVICE, SR_LIMIT_PER_IP, SR_FREQUENCY_CAP, SR_BUDGET,
+       SR_DAILY_BUDGET, SR_POOL_EMPTY, SR_BLOCKLIST, SR_RULE_REMOVED, SR_RULE_DISABLED, SR_OTHER, SR_N };
+static const char *const SUPP_REASONS[SR_N] = {
+    "not_active",   "group_lost",   "holdout",     "shadow",         "no_value",         "no_recipient",
+    "already_pending", "cancelled", "limit_per_user", "limit_per_device", "limit_per_ip", "frequency_cap",
+    "budget",       "daily_budget", "pool_empty",  "blocklist",      "rule_removed",     "rule_disabled", "other"};
 
 /* The engine's reasons (engine.c); a reason added later counts as other. */
 static int supp_reason_index(const char *r) {
@@ -228,8 +231,41 @@ static void set_rules_info(daemon_state *d) {
 /* ---- code pool stock: SCARD {prefix}pool:NAME (docs/policy.md) of every pool
  * the rules name, refreshed with the stats (every 10 s) and after a reload. */
 
+/* A pool under its low-stock threshold (config `pools`) is logged at most
+ * once per LOW_STOCK_LOG_US per pool, while it stays low. */
+#define LOW_STOCK_LOG_US (10 * 60 * 1000000LL)
+typedef struct low_log {
+    char *pool;
+    int64_t at_us;
+} low_log;
+static low_log *low_logs;
+static size_t n_low_logs;
+
+typedef struct stock_ctx {
+    metric_gauge_t *g;
+    long long threshold;
+    char pool[];
+} stock_ctx;
+
 static void pool_stock_cb(void *ud, const redisReply *r) {
-    if (r && r->type == REDIS_REPLY_INTEGER) metrics_gauge_set(ud, (double)r->integer);
+    stock_ctx *c = ud;
+    if (r && r->type == REDIS_REPLY_INTEGER) {
+        metrics_gauge_set(c->g, (double)r->integer);
+        if (r->integer < c->threshold) {
+            size_t i = 0;
+            while (i < n_low_logs && strcmp(low_logs[i].pool, c->pool)) i++;
+            if (i == n_low_logs) {
+                low_logs = xrealloc(low_logs, (n_low_logs + 1) * sizeof *low_logs);
+                low_logs[n_low_logs++] = (low_log){xstrdup(c->pool), 0};
+            }
+            int64_t now = now_mono_us();
+            if (!low_logs[i].at_us || now - low_logs[i].at_us >= LOW_STOCK_LOG_US) {
+                low_logs[i].at_us = now;
+                log_warn("pool_low_stock", "pool=%s available=%lld low_stock=%lld", c->pool, r->integer, c->threshold);
+            }
+        }
+    }
+    free(c);
 }
 
 static void pool_add(daemon_state *d, metric_gauge_t ***v, size_t *n, const char *pool) {
@@ -272,7 +308,11 @@ static void pools_refresh(daemon_state *d) {
             const char *argv[2] = {"SCARD", d->key2.s};
             size_t lens[2] = {5, d->key2.len};
             /* the child outlives the sink (freed with the registry, after it) */
-            redis_sink_read(d->sink, 2, argv, lens, pool_stock_cb, metrics_labels(d->m.pool, pool));
+            stock_ctx *c = xmalloc(sizeof *c + strlen(pool) + 1);
+            c->g = metrics_labels(d->m.pool, pool);
+            c->threshold = config_pool_low_stock(&d->cfg, pool);
+            strcpy(c->pool, pool);
+            redis_sink_read(d->sink, 2, argv, lens, pool_stock_cb, c);
         }
     }
 }
@@ -406,7 +446,7 @@ typedef struct intent_ack {
     metric_counter_t *pending;    /* suppressions{rule,already_pending} */
 } intent_ack;
 
-static void on_intent_ack(void *ud, rs_outcome k, long long n) {
+static void on_intent_ack(void *ud, rs_outcome k, long long n, const char *reason) {
     intent_ack *a = ud;
     daemon_state *d = a->d;
     switch (k) {
@@ -430,11 +470,18 @@ static void on_intent_ack(void *ud, rs_outcome k, long long n) {
         d->count_progress++;
         log_debug("count_progress", "rule=%s count=%lld", a->rule, n);
         break;
-    case RS_EXPLAINED:
+    case RS_EXPLAINED: {
         d->suppressed++;
-        if (!a->explained && a->rule[0]) a->explained = metrics_labels(d->m.supp, a->rule, SUPP_REASONS[SR_OTHER]);
+        /* the reason the store gives (a policy reason of the grant step, or
+         * the intent's own); the rule cache may have been rebuilt since the
+         * intent, so the child is looked up by label */
+        int idx = supp_reason_index(reason);
+        if (a->rule[0] && (idx != SR_OTHER || !a->explained))
+            a->explained = metrics_labels(d->m.supp, a->rule, SUPP_REASONS[idx]);
         metrics_counter_inc(a->explained, 1);
+        if (reason) log_debug("suppressed", "rule=%s reason=\"%s\"", a->rule, reason);
         break;
+    }
     default: break;
     }
     kafka_source_release(a->tok);
@@ -453,6 +500,8 @@ static void on_intent(void *ud, const event_t *ev, const intent_t *in) {
         d->suppressed++;
         metrics_counter_inc(rule_supp(d, rm, supp_reason_index(in->reason)), 1);
         log_debug("suppressed", "rule=%s user=%s reason=\"%s\"", in->rule->id, ev->user_id, in->reason);
+        /* no write to hold the offset for: the store only counts it (stats batch) */
+        redis_store_apply(d->store, in, d->cur_topic, d->cur_partition, NULL, NULL);
         return;
     }
     intent_t touch;

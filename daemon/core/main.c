@@ -1,4 +1,4 @@
-/* main.c - the command line: run (the daemon), check, replay, pool, block, version. */
+/* main.c - the command line: run (the daemon), check, replay, pool, block, stats, version. */
 #include "config.h"
 #include "daemon.h"
 #include "diag.h"
@@ -19,12 +19,14 @@ static void usage(FILE *f) {
           "  benefitd [run] [-c FILE] [-v]        run the daemon (default config: /etc/benefitd/benefitd.yaml)\n"
           "  benefitd check [-c FILE] [--rules DIR]\n"
           "                                       check config and rules without starting (like nginx -t)\n"
-          "  benefitd replay --rules DIR [--config FILE] [--until TIME] [--explain] [--pool NAME=FILE]... EVENTS.jsonl|-\n"
+          "  benefitd replay --rules DIR [--config FILE] [--until TIME] [--explain] [--stats [--json]]\n"
+          "                  [--pool NAME=FILE]... EVENTS.jsonl|-\n"
           "                                       run rules over recorded events on a virtual clock\n"
           "  benefitd pool load NAME FILE | status [NAME] | lookup NAME CODE  [-c FILE]\n"
           "                                       code pools in Redis (docs/policy.md)\n"
           "  benefitd block add|remove user|device|ip VALUE | list [KIND]  [-c FILE]\n"
           "                                       the blocklist checked in the grant step\n"
+          "  benefitd stats [-c FILE] [--json]    per rule and variant: triggered, granted, suppressed by reason, ...\n"
           "  benefitd version\n",
           f);
 }
@@ -94,6 +96,7 @@ int main(int argc, char **argv) {
         if (!strcmp(cmd, "replay")) return replay_main(argc - 1, argv + 1);
         if (!strcmp(cmd, "pool")) return pool_main(argc - 1, argv + 1);
         if (!strcmp(cmd, "block")) return block_main(argc - 1, argv + 1);
+        if (!strcmp(cmd, "stats")) return stats_main(argc - 1, argv + 1);
         if (!strcmp(cmd, "version")) { printf("benefitd %s\n", BENEFITD_VERSION); return 0; }
         if (!strcmp(cmd, "help")) { usage(stdout); return 0; }
         fprintf(stderr, "benefitd: unknown command '%s'\n", cmd);

@@ -66,6 +66,11 @@ static const variant_t *pick_variant(const rule_t *r, const char *user_id) {
     return &r->variants[r->n_variants - 1];
 }
 
+const char *engine_variant_name(const rule_t *r, const char *user) {
+    const variant_t *v = pick_variant(r, user);
+    return v ? v->name : NULL;
+}
+
 static void put_time(strbuf *b, int64_t ms) {
     char ts[32];
     format_iso8601_ms(ms, ts, sizeof ts);
@@ -122,15 +127,20 @@ void engine_finish_explain(const char *reason, const char *xbody, size_t len, co
 }
 
 void engine_finish_grant(const char *rec, size_t len, size_t cut, long long expires_in_ms, int64_t at, strbuf *out) {
+    engine_finish_grant_at(rec, len, cut, expires_in_ms, at, at, out);
+}
+
+void engine_finish_grant_at(const char *rec, size_t len, size_t cut, long long expires_in_ms, int64_t at,
+                            int64_t deliver_after, strbuf *out) {
     sb_append(out, rec, cut);
     if (expires_in_ms >= 0) put_time(out, at + expires_in_ms);
     else sb_puts(out, "null");
     sb_append(out, rec + cut, len - cut);
     sb_puts(out, ",\"issued_at\":");
     put_time(out, at);
-    /* Quiet hours (not in this build) are the only thing that delays delivery. */
+    /* Quiet hours are the only thing that delays delivery. */
     sb_puts(out, ",\"deliver_after\":");
-    put_time(out, at);
+    put_time(out, deliver_after > at ? deliver_after : at);
     sb_putc(out, '}');
 }
 
@@ -365,6 +375,8 @@ static void fill_intent(engine_t *e, intent_t *in, const rule_dec *d, const even
     in->device = e->device;
     in->ip = e->ip;
     in->pool = d->have_rec ? d->pool : NULL;
+    in->tz = e->tz[0] ? e->tz : NULL;
+    in->variant = d->v ? d->v->name : NULL;
     if (r->kind == TRIG_COUNT) {
         in->kind = INTENT_COUNT_GRANT;
         in->occurrence = ev->message_id;
@@ -376,6 +388,26 @@ static void fill_intent(engine_t *e, intent_t *in, const rule_dec *d, const even
         in->kind = INTENT_SCHEDULE;     /* holdout/shadow wait too: reported only if the wait runs out */
     } else {
         in->kind = d->reason ? INTENT_EXPLAIN : INTENT_GRANT;
+    }
+}
+
+/* context.timezone when it names a zone the database knows (remembering the
+ * last good and bad names, so a stream of one zone costs no lookups). */
+static void event_tz(engine_t *e, const event_t *ev) {
+    e->tz[0] = '\0';
+    const cJSON *v = ev->context ? cJSON_GetObjectItemCaseSensitive(ev->context, "timezone") : NULL;
+    if (!cJSON_IsString(v) || !v->valuestring || !*v->valuestring || strlen(v->valuestring) >= sizeof e->tz) return;
+    const char *z = v->valuestring;
+    if (!strcmp(z, e->tz_good)) {
+        memcpy(e->tz, z, strlen(z) + 1);
+        return;
+    }
+    if (!strcmp(z, e->tz_bad)) return;
+    if (policy_tz_ok(z)) {
+        snprintf(e->tz_good, sizeof e->tz_good, "%s", z);
+        memcpy(e->tz, z, strlen(z) + 1);
+    } else {
+        snprintf(e->tz_bad, sizeof e->tz_bad, "%s", z);
     }
 }
 
@@ -398,6 +430,7 @@ void engine_run(engine_t *e, const ruleset_t *rs, const event_t *ev, const bd_cl
     groups g = {.n = 0};
     policy_subject(ev->context, "device", "id", e->device);
     policy_subject(ev->context, "ip", NULL, e->ip);
+    event_tz(e, ev);
     for (size_t i = 0; i < list->n; i++) {
         const rule_t *r = list->rules[i];
         if (!r->enabled || r->kind == TRIG_INACTIVITY) continue;
@@ -424,7 +457,7 @@ void engine_decide_inactivity(engine_t *e, const rule_t *r, const char *user, in
     engine_inactivity_occurrence(last_ms, occ);
     expr_arena_reset(&e->arena);
     eval_ctx_t ctx = {.ev = &ev, .arena = &e->arena};
-    e->device[0] = e->ip[0] = '\0'; /* no event: no device, no IP */
+    e->device[0] = e->ip[0] = e->tz[0] = '\0'; /* no event: no device, no IP, no member zone */
     e->matched++;
     rule_dec rd;
     decide_rule(e, &rd, r, &ev, occ, &ctx, now_ms, NULL);

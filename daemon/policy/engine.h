@@ -51,6 +51,8 @@ typedef struct engine {
     int touch_any;                           /* an inactivity rule counts every event */
     char fire_grant_id[40];                  /* engine_decide_inactivity's grant id */
     char device[160], ip[160];               /* the event's limit subjects (policy.h) */
+    char tz[64];                             /* the event's context.timezone if a known zone, else "" */
+    char tz_good[64], tz_bad[64];            /* the last zone names found valid / invalid */
 } engine_t;
 
 void engine_init(engine_t *e);
@@ -76,6 +78,10 @@ void engine_run(engine_t *e, const ruleset_t *rs, const event_t *ev, const bd_cl
 void engine_decide_inactivity(engine_t *e, const rule_t *r, const char *user, int64_t last_ms, int64_t now_ms,
                               intent_t *out);
 
+/* The name of the variant rule r gives user (sticky: hash of rule id and
+ * member), or NULL when r has no variants. */
+const char *engine_variant_name(const rule_t *r, const char *user);
+
 /* grant_id = "g" + 32 hex chars of two independent hashes of
  * (rule id, trigger member, occurrence). */
 void engine_grant_id(const char *rule_id, const char *user_id, const char *occurrence, char out[40]);
@@ -86,6 +92,9 @@ void engine_inactivity_occurrence(int64_t last_ms, char out[40]);
 /* Completes an open grant record issued at `at`: expires_at = at + expires_in
  * (null when expires_in_ms < 0), issued_at = deliver_after = at. Appends to out. */
 void engine_finish_grant(const char *rec, size_t len, size_t cut, long long expires_in_ms, int64_t at, strbuf *out);
+/* The same, delivered at deliver_after (>= at: quiet hours hold it back). */
+void engine_finish_grant_at(const char *rec, size_t len, size_t cut, long long expires_in_ms, int64_t at,
+                            int64_t deliver_after, strbuf *out);
 /* An explain line: {"outcome":"suppressed","reason":R <xbody> <extra> ,"decided_at":at}.
  * extra is NULL or a JSON fragment starting with ','. Appends to out. */
 void engine_finish_explain(const char *reason, const char *xbody, size_t len, const char *extra, int64_t at,

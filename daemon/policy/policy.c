@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 
 static int64_t floor_div(int64_t a, int64_t b) { return a / b - (a % b != 0 && (a < 0) != (b < 0)); }
@@ -84,4 +85,73 @@ int policy_code_ok(const char *s, size_t n) {
         if (ch <= 0x20 || ch >= 0x7f || ch == '"' || ch == '\\') return 0;
     }
     return 1;
+}
+
+int policy_tz_ok(const char *tz) {
+    if (!tz || !*tz || strlen(tz) >= 64) return 0;
+    if (!strcmp(tz, "UTC")) return 1;
+    if (strstr(tz, "..") || tz[0] == '/') return 0;
+    for (const char *p = tz; *p; p++)
+        if ((unsigned char)*p <= 0x20 || *p == 0x7f) return 0;
+    const char *dir = getenv("TZDIR");
+    if (!dir || !*dir) dir = "/usr/share/zoneinfo";
+    char path[512];
+    snprintf(path, sizeof path, "%s/%s", dir, tz);
+    struct stat st;
+    return stat(path, &st) == 0 && S_ISREG(st.st_mode);
+}
+
+/* Epoch ms of local time day+add_days at minute `min` (mktime normalizes). */
+static int64_t local_at(const struct tm *day, int add_days, int min) {
+    struct tm t = {0};
+    t.tm_year = day->tm_year;
+    t.tm_mon = day->tm_mon;
+    t.tm_mday = day->tm_mday + add_days;
+    t.tm_hour = min / 60;
+    t.tm_min = min % 60;
+    t.tm_isdst = -1;
+    return (int64_t)mktime(&t) * 1000;
+}
+
+int64_t policy_quiet_until(policy_quiet_cache *c, const char *tz, int start_min, int end_min, int64_t at) {
+    if (start_min < 0 || end_min < 0 || start_min == end_min) return at;
+    const char *zone = tz && *tz ? tz : "UTC";
+    unsigned k = 0;
+    for (; k < POLICY_QUIET_ZONES; k++)
+        if (c->z[k].end > c->z[k].start && at >= c->z[k].start && at < c->z[k].end && !strcmp(c->z[k].tz, zone))
+            break;
+    if (k == POLICY_QUIET_ZONES) {
+        k = c->next++ % POLICY_QUIET_ZONES;
+        char *old = getenv("TZ") ? xstrdup(getenv("TZ")) : NULL;
+        setenv("TZ", zone, 1);
+        tzset();
+        time_t secs = (time_t)floor_div(at, 1000);
+        struct tm tm;
+        localtime_r(&secs, &tm);
+        snprintf(c->z[k].tz, sizeof c->z[k].tz, "%s", zone);
+        c->z[k].start = local_at(&tm, 0, 0);
+        c->z[k].end = local_at(&tm, 1, 0);
+        c->z[k].q_start_today = local_at(&tm, 0, start_min);
+        c->z[k].q_end_today = local_at(&tm, 0, end_min);
+        c->z[k].q_end_next = local_at(&tm, 1, end_min);
+        if (old) {
+            setenv("TZ", old, 1);
+            free(old);
+        } else {
+            unsetenv("TZ");
+        }
+        tzset();
+        if (at < c->z[k].start || at >= c->z[k].end) { /* not cacheable (a gap): answer, forget */
+            int64_t s0 = c->z[k].q_start_today, e0 = c->z[k].q_end_today, e1 = c->z[k].q_end_next;
+            c->z[k].start = c->z[k].end = 0;
+            if (start_min < end_min) return at >= s0 && at < e0 ? e0 : at;
+            return at < e0 ? e0 : at >= s0 ? e1 : at;
+        }
+    }
+    if (start_min < end_min) /* inside one day, e.g. 01:00-06:00 */
+        return at >= c->z[k].q_start_today && at < c->z[k].q_end_today ? c->z[k].q_end_today : at;
+    /* crossing midnight, e.g. 22:00-08:00: the morning part, or the evening part until tomorrow's end */
+    if (at < c->z[k].q_end_today) return c->z[k].q_end_today;
+    if (at >= c->z[k].q_start_today) return c->z[k].q_end_next;
+    return at;
 }

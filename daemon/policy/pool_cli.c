@@ -6,6 +6,7 @@
  *   Pblock:user|device|ip   sets checked in the grant step */
 #include "pool_cli.h"
 #include "policy.h"
+#include "stats.h"
 #include "../core/config.h"
 #include "../core/diag.h"
 #include "../core/util.h"
@@ -372,6 +373,84 @@ int block_main(int argc, char **argv) {
         if (r) freeReplyObject(r);
     }
 out:
+    cli_close(&k);
+    return rc;
+}
+
+/* ---- stats ------------------------------------------------------------------ */
+
+/* `benefitd stats [-c CONFIG] [--json]`: the Pstats:RULE:VARIANT hashes and
+ * the Pstats:RULE:VARIANT:held sets (holdout size), read with SCAN. */
+int stats_main(int argc, char **argv) {
+    const char *config = NULL;
+    int json = 0;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--json")) json = 1;
+        else if ((!strcmp(argv[i], "-c") || !strcmp(argv[i], "--config")) && i + 1 < argc) config = argv[++i];
+        else {
+            fputs("usage: benefitd stats [-c CONFIG] [--json]\n", stderr);
+            return 1;
+        }
+    }
+    cli_t k;
+    int rc = 1;
+    if (cli_open(&k, config, "stats") != 0) {
+        cli_close(&k);
+        return 1;
+    }
+    stats_table *t = stats_table_new();
+    strbuf pat;
+    sb_init(&pat);
+    sb_printf(&pat, "%sstats:*", k.cfg.key_prefix);
+    size_t plen = strlen(k.cfg.key_prefix) + 6;
+    char cursor[32] = "0";
+    int ok = 1;
+    do {
+        redisReply *r = redisCommand(k.c, "SCAN %s MATCH %s COUNT 1000", cursor, pat.s);
+        if (!r || r->type != REDIS_REPLY_ARRAY || r->elements != 2) {
+            fprintf(stderr, "benefitd stats: SCAN failed: %s\n", r && r->type == REDIS_REPLY_ERROR ? r->str : k.c->errstr);
+            if (r) freeReplyObject(r);
+            ok = 0;
+            break;
+        }
+        snprintf(cursor, sizeof cursor, "%s", r->element[0]->str);
+        const redisReply *keys = r->element[1];
+        for (size_t i = 0; i < keys->elements; i++) {
+            const char *key = keys->element[i]->str;
+            size_t klen = strlen(key);
+            if (klen <= plen) continue;
+            /* RULE:VARIANT[:held]; rule ids have no ':' */
+            char *rv = xstrdup(key + plen);
+            char *colon = strchr(rv, ':');
+            if (!colon) {
+                free(rv);
+                continue;
+            }
+            *colon = '\0';
+            char *variant = colon + 1;
+            size_t vl = strlen(variant);
+            if (vl > 5 && !strcmp(variant + vl - 5, ":held")) {
+                variant[vl - 5] = '\0';
+                redisReply *c = redisCommand(k.c, "SCARD %s", key);
+                if (c && c->type == REDIS_REPLY_INTEGER) stats_table_add(t, rv, variant, "holdout size", c->integer);
+                if (c) freeReplyObject(c);
+            } else {
+                redisReply *h = redisCommand(k.c, "HGETALL %s", key);
+                if (h && h->type == REDIS_REPLY_ARRAY)
+                    for (size_t j = 0; j + 1 < h->elements; j += 2)
+                        stats_table_add(t, rv, variant, h->element[j]->str, atoll(h->element[j + 1]->str));
+                if (h) freeReplyObject(h);
+            }
+            free(rv);
+        }
+        freeReplyObject(r);
+    } while (strcmp(cursor, "0") != 0);
+    if (ok) {
+        stats_table_print(t, stdout, json);
+        rc = 0;
+    }
+    sb_free(&pat);
+    stats_table_free(t);
     cli_close(&k);
     return rc;
 }

@@ -6,7 +6,8 @@
  *   benefitd pool status [NAME] [-c CONFIG]    available and issued codes per pool
  *   benefitd pool lookup NAME CODE [-c CONFIG] who got an issued code (grant, member, rule, time)
  *   benefitd block add|remove USER|DEVICE|IP VALUE [-c CONFIG]
- *   benefitd block list [user|device|ip] [-c CONFIG] */
+ *   benefitd block list [user|device|ip] [-c CONFIG]
+ *   benefitd stats [-c CONFIG] [--json]        triggered, granted, suppressed by reason, ... per rule and variant */
 #ifndef BENEFITD_POOL_CLI_H
 #define BENEFITD_POOL_CLI_H
 
@@ -14,5 +15,6 @@
  * error, 3 (pool load) some lines were not valid codes (the rest loaded). */
 int pool_main(int argc, char **argv);
 int block_main(int argc, char **argv);
+int stats_main(int argc, char **argv);
 
 #endif

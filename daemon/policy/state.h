@@ -62,6 +62,12 @@ typedef struct intent {
     const char *device;
     const char *ip;
     const char *pool;
+    /* The trigger's context.timezone when it names a known zone, else NULL:
+     * quiet hours are then those of the configured zone (docs/policy.md). */
+    const char *tz;
+    /* The variant picked for the member (NULL: the rule has none): the
+     * stats are kept per rule and variant. */
+    const char *variant;
 
     /* COUNT_GRANT */
     const char *occurrence;    /* the event's message_id: a redelivered event counts once */
@@ -90,6 +96,7 @@ typedef struct store_out {
     const char *channel;       /* OUT_GRANT */
     const char *target_user;   /* OUT_GRANT */
     const char *reason;        /* OUT_EXPLAIN, OUT_PROGRESS */
+    int64_t deliver_after;     /* OUT_GRANT: > at when quiet hours hold the grant back */
     const char *json;
     size_t len;
 } store_out_t;
@@ -113,6 +120,16 @@ void store_mem_pool_status(const store_t *s, const char *pool, size_t *available
 /* The audit record of an issued code (JSON: grant_id, user_id, rule,
  * issued_at), or NULL. */
 const char *store_mem_pool_issued(const store_t *s, const char *pool, const char *code);
+/* Daemon-wide policy (config: frequency_cap, quiet_hours; docs/policy.md).
+ * fcap_count 0 = no frequency cap; quiet_start_min < 0 = no quiet hours. */
+void store_mem_set_policy(store_t *s, long long fcap_count, long long fcap_period_ms, int quiet_start_min,
+                          int quiet_end_min);
+/* The counters by rule and variant (the stand-in for Redis's
+ * Pstats:RULE:VARIANT hashes, docs/policy.md "Stats"): each (rule, variant,
+ * field, value), in no particular order; the field "holdout size" is the
+ * number of distinct members held out. */
+void store_mem_stats_each(const store_t *s, void (*fn)(void *ud, const char *rule, const char *variant,
+                                                        const char *field, long long value), void *ud);
 /* Blocklist: kind is "user", "device" or "ip". */
 void store_mem_block(store_t *s, const char *kind, const char *value);
 

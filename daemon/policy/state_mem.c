@@ -31,6 +31,7 @@ typedef struct wait {
     char **cancel_on;
     size_t n_cancel_on;
     char *device, *ip, *pool; /* policy subjects, checked when the wait fires */
+    char *tz;                 /* the member's zone for quiet hours, or NULL */
     int dead;                 /* cancelled: skipped and freed when the heap pops it */
     struct wait *next;        /* the member's pending waits */
 } wait_t;
@@ -125,6 +126,12 @@ struct store {
     smap pools;               /* name -> pool_t */
     smap blocks;              /* "kind:value" -> (void *)1 */
     strbuf key;
+    long long fcap_count, fcap_period;
+    int quiet_start, quiet_end;
+    policy_quiet_cache quiet;
+    smap stats;               /* "RULE\x1fVARIANT\x1fFIELD" -> lim_t (count) */
+    smap held;                /* "RULE\x1fVARIANT\x1fMEMBER" of holdout outcomes */
+    strbuf skey;
 };
 
 static void **smap_slot(smap *m, const char *k, int create) {
@@ -289,7 +296,16 @@ static timer_t_ heap_pop(store_t *s) {
 store_t *store_mem_new(void) {
     store_t *s = xcalloc(1, sizeof *s);
     sb_init(&s->out);
+    s->quiet_start = s->quiet_end = -1;
     return s;
+}
+
+void store_mem_set_policy(store_t *s, long long fcap_count, long long fcap_period_ms, int quiet_start_min,
+                          int quiet_end_min) {
+    s->fcap_count = fcap_count > 0 && fcap_period_ms > 0 ? fcap_count : 0;
+    s->fcap_period = fcap_period_ms;
+    s->quiet_start = quiet_start_min;
+    s->quiet_end = quiet_end_min;
 }
 
 static void wait_free(wait_t *w) {
@@ -304,6 +320,7 @@ static void wait_free(wait_t *w) {
     free(w->device);
     free(w->ip);
     free(w->pool);
+    free(w->tz);
     free(w);
 }
 
@@ -336,6 +353,9 @@ void store_free(store_t *s) {
     smap_free(&s->pools, pool_free);
     smap_free(&s->blocks, NULL);
     sb_free(&s->key);
+    smap_free(&s->stats, lim_free);
+    smap_free(&s->held, NULL);
+    sb_free(&s->skey);
     free(s);
 }
 
@@ -387,10 +407,57 @@ void store_mem_block(store_t *s, const char *kind, const char *value) {
 size_t store_pending_waits(const store_t *s) { return s->pending; }
 size_t store_claimed(const store_t *s) { return s->cn; }
 
+/* ---- stats: the stand-in for Pstats:RULE:VARIANT (docs/policy.md) ---------- */
+
+static lim_t *lim_get(store_t *s, const char *key);
+
+static void stat_add(store_t *s, const char *rule, const char *variant, const char *field, long long n) {
+    sb_reset(&s->skey);
+    sb_printf(&s->skey, "%s\x1f%s\x1f%s", rule, variant ? variant : "-", field);
+    void **v = smap_slot(&s->stats, s->skey.s, 1);
+    if (!*v) *v = xcalloc(1, sizeof(lim_t));
+    ((lim_t *)*v)->count += n;
+}
+
+/* A decision that granted nothing, by reason; a holdout also counts its member once. */
+static void stat_reason(store_t *s, const char *rule, const char *variant, const char *user, const char *reason) {
+    stat_add(s, rule, variant, reason, 1);
+    if (strcmp(reason, "holdout")) return;
+    sb_reset(&s->skey);
+    sb_printf(&s->skey, "%s\x1f%s\x1f%s", rule, variant ? variant : "-", user);
+    void **v = smap_slot(&s->held, s->skey.s, 1);
+    if (*v) return;
+    *v = (void *)1;
+    stat_add(s, rule, variant, "holdout size", 1);
+}
+
+void store_mem_stats_each(const store_t *s, void (*fn)(void *ud, const char *rule, const char *variant,
+                                                        const char *field, long long value), void *ud) {
+    for (size_t i = 0; i < s->stats.cap; i++) {
+        if (!s->stats.s[i].k) continue;
+        char *k = xstrdup(s->stats.s[i].k);
+        char *a = strchr(k, '\x1f'), *b = a ? strchr(a + 1, '\x1f') : NULL;
+        if (b) {
+            *a = *b = '\0';
+            fn(ud, k, a + 1, b + 1, ((const lim_t *)s->stats.s[i].v)->count);
+        }
+        free(k);
+    }
+}
+
+/* The variant a rule gives a member now: stats of a decision made when a
+ * timer fires are kept under it (the same in live, which keeps no variant
+ * with a pending wait). NULL: no variants (or no rule). */
+static const char *variant_now(const rule_t *r, const char *user) {
+    return r ? engine_variant_name(r, user) : NULL;
+}
+
 /* ---- outputs -------------------------------------------------------------- */
 
-static void out_explain(store_t *s, const char *reason, const char *rule_id, const char *user, const char *xbody,
-                        size_t xlen, const char *extra, int64_t at, out_kind kind, store_out_cb cb, void *ud) {
+static void out_explain(store_t *s, const char *reason, const char *rule_id, const char *variant, const char *user,
+                        const char *xbody, size_t xlen, const char *extra, int64_t at, out_kind kind,
+                        store_out_cb cb, void *ud) {
+    if (kind == OUT_EXPLAIN) stat_reason(s, rule_id, variant, user, reason);
     sb_reset(&s->out);
     engine_finish_explain(reason, xbody, xlen, extra, at, &s->out);
     store_out_t o = {.kind = kind, .at = at, .rule_id = rule_id, .user = user, .grant_id = "",
@@ -408,6 +475,7 @@ typedef struct greq {
     const char *xbody;
     size_t xlen;
     const char *device, *ip, *pool;
+    const char *tz, *variant;
     int64_t at;
 } greq;
 
@@ -470,7 +538,7 @@ static void grant(store_t *s, const greq *q, store_out_cb cb, void *ud) {
     if (blocked(s, "user", q->target) || (strcmp(q->user, q->target) && blocked(s, "user", q->user)) ||
         blocked(s, "device", q->device) || blocked(s, "ip", q->ip))
         why = "blocklist";
-    lcheck chk[3];
+    lcheck chk[4];
     size_t nchk = 0;
     const rule_t *r = q->rule;
     if (r && r->per_user.count) {
@@ -487,6 +555,12 @@ static void grant(store_t *s, const greq *q, store_out_cb cb, void *ud) {
         chk[nchk] = (lcheck){.count = r->per_ip.count, .period = r->per_ip.period_ms, .reason = "limit per_ip"};
         sb_init(&chk[nchk].key);
         sb_printf(&chk[nchk++].key, "lim:%s:ip:%s", r->id, q->ip);
+    }
+    /* the daemon-wide frequency cap: grants to the recipient across all rules */
+    if (s->fcap_count) {
+        chk[nchk] = (lcheck){.count = s->fcap_count, .period = s->fcap_period, .reason = "frequency cap"};
+        sb_init(&chk[nchk].key);
+        sb_printf(&chk[nchk++].key, "{u:%s}:fcap", q->target);
     }
     for (size_t i = 0; !why && i < nchk; i++)
         if (lim_count(lim_get(s, chk[i].key.s), q->at, chk[i].period) >= (size_t)chk[i].count) why = chk[i].reason;
@@ -510,10 +584,17 @@ static void grant(store_t *s, const greq *q, store_out_cb cb, void *ud) {
     }
     if (why) {
         for (size_t i = 0; i < nchk; i++) sb_free(&chk[i].key);
-        out_explain(s, why, q->rule_id, q->user, q->xbody, q->xlen, NULL, q->at, OUT_EXPLAIN, cb, ud);
+        out_explain(s, why, q->rule_id, q->variant, q->user, q->xbody, q->xlen, NULL, q->at, OUT_EXPLAIN, cb, ud);
         return;
     }
     claim(s, q->grant_id);
+    /* Quiet hours delay delivery, never the decision: granted, counted, and
+     * deliver_after = the end of the quiet period (the member's zone if the
+     * trigger carried one, else the configured zone). */
+    int64_t deliver = policy_quiet_until(&s->quiet, q->tz ? q->tz : s->tz, s->quiet_start, s->quiet_end, q->at);
+    stat_add(s, q->rule_id, q->variant, "granted", 1);
+    if (deliver > q->at) stat_add(s, q->rule_id, q->variant, "quiet hours", 1);
+    o.deliver_after = deliver;
     for (size_t i = 0; i < nchk; i++) {
         lim_add(lim_get(s, chk[i].key.s), q->at, chk[i].period);
         sb_free(&chk[i].key);
@@ -531,7 +612,7 @@ static void grant(store_t *s, const greq *q, store_out_cb cb, void *ud) {
         sb_printf(&rec, "\"%s\"", code);
         size_t cut = rec.len + 1 + (tl - 5);
         sb_append(&rec, q->rec + q->cut - tl + 4, q->len - (q->cut - tl + 4));
-        engine_finish_grant(rec.s, rec.len, cut, q->expires_in, q->at, &s->out);
+        engine_finish_grant_at(rec.s, rec.len, cut, q->expires_in, q->at, deliver, &s->out);
         sb_free(&rec);
         strbuf audit;
         sb_init(&audit);
@@ -543,7 +624,7 @@ static void grant(store_t *s, const greq *q, store_out_cb cb, void *ud) {
         *smap_slot(&pool->issued, code, 1) = audit.s;
         free(code);
     } else {
-        engine_finish_grant(q->rec, q->len, q->cut, q->expires_in, q->at, &s->out);
+        engine_finish_grant_at(q->rec, q->len, q->cut, q->expires_in, q->at, deliver, &s->out);
     }
     o.kind = OUT_GRANT;
     o.json = s->out.s;
@@ -564,8 +645,8 @@ static wait_t *pending_wait(member_t *m, const char *rule_id, int64_t at) {
 
 static void schedule(store_t *s, member_t *m, const intent_t *in, int64_t at, store_out_cb cb, void *ud) {
     if (pending_wait(m, in->rule->id, at)) {
-        out_explain(s, "already pending", in->rule->id, m->id, in->xbody, in->xbody_len, NULL, at, OUT_EXPLAIN, cb,
-                    ud);
+        out_explain(s, "already pending", in->rule->id, in->variant, m->id, in->xbody, in->xbody_len, NULL, at,
+                    OUT_EXPLAIN, cb, ud);
         return;
     }
     wait_t *w = xcalloc(1, sizeof *w);
@@ -590,6 +671,7 @@ static void schedule(store_t *s, member_t *m, const intent_t *in, int64_t at, st
     w->device = xstrdup(in->device ? in->device : "");
     w->ip = xstrdup(in->ip ? in->ip : "");
     w->pool = in->pool ? xstrdup(in->pool) : NULL;
+    w->tz = in->tz ? xstrdup(in->tz) : NULL;
     w->next = m->waits;
     m->waits = w;
     s->pending++;
@@ -601,16 +683,19 @@ static void schedule(store_t *s, member_t *m, const intent_t *in, int64_t at, st
  * a rule that waits schedules; a soft reason is reported now; else grant. */
 static void issue(store_t *s, member_t *m, const intent_t *in, int64_t at, store_out_cb cb, void *ud) {
     if (in->reason && !in->reason_soft)
-        out_explain(s, in->reason, in->rule->id, in->user, in->xbody, in->xbody_len, NULL, at, OUT_EXPLAIN, cb, ud);
+        out_explain(s, in->reason, in->rule->id, in->variant, in->user, in->xbody, in->xbody_len, NULL, at,
+                    OUT_EXPLAIN, cb, ud);
     else if (in->wait_ms > 0)
         schedule(s, m ? m : member_get(s, in->user), in, at, cb, ud);
     else if (in->reason)
-        out_explain(s, in->reason, in->rule->id, in->user, in->xbody, in->xbody_len, NULL, at, OUT_EXPLAIN, cb, ud);
+        out_explain(s, in->reason, in->rule->id, in->variant, in->user, in->xbody, in->xbody_len, NULL, at,
+                    OUT_EXPLAIN, cb, ud);
     else {
         greq q = {.rule = in->rule, .rule_id = in->rule->id, .user = in->user, .grant_id = in->grant_id,
                   .target = in->target_user, .channel = in->channel, .rec = in->rec, .len = in->rec_len,
                   .cut = in->rec_cut, .expires_in = in->expires_in_ms, .xbody = in->xbody, .xlen = in->xbody_len,
-                  .device = in->device, .ip = in->ip, .pool = in->pool, .at = at};
+                  .device = in->device, .ip = in->ip, .pool = in->pool, .tz = in->tz, .variant = in->variant,
+                  .at = at};
         grant(s, &q, cb, ud);
     }
 }
@@ -654,10 +739,11 @@ static void count(store_t *s, const intent_t *in, store_out_cb cb, void *ud) {
     }
     char reason[64];
     snprintf(reason, sizeof reason, "count %zu/%lld", w->n, in->count);
-    out_explain(s, reason, in->rule->id, in->user, in->xbody, in->xbody_len, NULL, in->ts, OUT_PROGRESS, cb, ud);
+    out_explain(s, reason, in->rule->id, in->variant, in->user, in->xbody, in->xbody_len, NULL, in->ts, OUT_PROGRESS,
+                cb, ud);
 }
 
-static void cancel(store_t *s, const intent_t *in, store_out_cb cb, void *ud) {
+static void cancel(store_t *s, const ruleset_t *rs, const intent_t *in, store_out_cb cb, void *ud) {
     member_t *m = member_get(s, in->user);
     strbuf extra;
     sb_init(&extra);
@@ -681,7 +767,8 @@ static void cancel(store_t *s, const intent_t *in, store_out_cb cb, void *ud) {
             sb_json_str(&extra, in->message_id ? in->message_id : "", in->message_id ? strlen(in->message_id) : 0);
             sb_putc(&extra, '}');
         }
-        out_explain(s, "cancelled", w->rule_id, w->user, w->xbody, w->xbody_len, extra.s, in->ts, OUT_EXPLAIN, cb, ud);
+        out_explain(s, "cancelled", w->rule_id, variant_now(ruleset_find(rs, w->rule_id), w->user), w->user, w->xbody,
+                    w->xbody_len, extra.s, in->ts, OUT_EXPLAIN, cb, ud);
     }
     sb_free(&extra);
 }
@@ -730,9 +817,11 @@ static void touch(store_t *s, const ruleset_t *rs, const intent_t *in) {
 }
 
 void store_apply(store_t *s, const ruleset_t *rs, const intent_t *in, store_out_cb cb, void *ud) {
+    if (in->kind != INTENT_CANCEL && in->kind != INTENT_TOUCH) stat_add(s, in->rule->id, in->variant, "triggered", 1);
     switch (in->kind) {
     case INTENT_EXPLAIN:
-        out_explain(s, in->reason, in->rule->id, in->user, in->xbody, in->xbody_len, NULL, in->ts, OUT_EXPLAIN, cb, ud);
+        out_explain(s, in->reason, in->rule->id, in->variant, in->user, in->xbody, in->xbody_len, NULL, in->ts,
+                    OUT_EXPLAIN, cb, ud);
         break;
     case INTENT_GRANT:
         issue(s, NULL, in, in->ts, cb, ud);
@@ -744,7 +833,7 @@ void store_apply(store_t *s, const ruleset_t *rs, const intent_t *in, store_out_
         count(s, in, cb, ud);
         break;
     case INTENT_CANCEL:
-        cancel(s, in, cb, ud);
+        cancel(s, rs, in, cb, ud);
         break;
     case INTENT_TOUCH:
         touch(s, rs, in);
@@ -767,15 +856,16 @@ static void fire_wait(store_t *s, const ruleset_t *rs, wait_t *w, int64_t at, st
     s->pending--;
     const rule_t *r = ruleset_find(rs, w->rule_id);
     const char *why = !r ? "rule removed" : !r->enabled ? "rule disabled" : w->reason[0] ? w->reason : NULL;
+    const char *variant = variant_now(r, w->user);
     if (why)
-        out_explain(s, why, w->rule_id, w->user, w->xbody, w->xbody_len, NULL, at, OUT_EXPLAIN, cb, ud);
+        out_explain(s, why, w->rule_id, variant, w->user, w->xbody, w->xbody_len, NULL, at, OUT_EXPLAIN, cb, ud);
     else {
         /* Limits are checked now, at the grant moment, with the rule's
          * limits as they are now (docs/policy.md). */
         greq q = {.rule = r, .rule_id = w->rule_id, .user = w->user, .grant_id = w->grant_id,
                   .target = w->target_user, .channel = w->channel, .rec = w->rec, .len = w->rec_len,
                   .cut = w->rec_cut, .expires_in = w->expires_in, .xbody = w->xbody, .xlen = w->xbody_len,
-                  .device = w->device, .ip = w->ip, .pool = w->pool, .at = at};
+                  .device = w->device, .ip = w->ip, .pool = w->pool, .tz = w->tz, .variant = variant, .at = at};
         grant(s, &q, cb, ud);
     }
 }
@@ -797,6 +887,7 @@ static void fire_inact(store_t *s, const ruleset_t *rs, engine_t *eng, member_t 
     st->fired_last = st->last;
     intent_t in;
     engine_decide_inactivity(eng, r, m->id, st->last, at, &in);
+    stat_add(s, r->id, in.variant, "triggered", 1);
     issue(s, m, &in, at, cb, ud);
 }
 

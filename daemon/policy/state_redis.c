@@ -68,6 +68,7 @@
     "             dev = nx(), ip = nx(), pool = nx(), P = nx()}\n" \
     "  p.lu, p.pu, p.ld, p.pd, p.li, p.pi = tonumber(nx()), tonumber(nx()), tonumber(nx()), tonumber(nx()), tonumber(nx()), tonumber(nx())\n" \
     "  p.budget, p.daily, p.day = tonumber(nx()), tonumber(nx()), nx()\n" \
+    "  p.fc, p.fp, p.skey = tonumber(nx()), tonumber(nx()), nx()\n" \
     "  return p\n" \
     "end\n" \
     /* Read-only checks: the blocklist, then each limit (grants inside \
@@ -78,6 +79,7 @@
     "  if p.lu > 0 then p.checks[#p.checks + 1] = {p.P .. '{u:' .. p.target .. '}:lim:' .. p.rule, p.lu, p.pu, 'limit per_user'} end\n" \
     "  if p.ld > 0 and p.dev ~= '' then p.checks[#p.checks + 1] = {L .. ':dev:' .. p.dev, p.ld, p.pd, 'limit per_device'} end\n" \
     "  if p.li > 0 and p.ip ~= '' then p.checks[#p.checks + 1] = {L .. ':ip:' .. p.ip, p.li, p.pi, 'limit per_ip'} end\n" \
+    "  if p.fc > 0 then p.checks[#p.checks + 1] = {p.P .. '{u:' .. p.target .. '}:fcap', p.fc, p.fp, 'frequency cap'} end\n" \
     "  if p.budget > 0 then p.bkey = p.P .. 'budget:' .. p.rule end\n" \
     "  if p.daily > 0 then p.dkey = p.P .. 'budget:' .. p.rule .. ':' .. p.day end\n" \
     "  local B = p.P .. 'block:'\n" \
@@ -108,17 +110,23 @@
     /* The grant step: a repeat first; then policy (read-only), the queue's \
      * guard, and only then the writes: the code's SPOP, the push, the \
      * spending, the claim last. A suppression takes no claim. */ \
+    /* Stats (docs/policy.md): the grant step counts what it decides in \
+     * Pstats:RULE:VARIANT; {5, why, 1} tells the daemon it is counted. */ \
+    "local function supp(p, why)\n" \
+    "  if p.skey ~= '' then redis.call('HINCRBY', p.skey, why, 1) end\n" \
+    "  return {5, why, 1}\n" \
+    "end\n" \
     "local function push(claim, ttl, queue, kind, maxlen, json, p)\n" \
     "  if redis.call('EXISTS', claim) == 1 then return {0} end\n" \
     "  if p then\n" \
     "    local why = pol_check(p)\n" \
-    "    if why then return {5, why} end\n" \
+    "    if why then return supp(p, why) end\n" \
     "  end\n" \
     "  guard(queue, kind)\n" \
     "  local code\n" \
     "  if p and p.pool ~= '' then\n" \
     "    code = redis.call('SPOP', p.P .. 'pool:' .. p.pool)\n" \
-    "    if not code then return {5, 'pool empty'} end\n" \
+    "    if not code then return supp(p, 'pool empty') end\n" \
     "    local s = string.find(json, '\"code\":null,\"expires_at\":', 1, true)\n" \
     "    if s then json = string.sub(json, 1, s + 6) .. '\"' .. code .. '\"' .. string.sub(json, s + 11) end\n" \
     "  end\n" \
@@ -126,6 +134,11 @@
     "  elseif tonumber(maxlen) > 0 then redis.call('XADD', queue, 'MAXLEN', '~', maxlen, '*', 'grant', json)\n" \
     "  else redis.call('XADD', queue, '*', 'grant', json) end\n" \
     "  if p then pol_spend(p, code) end\n" \
+    "  if p and p.skey ~= '' then\n" \
+    "    redis.call('HINCRBY', p.skey, 'granted', 1)\n" \
+    "    local ia, da = string.match(json, '\"issued_at\":\"([^\"]*)\",\"deliver_after\":\"([^\"]*)\"}$')\n" \
+    "    if ia and ia ~= da then redis.call('HINCRBY', p.skey, 'quiet hours', 1) end\n" \
+    "  end\n" \
     "  redis.call('SET', claim, '1', 'PX', ttl)\n" \
     "  return {1}\n" \
     "end\n" \
@@ -231,7 +244,17 @@ static const char LUA_INACT[] = LUA_PRELUDE
     "redis.call('SET', marker, last, 'PX', mttl)\n"
     "return issue()\n";
 
-enum { S_ISSUE, S_COUNT, S_CANCEL, S_TOUCHES, S_FIRE, S_INACT, S_N };
+/* STATS: the counters decided in C (reasons of the engine, soft reasons of a
+ * fired wait, cancelled, already pending, dropped waits, triggered), as
+ * (op, key, field) triples: 'h' HINCRBY key field 1, 's' SADD key field. */
+static const char LUA_STATS[] =
+    "for k = 1, #ARGV, 3 do\n"
+    "  if ARGV[k] == 'h' then redis.call('HINCRBY', ARGV[k + 1], ARGV[k + 2], 1)\n"
+    "  else redis.call('SADD', ARGV[k + 1], ARGV[k + 2]) end\n"
+    "end\n"
+    "return {7}\n";
+
+enum { S_ISSUE, S_COUNT, S_CANCEL, S_TOUCHES, S_FIRE, S_INACT, S_STATS, S_N };
 
 /* ---- argument vectors ------------------------------------------------------ */
 
@@ -270,7 +293,8 @@ static void a_add(argv_b *a, const char *s, size_t n) {
 
 /* ---- the store ------------------------------------------------------------- */
 
-/* Touches are sent in batches of at most this many (set, ts, member) triples. */
+/* Touches are sent in batches of at most this many (set, ts, member) triples;
+ * counters likewise. */
 #define TOUCH_BATCH 256
 
 typedef struct touch_cb {
@@ -304,6 +328,8 @@ struct redis_store {
     char inact_ver[32];
     inact_rule *inact;
     size_t n_inact;
+    policy_quiet_cache quiet;
+    argv_b sb;        /* the pending batch of counters (LUA_STATS triples) */
 };
 static void a_str(argv_b *a, const char *s) { a_add(a, s ? s : "", s ? strlen(s) : 0); }
 static void a_fmt(argv_b *a, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -332,7 +358,47 @@ typedef struct call_ctx {
     int script;
     rs_done_cb cb;
     void *ud;
+    /* what the stats need when the reply comes (NULL: count nothing) */
+    char *rule, *variant, *user, *reason;
 } call_ctx;
+
+static void stats_flush(redis_store_t *st);
+
+/* ---- stats decided in C (docs/policy.md "Stats") --------------------------- */
+
+static void k_stats(redis_store_t *st, argv_b *a, const char *rule, const char *variant, const char *tail) {
+    a_fmt(a, "%sstats:%s:%s%s", st->cfg->key_prefix, rule, variant && *variant ? variant : "-", tail ? tail : "");
+}
+
+static void stat_add(redis_store_t *st, const char *rule, const char *variant, const char *field) {
+    a_str(&st->sb, "h");
+    k_stats(st, &st->sb, rule, variant, NULL);
+    a_str(&st->sb, field);
+    if (st->sb.n >= 3 * TOUCH_BATCH) stats_flush(st);
+}
+
+/* A decision that granted nothing; a holdout also adds its member to the
+ * variant's set of members held out (its size is the holdout size). */
+static void stat_reason(redis_store_t *st, const char *rule, const char *variant, const char *user,
+                        const char *reason) {
+    if (!rule || !reason) return;
+    if (!strcmp(reason, "holdout") && user) {
+        a_str(&st->sb, "s");
+        k_stats(st, &st->sb, rule, variant, ":held");
+        a_str(&st->sb, user);
+    }
+    stat_add(st, rule, variant, reason);
+}
+
+/* The variant a rule gives a member now (decisions at fire time; as state_mem.c). */
+static const char *variant_now(redis_store_t *st, const char *rule_id, const char *user) {
+    const rule_t *r = ruleset_find(*st->rules, rule_id);
+    return r ? engine_variant_name(r, user) : NULL;
+}
+
+static int parse_reply_ok(const redisReply *r) {
+    return r && r->type == REDIS_REPLY_ARRAY && r->elements >= 1 && r->element[0]->type == REDIS_REPLY_INTEGER;
+}
 
 static rs_outcome parse_reply(const redisReply *r, long long *n) {
     *n = 0;
@@ -359,7 +425,7 @@ static void count_outcome(redis_store_t *st, rs_outcome k, long long n) {
 static void count_policy(redis_store_t *st, const redisReply *r) {
     if (!r || r->type != REDIS_REPLY_ARRAY || r->elements < 2 || r->element[1]->type != REDIS_REPLY_STRING) return;
     const char *why = r->element[1]->str;
-    if (!strncmp(why, "limit ", 6)) st->stats.limited++;
+    if (!strncmp(why, "limit ", 6) || !strcmp(why, "frequency cap")) st->stats.limited++;
     else if (!strcmp(why, "budget") || !strcmp(why, "daily budget")) st->stats.budget++;
     else if (!strcmp(why, "pool empty")) st->stats.pool_empty++;
     else if (!strcmp(why, "blocklist")) st->stats.blocked++;
@@ -369,13 +435,31 @@ static void count_policy(redis_store_t *st, const redisReply *r) {
 
 static void on_call_reply(void *ud, const redisReply *reply) {
     call_ctx *c = ud;
+    redis_store_t *st = c->st;
     long long n;
     rs_outcome k = parse_reply(reply, &n);
     if (k == RS_ERROR)
         log_error("redis_store_reply", "script=%d type=%d", c->script, reply ? reply->type : -1);
-    if (k == RS_EXPLAINED) count_policy(c->st, reply);
-    count_outcome(c->st, k, n);
-    if (c->cb) c->cb(c->ud, k, n);
+    const char *why = c->reason;
+    if (k == RS_EXPLAINED && reply->elements >= 2 && reply->element[1]->type == REDIS_REPLY_STRING)
+        why = reply->element[1]->str; /* a policy reason, or a soft reason at fire time */
+    if (k == RS_EXPLAINED) count_policy(st, reply);
+    count_outcome(st, k, n);
+    if (c->rule) {
+        if (k == RS_EXPLAINED && reply->elements < 3) stat_reason(st, c->rule, c->variant, c->user, why);
+        else if (k == RS_PENDING) stat_reason(st, c->rule, c->variant, c->user, why = "already pending");
+        else if (k == RS_DROPPED) stat_reason(st, c->rule, c->variant, c->user, why);
+    }
+    if (k == RS_CANCELLED && c->user)
+        for (size_t i = 1; i < reply->elements; i++)
+            if (reply->element[i]->type == REDIS_REPLY_STRING)
+                stat_reason(st, reply->element[i]->str, variant_now(st, reply->element[i]->str, c->user), c->user,
+                            "cancelled");
+    if (c->cb) c->cb(c->ud, k, n, k == RS_EXPLAINED || k == RS_DROPPED ? why : k == RS_PENDING ? "already pending" : NULL);
+    free(c->rule);
+    free(c->variant);
+    free(c->user);
+    free(c->reason);
     free(c);
 }
 
@@ -387,12 +471,18 @@ static void a_eval(redis_store_t *st, const argv_b *a, int script, sink_reply_cb
     free(p);
 }
 
-static void a_send(redis_store_t *st, argv_b *a, int script, rs_done_cb cb, void *ud) {
-    call_ctx *c = xmalloc(sizeof *c);
-    *c = (call_ctx){st, script, cb, ud};
+static char *dup0(const char *s) { return s ? xstrdup(s) : NULL; }
+
+/* Sends the script; rule/variant/user/reason (copied) are what its reply is
+ * counted under (rule NULL: nothing to count but cancels of user). */
+static void a_send_x(redis_store_t *st, argv_b *a, int script, rs_done_cb cb, void *ud, const char *rule,
+                     const char *variant, const char *user, const char *reason) {
+    call_ctx *c = xcalloc(1, sizeof *c);
+    *c = (call_ctx){st, script, cb, ud, dup0(rule), dup0(variant), dup0(user), dup0(reason)};
     a_eval(st, a, script, on_call_reply, c);
     a_free(a);
 }
+
 
 /* The reply of a batch of touches: every intent of the batch gets what a
  * single TOUCH would have got (RS_TOUCHED, or RS_ERROR, counted per intent). */
@@ -410,14 +500,27 @@ static void on_batch_reply(void *ud, const redisReply *reply) {
         log_error("redis_store_reply", "script=%d type=%d touches=%zu", S_TOUCHES, reply ? reply->type : -1, c->n);
     for (size_t i = 0; i < c->n; i++) {
         count_outcome(c->st, k, n);
-        if (c->cbs[i].cb) c->cbs[i].cb(c->cbs[i].ud, k, n);
+        if (c->cbs[i].cb) c->cbs[i].cb(c->cbs[i].ud, k, n, NULL);
     }
     free(c->cbs);
     free(c);
 }
 
+static void on_stats_reply(void *ud, const redisReply *reply) {
+    if (parse_reply_ok(reply)) return;
+    log_error("redis_store_reply", "script=%d type=%d", S_STATS, reply ? reply->type : -1);
+}
+
+static void stats_flush(redis_store_t *st) {
+    if (!st->sb.n) return;
+    a_eval(st, &st->sb, S_STATS, on_stats_reply, NULL);
+    a_reset(&st->sb);
+}
+
 void redis_store_flush(redis_store_t *st) {
-    if (!st || !st->tcb_n) return;
+    if (!st) return;
+    stats_flush(st);
+    if (!st->tcb_n) return;
     batch_ctx *c = xmalloc(sizeof *c);
     *c = (batch_ctx){st, st->tcb, st->tcb_n};
     st->tcb = NULL;
@@ -441,8 +544,9 @@ static void k_seen(redis_store_t *st, argv_b *a, const char *topic, int32_t part
 /* The policy block (LUA_PRELUDE's read_pol()) of a grant of rule r issued
  * at `at`: r's limits as they are now, the subjects of the grant (empty in
  * FIRE: the script takes them from the wait's body). */
-static void add_policy(redis_store_t *st, argv_b *a, const rule_t *r, const char *gid, const char *user,
-                       const char *target, const char *dev, const char *ip, const char *pool, int64_t at) {
+static void add_policy(redis_store_t *st, argv_b *a, const rule_t *r, const char *variant, const char *gid,
+                       const char *user, const char *target, const char *dev, const char *ip, const char *pool,
+                       int64_t at) {
     char iso[32];
     format_iso8601_ms(at, iso, sizeof iso);
     a_str(a, "1");
@@ -465,6 +569,9 @@ static void add_policy(redis_store_t *st, argv_b *a, const rule_t *r, const char
     a_ll(a, r->budget);
     a_ll(a, r->daily_budget);
     a_str(a, r->daily_budget ? policy_day(&st->day, st->cfg->timezone, at) : "");
+    a_ll(a, st->cfg->fcap_count);
+    a_ll(a, st->cfg->fcap_period_ms);
+    k_stats(st, a, r->id, variant, NULL);
 }
 
 /* The issue block (LUA_PRELUDE's issue()) for a decision whose moment has
@@ -489,10 +596,15 @@ static void add_issue(redis_store_t *st, argv_b *a, const intent_t *in, int64_t 
     a_str(a, ch->kind == OUT_LIST ? "list" : "stream");
     a_ll(a, ch->kind == OUT_LIST ? 0 : ch->maxlen);
     sb_reset(&st->json);
-    if (in->rec && !in->reason) engine_finish_grant(in->rec, in->rec_len, in->rec_cut, in->expires_in_ms, when, &st->json);
+    if (in->rec && !in->reason) {
+        /* quiet hours: delivered at their end, in the member's zone (else the configured one) */
+        int64_t deliver = policy_quiet_until(&st->quiet, in->tz ? in->tz : st->cfg->timezone, st->cfg->quiet_start_min,
+                                             st->cfg->quiet_end_min, when);
+        engine_finish_grant_at(in->rec, in->rec_len, in->rec_cut, in->expires_in_ms, when, deliver, &st->json);
+    }
     a_add(a, st->json.s ? st->json.s : "", st->json.len);
     if (!waits) {
-        add_policy(st, a, in->rule, in->grant_id, in->user, in->target_user, in->device ? in->device : "",
+        add_policy(st, a, in->rule, in->variant, in->grant_id, in->user, in->target_user, in->device ? in->device : "",
                    in->ip ? in->ip : "", in->pool ? in->pool : "", at);
         return;
     }
@@ -529,7 +641,8 @@ redis_store_t *redis_store_new(redis_sink_t *sink, const config_t *cfg, ruleset_
     sb_init(&st->tmp);
     sb_init(&st->json);
     a_init(&st->tb);
-    static const char *const lua[S_N] = {LUA_ISSUE, LUA_COUNT, LUA_CANCEL, LUA_TOUCHES, LUA_FIRE, LUA_INACT};
+    a_init(&st->sb);
+    static const char *const lua[S_N] = {LUA_ISSUE, LUA_COUNT, LUA_CANCEL, LUA_TOUCHES, LUA_FIRE, LUA_INACT, LUA_STATS};
     for (int i = 0; i < S_N; i++) {
         st->sh[i] = redis_sink_add_script(sink, lua[i]);
         if (st->sh[i] < 0) {
@@ -581,6 +694,7 @@ void redis_store_free(redis_store_t *st) {
      * still in the sink when it is freed) */
     free(st->tcb);
     a_free(&st->tb);
+    a_free(&st->sb);
     inact_clear(st);
     sb_free(&st->tmp);
     sb_free(&st->json);
@@ -595,17 +709,21 @@ int redis_store_apply(redis_store_t *st, const intent_t *in, const char *topic, 
                       void *ud) {
     argv_b a;
     a_init(&a);
+    if (in->kind != INTENT_TOUCH && in->kind != INTENT_CANCEL && in->rule)
+        stat_add(st, in->rule->id, in->variant, "triggered");
     switch (in->kind) {
     case INTENT_EXPLAIN:
+        stat_reason(st, in->rule->id, in->variant, in->user, in->reason);
         return 0;
     case INTENT_GRANT:
     case INTENT_SCHEDULE:
         add_issue(st, &a, in, in->ts, topic, partition);
         if (a.len[0] == 1 && a.buf.s[0] == 'x') { /* nothing to write */
+            stat_reason(st, in->rule->id, in->variant, in->user, in->reason);
             a_free(&a);
             return 0;
         }
-        a_send(st, &a, S_ISSUE, cb, ud);
+        a_send_x(st, &a, S_ISSUE, cb, ud, in->rule->id, in->variant, in->user, in->reason);
         return 1;
     case INTENT_COUNT_GRANT:
         k_member(st, &a, in->user, "cnt:", in->rule->id);
@@ -615,14 +733,14 @@ int redis_store_apply(redis_store_t *st, const intent_t *in, const char *topic, 
         a_ll(&a, in->count);
         a_str(&a, in->occurrence);
         add_issue(st, &a, in, in->ts, topic, partition);
-        a_send(st, &a, S_COUNT, cb, ud);
+        a_send_x(st, &a, S_COUNT, cb, ud, in->rule->id, in->variant, in->user, in->reason);
         return 1;
     case INTENT_CANCEL:
         k_member(st, &a, in->user, "waits", NULL);
         k_member(st, &a, in->user, "wait:", NULL);
         a_ll(&a, in->ts);
         a_str(&a, in->event);
-        a_send(st, &a, S_CANCEL, cb, ud);
+        a_send_x(st, &a, S_CANCEL, cb, ud, NULL, NULL, in->user, NULL);
         return 1;
     case INTENT_TOUCH: {
         /* Appended to the pending batch (redis_store_flush sends it). */
@@ -678,7 +796,7 @@ static void round_step(round_t *r) {
     free(r);
 }
 
-static void on_fire_reply(void *ud, rs_outcome k, long long n) {
+static void on_fire_reply(void *ud, rs_outcome k, long long n, const char *why) {
     redis_store_t *st = ud;
     switch (k) {
     case RS_GRANTED: st->stats.fired++; break;
@@ -689,7 +807,7 @@ static void on_fire_reply(void *ud, rs_outcome k, long long n) {
     }
 }
 
-static void on_inact_reply(void *ud, rs_outcome k, long long n) {
+static void on_inact_reply(void *ud, rs_outcome k, long long n, const char *why) {
     redis_store_t *st = ud;
     if (k == RS_GRANTED || k == RS_SCHEDULED || k == RS_EXPLAINED) st->stats.inact_fired++;
     else if (k == RS_REPEAT) st->stats.fired_repeats++;
@@ -725,14 +843,15 @@ static void fire_timers(round_t *r, const redisReply *rep) {
         a_str(&a, why ? "d" : "g");
         k_member(st, &a, user, "grant:", gid);
         a_ll(&a, st->cfg->claim_ttl_ms > 0 ? st->cfg->claim_ttl_ms : 1);
+        const char *variant = rl ? engine_variant_name(rl, user) : NULL;
         if (why) {
             a_str(&a, "0");
         } else {
             const redisReply *sc = rep->element[i + 1];
             int64_t due = sc->type == REDIS_REPLY_STRING ? (int64_t)strtod(sc->str, NULL) : r->now;
-            add_policy(st, &a, rl, gid, user, "", "", "", "", due);
+            add_policy(st, &a, rl, variant, gid, user, "", "", "", "", due);
         }
-        a_send(st, &a, S_FIRE, on_fire_reply, st);
+        a_send_x(st, &a, S_FIRE, on_fire_reply, st, rule, variant, user, why);
     }
 }
 
@@ -754,7 +873,8 @@ static void fire_inactivity(round_t *r, const rule_t *rl, const redisReply *rep)
         k_member(st, &a, user, "inact:", rl->id);
         a_ll(&a, st->cfg->claim_ttl_ms > 0 ? st->cfg->claim_ttl_ms : 1);
         add_issue(st, &a, &in, at, r->topic, r->part);
-        a_send(st, &a, S_INACT, on_inact_reply, st);
+        stat_add(st, rl->id, in.variant, "triggered");
+        a_send_x(st, &a, S_INACT, on_inact_reply, st, rl->id, in.variant, user, in.reason);
         free(user);
     }
 }

@@ -42,7 +42,10 @@ typedef enum {
     RS_ERROR = 10,
 } rs_outcome;
 
-typedef void (*rs_done_cb)(void *ud, rs_outcome kind, long long n);
+/* reason: RS_EXPLAINED / RS_DROPPED / RS_PENDING: why nothing was granted
+ * (a policy reason of the grant step, or the intent's); else NULL. Valid
+ * during the call only. */
+typedef void (*rs_done_cb)(void *ud, rs_outcome kind, long long n, const char *reason);
 
 /* Registers the store's scripts with the sink: call before redis_sink_start.
  * rules points at the daemon's current ruleset (read at each use, so a

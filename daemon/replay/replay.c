@@ -5,6 +5,7 @@
 #include "../core/clock.h"
 #include "../policy/engine.h"
 #include "../policy/state.h"
+#include "../policy/stats.h"
 #include "../rules/rules.h"
 
 #include <errno.h>
@@ -47,6 +48,22 @@ static void on_out(void *ud, const store_out_t *o) {
     case OUT_GRANT:
         r->granted++;
         emit(r, o->at, o->json, o->len);
+        if (r->explain && o->deliver_after > o->at) {
+            /* quiet hours: a delay, not a suppression; the line follows its grant */
+            strbuf b;
+            sb_init(&b);
+            char t1[32], t2[32];
+            format_iso8601_ms(o->deliver_after, t1, sizeof t1);
+            format_iso8601_ms(o->at, t2, sizeof t2);
+            sb_puts(&b, "{\"outcome\":\"delayed\",\"reason\":\"quiet hours\",\"rule\":");
+            sb_json_str(&b, o->rule_id, strlen(o->rule_id));
+            sb_puts(&b, ",\"user_id\":");
+            sb_json_str(&b, o->target_user, strlen(o->target_user));
+            /* no grant_id: an explain line never has one (rules-format.md); the grant line precedes it */
+            sb_printf(&b, ",\"deliver_after\":\"%s\",\"decided_at\":\"%s\"}", t1, t2);
+            emit(r, o->at, b.s, b.len);
+            sb_free(&b);
+        }
         break;
     case OUT_REPEAT: /* the same claim as the daemon's SET NX */
         r->repeats++;
@@ -66,6 +83,10 @@ static void on_intent(void *ud, const event_t *ev, const intent_t *in) {
     store_apply(r->store, r->rs, in, on_out, r);
 }
 
+static void add_stat(void *ud, const char *rule, const char *variant, const char *field, long long v) {
+    stats_table_add(ud, rule, variant, field, v);
+}
+
 static int cmp_out(const void *a, const void *b) {
     const out_line *x = a, *y = b;
     if (x->at != y->at) return x->at < y->at ? -1 : 1;
@@ -73,17 +94,18 @@ static int cmp_out(const void *a, const void *b) {
 }
 
 static void usage(FILE *f) {
-    fputs("usage: benefitd replay --rules DIR [--config FILE] [--until TIME] [--explain] [--pool NAME=FILE]... "
-          "EVENTS.jsonl|-\n",
+    fputs("usage: benefitd replay --rules DIR [--config FILE] [--until TIME] [--explain] [--stats [--json]] "
+          "[--pool NAME=FILE]... EVENTS.jsonl|-\n",
           f);
 }
 
 int replay_main(int argc, char **argv) {
     const char *rules_dir = NULL, *config_path = NULL, *until = NULL;
-    int explain = 0;
+    int explain = 0, stats = 0, json = 0;
     static const struct option opts[] = {{"rules", required_argument, 0, 'r'},   {"config", required_argument, 0, 'c'},
                                          {"until", required_argument, 0, 'u'},   {"explain", no_argument, 0, 'e'},
                                          {"pool", required_argument, 0, 'p'},    {"help", no_argument, 0, 'h'},
+                                         {"stats", no_argument, 0, 's'},         {"json", no_argument, 0, 'j'},
                                          {0, 0, 0, 0}};
     int c;
     optind = 1;
@@ -95,6 +117,8 @@ int replay_main(int argc, char **argv) {
         case 'c': config_path = optarg; break;
         case 'u': until = optarg; break;
         case 'e': explain = 1; break;
+        case 's': stats = 1; break;
+        case 'j': json = 1; break;
         case 'p': pools[npools++] = optarg; break;
         case 'h': usage(stdout); free(pools); return 0;
         default: usage(stderr); free(pools); return 1;
@@ -133,6 +157,7 @@ int replay_main(int argc, char **argv) {
      * file is reported first. */
     r.store = store_mem_new();
     store_mem_set_timezone(r.store, cfg.timezone);
+    store_mem_set_policy(r.store, cfg.fcap_count, cfg.fcap_period_ms, cfg.quiet_start_min, cfg.quiet_end_min);
     for (size_t i = 0; i < npools; i++) {
         const char *eq = strchr(pools[i], '=');
         if (!eq || eq == pools[i] || !eq[1]) {
@@ -224,6 +249,14 @@ int replay_main(int argc, char **argv) {
     for (size_t i = 0; i < r.nout; i++) {
         fputs(r.out[i].json, stdout);
         fputc('\n', stdout);
+    }
+    if (stats) {
+        /* the same table as `benefitd stats`, from the in-memory counters */
+        stats_table *t = stats_table_new();
+        store_mem_stats_each(r.store, add_stat, t);
+        if (!json) fputc('\n', stdout);
+        stats_table_print(t, stdout, json);
+        stats_table_free(t);
     }
     fflush(stdout);
     fprintf(stderr, "replay: events=%ld granted=%zu suppressed=%zu repeats=%zu\n", lineno, r.granted, r.suppressed,

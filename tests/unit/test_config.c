@@ -360,6 +360,36 @@ static void test_unknown_timezone(void **state) {
     assert_string_equal(f->c.timezone, "Europe/Paris");
 }
 
+/* Daemon-wide policy at the top level (rules-format.md): frequency_cap,
+ * quiet_hours, timezone (an alias of rules.timezone), pools' low stock. */
+static void test_policy_keys(void **state) {
+    fixture *f = *state;
+    assert_int_equal(f->c.fcap_count, 0);
+    assert_int_equal(f->c.quiet_start_min, -1);
+    assert_int_equal(config_pool_low_stock(&f->c, "any"), 100);
+    assert_int_equal(load(f, "frequency_cap: 3/1d\nquiet_hours: 22:00-08:30\ntimezone: UTC\n"
+                             "pools: {vip: {low_stock: 5}, '*': {low_stock: 50}}\n"), 0);
+    assert_int_equal(f->c.fcap_count, 3);
+    assert_int_equal(f->c.fcap_period_ms, 86400000LL);
+    assert_int_equal(f->c.quiet_start_min, 22 * 60);
+    assert_int_equal(f->c.quiet_end_min, 8 * 60 + 30);
+    assert_int_equal(config_pool_low_stock(&f->c, "vip"), 5);
+    assert_int_equal(config_pool_low_stock(&f->c, "other"), 50);
+    diag_free(&f->d);
+    assert_int_equal(load(f, "quiet_hours: 22:00-22:00\n"), -1);
+    assert_one_error(f, "%s/benefitd.yaml:1:14: 'quiet_hours' starts and ends at the same time", f->dir);
+    diag_free(&f->d);
+    assert_int_equal(load(f, "quiet_hours: 25:00-08:00\n"), -1);
+    assert_one_error(f, "%s/benefitd.yaml:1:14: 'quiet_hours' must be HH:MM-HH:MM, e.g. 22:00-08:00", f->dir);
+    diag_free(&f->d);
+    assert_int_equal(load(f, "frequency_cap: often\n"), -1);
+    assert_one_error(f, "%s/benefitd.yaml:1:16: 'frequency_cap' must be a rate N/duration, e.g. 3/1d", f->dir);
+    diag_free(&f->d);
+    assert_int_equal(load(f, "timezone: UTC\nrules: {timezone: UTC}\n"), -1);
+    assert_one_error(f, "%s/benefitd.yaml:2:19: 'timezone' is set twice (top level and rules.timezone): keep one",
+                     f->dir);
+}
+
 static void test_default_type_null(void **state) {
     fixture *f = *state;
     assert_int_equal(load(f, "decode: {default_type: null}\n"), 0);
@@ -381,6 +411,7 @@ static void test_sample_config(void **state) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_defaults, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_policy_keys, setup, teardown),
         cmocka_unit_test_setup_teardown(test_empty_file_keeps_defaults, setup, teardown),
         cmocka_unit_test_setup_teardown(test_overrides, setup, teardown),
         cmocka_unit_test_setup_teardown(test_topic_list, setup, teardown),

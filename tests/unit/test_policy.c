@@ -33,6 +33,7 @@ typedef struct out {
     char reason[32];
     char code[64];
     char user[32];
+    int64_t deliver_after;
 } out;
 
 typedef struct world {
@@ -54,6 +55,7 @@ static void on_out(void *ud, const store_out_t *o) {
     x->at = o->at;
     snprintf(x->reason, sizeof x->reason, "%s", o->reason ? o->reason : "");
     snprintf(x->user, sizeof x->user, "%s", o->user);
+    x->deliver_after = o->deliver_after;
     if (o->kind == OUT_GRANT) {
         cJSON *root = cJSON_ParseWithLength(o->json, o->len);
         assert_non_null(root);
@@ -278,6 +280,150 @@ static void test_wait_checked_at_fire(void **state) {
     world_free(&w);
 }
 
+/* frequency_cap: grants per recipient across all rules, in the grant step
+ * after the rule's own limits; a suppression spends nothing. */
+static void test_frequency_cap(void **state) {
+    world w;
+    world_init(&w, "rules:\n"
+                   "  - {id: a, priority: 2, trigger: {event: Order Completed}, grant: " COUPON "}\n"
+                   "  - {id: b, priority: 1, trigger: {event: Order Completed}, grant: " COUPON "}\n",
+               "UTC");
+    store_mem_set_policy(w.st, 3, DAY, -1, -1);
+    order(&w, "u1", "m1", T0, NULL, NULL); /* a, b */
+    assert_int_equal(w.n, 2);
+    assert_int_equal(w.o[0].kind, OUT_GRANT);
+    assert_int_equal(w.o[1].kind, OUT_GRANT);
+    order(&w, "u1", "m2", T0 + HOUR, NULL, NULL); /* a granted (3rd), b capped */
+    assert_int_equal(w.o[2].kind, OUT_GRANT);
+    assert_string_equal(w.o[3].reason, "frequency cap");
+    order(&w, "u2", "m3", T0 + HOUR, NULL, NULL); /* another member: own cap */
+    assert_int_equal(w.o[4].kind, OUT_GRANT);
+    /* the first two grants leave the window exactly one day later */
+    order(&w, "u1", "m4", T0 + DAY, NULL, NULL);
+    assert_int_equal(w.o[6].kind, OUT_GRANT);
+    assert_int_equal(w.o[7].kind, OUT_GRANT);
+    order(&w, "u1", "m5", T0 + DAY + 1, NULL, NULL);
+    assert_string_equal(w.o[8].reason, "frequency cap");
+    assert_string_equal(w.o[9].reason, "frequency cap");
+    world_free(&w);
+}
+
+static void event_tz(world *w, const char *user, const char *msgid, int64_t ts, const char *tz) {
+    char ts_s[32], json[768];
+    format_iso8601_ms(ts, ts_s, sizeof ts_s);
+    snprintf(json, sizeof json,
+             "{\"type\":\"track\",\"event\":\"Order Completed\",\"userId\":\"%s\",\"messageId\":\"%s\","
+             "\"timestamp\":\"%s\",\"context\":{\"timezone\":\"%s\"}}",
+             user, msgid, ts_s, tz);
+    event_t ev;
+    char reason[128];
+    assert_int_equal(decode_event(&w->dec, json, strlen(json), ts, &ev, reason, sizeof reason), 0);
+    store_advance(w->st, w->rs, &w->eng, ts - 1, on_out, w);
+    clock_set(&w->clk, ts);
+    engine_run(&w->eng, w->rs, &ev, &w->clk, on_intent, w);
+    event_clear(&ev);
+}
+
+/* quiet_hours 22:00-08:00 crosses midnight: granted at once, delivered at the
+ * end; in the member's context.timezone when it names a zone. */
+static void test_quiet_hours(void **state) {
+    world w;
+    world_init(&w, RULE("", COUPON), "UTC");
+    store_mem_set_policy(w.st, 0, 0, 22 * 60, 8 * 60);
+    const int64_t d0 = 1795478400000LL; /* 2026-11-24T00:00:00Z */
+    order(&w, "a", "m1", d0 + 23 * HOUR, NULL, NULL); /* 23:00 UTC: until 08:00 the next day */
+    assert_int_equal(w.o[0].kind, OUT_GRANT);
+    assert_int_equal(w.o[0].deliver_after, d0 + DAY + 8 * HOUR);
+    order(&w, "b", "m2", d0 + DAY + 7 * HOUR + 59 * MIN, NULL, NULL); /* 07:59: until 08:00 */
+    assert_int_equal(w.o[1].deliver_after, d0 + DAY + 8 * HOUR);
+    order(&w, "c", "m3", d0 + DAY + 8 * HOUR, NULL, NULL); /* 08:00: the end is not quiet */
+    assert_int_equal(w.o[2].deliver_after, d0 + DAY + 8 * HOUR);
+    order(&w, "c", "m4", d0 + DAY + 22 * HOUR - 1, NULL, NULL); /* 21:59:59.999 */
+    assert_int_equal(w.o[3].deliver_after, d0 + DAY + 22 * HOUR - 1);
+    /* 12:00 UTC is 21:00 in Tokyo (UTC+9): not quiet; 14:00 UTC is 23:00 there:
+     * quiet until 08:00 Tokyo = 23:00 UTC */
+    event_tz(&w, "t", "m5", d0 + 12 * HOUR, "Asia/Tokyo");
+    assert_int_equal(w.o[4].deliver_after, d0 + 12 * HOUR);
+    event_tz(&w, "t", "m6", d0 + 14 * HOUR, "Asia/Tokyo");
+    assert_int_equal(w.o[5].deliver_after, d0 + 23 * HOUR);
+    /* an unknown zone falls back to the configured one (UTC: 14:00 is not quiet) */
+    event_tz(&w, "t", "m7", d0 + 14 * HOUR, "Mars/Olympus");
+    assert_int_equal(w.o[6].deliver_after, d0 + 14 * HOUR);
+    world_free(&w);
+    /* a period inside one day, in the configured zone */
+    world_init(&w, RULE("", COUPON), "Europe/Paris");
+    store_mem_set_policy(w.st, 0, 0, 1 * 60, 6 * 60); /* 01:00-06:00 Paris = 00:00-05:00 UTC in November */
+    order(&w, "a", "m1", d0 + 4 * HOUR, NULL, NULL);
+    assert_int_equal(w.o[0].deliver_after, d0 + 5 * HOUR);
+    order(&w, "a", "m2", d0 + 5 * HOUR, NULL, NULL);
+    assert_int_equal(w.o[1].deliver_after, d0 + 5 * HOUR);
+    world_free(&w);
+}
+
+typedef struct statrow {
+    char key[96];
+    long long v;
+} statrow;
+typedef struct statset {
+    statrow r[64];
+    int n;
+} statset;
+
+static void collect_stat(void *ud, const char *rule, const char *variant, const char *field, long long v) {
+    statset *s = ud;
+    assert_true(s->n < 64);
+    snprintf(s->r[s->n].key, sizeof s->r[s->n].key, "%s/%s/%s", rule, variant, field);
+    s->r[s->n++].v = v;
+}
+
+static long long stat(const statset *s, const char *key) {
+    for (int i = 0; i < s->n; i++)
+        if (!strcmp(s->r[i].key, key)) return s->r[i].v;
+    return 0;
+}
+
+/* Every decision is counted by rule, variant and reason; holdout size counts
+ * distinct members; quiet hours count delayed grants. */
+static void test_reasons_counted(void **state) {
+    world w;
+    world_init(&w, "id: r\ntrigger: {event: Order Completed}\nlimits: {per_user: 1/1d}\n"
+                   "grant: {benefit: coupon, sku: C, value: 1}\n"
+                   "variants:\n  - {name: on, weight: 50}\n  - {name: off, weight: 50, holdout: true}\n",
+               "UTC");
+    store_mem_set_policy(w.st, 0, 0, 22 * 60, 8 * 60);
+    long long want_on = 0, limited = 0, held_events = 0;
+    int nheld = 0;
+    for (int i = 0; i < 8; i++) {
+        char u[16], m[16];
+        snprintf(u, sizeof u, "u%d", i);
+        for (int k = 0; k < 2; k++) {
+            snprintf(m, sizeof m, "m%d-%d", i, k);
+            order(&w, u, m, T0 + i * MIN + k, NULL, NULL);
+            const char *v = engine_variant_name(ruleset_find(w.rs, "r"), u);
+            if (!strcmp(v, "on")) {
+                if (k == 0) want_on++;
+                else limited++;
+            } else {
+                held_events++;
+                if (k == 0) nheld++;
+            }
+        }
+    }
+    assert_true(want_on > 0 && nheld > 0);
+    order(&w, "late", "mq", T0 + 13 * HOUR, NULL, NULL); /* 23:00 UTC: quiet */
+    const char *vl = engine_variant_name(ruleset_find(w.rs, "r"), "late");
+    statset s = {.n = 0};
+    store_mem_stats_each(w.st, collect_stat, &s);
+    assert_int_equal(stat(&s, "r/on/triggered"), 2 * want_on + !strcmp(vl, "on"));
+    assert_int_equal(stat(&s, "r/on/granted"), want_on + !strcmp(vl, "on"));
+    assert_int_equal(stat(&s, "r/on/limit per_user"), limited);
+    assert_int_equal(stat(&s, "r/on/quiet hours"), !strcmp(vl, "on"));
+    assert_int_equal(stat(&s, "r/off/holdout"), held_events + !strcmp(vl, "off"));
+    assert_int_equal(stat(&s, "r/off/holdout size"), nheld + !strcmp(vl, "off"));
+    assert_int_equal(stat(&s, "r/off/granted"), 0);
+    world_free(&w);
+}
+
 static void test_subject(void **state) {
     char out[160];
     cJSON *ctx = cJSON_Parse("{\"device\":{\"id\":42},\"ip\":\"a\\u001eb\"}");
@@ -297,6 +443,8 @@ int main(void) {
         cmocka_unit_test(test_budget),      cmocka_unit_test(test_daily_budget_local_midnight),
         cmocka_unit_test(test_pool),        cmocka_unit_test(test_blocklist),
         cmocka_unit_test(test_wait_checked_at_fire), cmocka_unit_test(test_subject),
+        cmocka_unit_test(test_frequency_cap), cmocka_unit_test(test_quiet_hours),
+        cmocka_unit_test(test_reasons_counted),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
