@@ -408,6 +408,7 @@ class Suite:
         c.execute_command("CLIENT", "PAUSE", "5000", "WRITE")
         wait_for(lambda: any("b" in cl.get("flags", "") for cl in c.client_list()), 5,
                  "a daemon write held by CLIENT PAUSE")
+        time.sleep(0.3)     # let more writes queue up behind it
         self.env.redis.crash()
         m = d.wait_log(r"event=redis_disconnected .*pending=(\d+)", 10, start=start)
         time.sleep(1.0)     # the outage itself, not a wait for a condition
