@@ -54,6 +54,8 @@ test: deps
 	$(MAKE) test-replay
 	$(MAKE) fuzz-run FUZZ_SECONDS=10
 	$(MAKE) test-integration
+	$(MAKE) test-faults
+	$(MAKE) test-integration-san
 
 # The unit suites again under AddressSanitizer + UndefinedBehaviorSanitizer.
 test-sanitize:
@@ -69,14 +71,16 @@ test-replay: $(BUILD)/benefitd
 test-integration: all
 	tests/integration/run-all
 
-# The daemon built with ASan + UBSan under the pipeline and time suites: any
+# The daemon built with ASan + UBSan under integration suites: any
 # sanitizer report in a daemon log fails its test (leaks are left to valgrind
 # on the unit suites: librdkafka's threads make LeakSanitizer noisy).
+# `make test` runs the pipeline suite this way (SAN_SUITES widens it).
+SAN_SUITES ?= tests.integration.test_pipeline
 test-integration-san: all
 	$(MAKE) BUILD=build-san CFLAGS="$(SAN_FLAGS)" build-san/benefitd
 	BENEFITD_BIN=$(CURDIR)/build-san/benefitd ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 \
 	    UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
-	    /usr/bin/python3 -m unittest tests.integration.test_pipeline tests.integration.test_time
+	    /usr/bin/python3 -m unittest $(SAN_SUITES)
 
 check-rules: $(BUILD)/benefitd
 	$(BUILD)/benefitd check -c etc/benefitd.yaml
