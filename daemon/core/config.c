@@ -19,7 +19,8 @@
 
 static const char *const TOP_KEYS[] = {"kafka",  "redis",         "rules",       "output", "dead_letter",
                                        "decode", "daemon",        "http",        "timezone", "frequency_cap",
-                                       "quiet_hours", "pools",    NULL};
+                                       "quiet_hours", "pools",    "loop",    NULL};
+static const char *const LOOP_KEYS[] = {"redemption_events", "conversion_events", "attribution_window", NULL};
 static const char *const POOL_KEYS[] = {"low_stock", NULL};
 static const char *const KAFKA_KEYS[] = {"brokers", "topics", "group_id", "properties", NULL};
 static const char *const REDIS_KEYS[] = {"host",      "port",       "password",  "password_file", "password_env",
@@ -208,6 +209,14 @@ void config_init_default(config_t *c) {
     c->http_port = HTTP_DEFAULT_PORT;
     c->quiet_start_min = c->quiet_end_min = -1;
     c->pool_low_stock_default = 100;
+    c->loop_redeem = xmalloc(2 * sizeof(char *));
+    c->loop_redeem[0] = xstrdup("Coupon Redeemed");
+    c->loop_redeem[1] = xstrdup("Benefit Redeemed");
+    c->n_loop_redeem = 2;
+    c->loop_convert = xmalloc(sizeof(char *));
+    c->loop_convert[0] = xstrdup("Order Completed");
+    c->n_loop_convert = 1;
+    c->loop_window_ms = 7LL * 24 * 3600 * 1000;
 }
 
 void config_free(config_t *c) {
@@ -238,6 +247,10 @@ void config_free(config_t *c) {
         free(c->pool_low[i].value);
     }
     free(c->pool_low);
+    for (size_t i = 0; i < c->n_loop_redeem; i++) free(c->loop_redeem[i]);
+    free(c->loop_redeem);
+    for (size_t i = 0; i < c->n_loop_convert; i++) free(c->loop_convert[i]);
+    free(c->loop_convert);
     for (size_t i = 0; i < sizeof c->decode_strs / sizeof c->decode_strs[0]; i++) free(c->decode_strs[i]);
     memset(c, 0, sizeof *c);
 }
@@ -476,6 +489,44 @@ static void load_policy(cload *L, const ynode *top) {
     }
 }
 
+/* A list of event names (a single name is a list of one; [] or null = none). */
+static void get_names(cload *L, const ynode *m, const char *key, char ***v, size_t *n) {
+    const ynode *t = yn_get(m, key);
+    if (!t) return;
+    size_t k = 0;
+    const ynode *const *items = NULL;
+    if (is_null(t)) {
+        k = 0;
+    } else if (t->kind == YN_SEQ) {
+        items = (const ynode *const *)t->items;
+        k = t->n;
+    } else {
+        items = &t;
+        k = 1;
+    }
+    int ok = t->kind != YN_MAP;
+    for (size_t i = 0; ok && i < k; i++) ok = items[i]->kind == YN_SCALAR && items[i]->str[0];
+    if (!ok) {
+        err_at(L, t, "'%s' must be an event name or a list of event names", key);
+        return;
+    }
+    for (size_t i = 0; i < *n; i++) free((*v)[i]);
+    free(*v);
+    *v = k ? xmalloc(k * sizeof(char *)) : NULL;
+    for (size_t i = 0; i < k; i++) (*v)[i] = xstrdup(items[i]->str);
+    *n = k;
+}
+
+/* loop: {redemption_events, conversion_events, attribution_window}. */
+static void load_loop(cload *L, const ynode *top) {
+    config_t *c = L->c;
+    const ynode *m = section(L, top, "loop", LOOP_KEYS);
+    if (!m) return;
+    get_names(L, m, "redemption_events", &c->loop_redeem, &c->n_loop_redeem);
+    get_names(L, m, "conversion_events", &c->loop_convert, &c->n_loop_convert);
+    get_duration(L, m, "attribution_window", &c->loop_window_ms);
+}
+
 static void load_channel(cload *L, const ynode *m, channel_cfg_t *ch) {
     yn_check_keys(m, L->file, CHANNEL_KEYS, L->d);
     const ynode *n = yn_get(m, "kind");
@@ -623,6 +674,7 @@ int config_load(config_t *c, const char *path, diag_t *diag) {
         load_daemon(&L, root);
         load_http(&L, root);
         load_policy(&L, root);
+        load_loop(&L, root);
         /* after every section: the prefix may be set after dead_letter.key */
         strbuf b;
         sb_init(&b);

@@ -61,6 +61,10 @@ typedef struct config {
     /* pools: {NAME: {low_stock: N}}; pool_low_stock_default applies to the others */
     kv_t *pool_low; size_t n_pool_low;   /* value: the threshold as a decimal string */
     long long pool_low_stock_default;    /* 100 */
+    /* loop: the closed loop (docs/policy.md "The closed loop") */
+    char **loop_redeem; size_t n_loop_redeem;   /* ["Coupon Redeemed", "Benefit Redeemed"] */
+    char **loop_convert; size_t n_loop_convert; /* ["Order Completed"] */
+    long long loop_window_ms;                   /* attribution_window: 7d */
 } config_t;
 
 /* Defaults, as documented. */

@@ -492,7 +492,7 @@ static void on_intent_ack(void *ud, rs_outcome k, long long n, const char *reaso
 static void on_intent(void *ud, const event_t *ev, const intent_t *in) {
     daemon_state *d = ud;
     rule_metrics *rm = NULL;
-    if (in->kind != INTENT_TOUCH && in->kind != INTENT_CANCEL) {
+    if (in->kind != INTENT_TOUCH && in->kind != INTENT_CANCEL && in->kind != INTENT_LOOP) {
         rm = rule_metrics_find(d, in->rule);
         if (rm) metrics_counter_inc(rm->matches, 1);
     }
@@ -914,6 +914,8 @@ int daemon_run(const char *config_path) {
         goto out;
     }
     engine_init(&d->engine);
+    engine_set_loop(&d->engine, d->cfg.loop_redeem, d->cfg.n_loop_redeem, d->cfg.loop_convert, d->cfg.n_loop_convert,
+                    d->cfg.loop_window_ms);
     clock_init_wall(&d->clock);
     sb_init(&d->key);
     sb_init(&d->key2);

@@ -14,6 +14,36 @@ void engine_init(engine_t *e) {
     sb_init(&e->xbody);
 }
 
+void engine_set_loop(engine_t *e, char *const *redeem, size_t n_redeem, char *const *convert, size_t n_convert,
+                     long long window_ms) {
+    e->loop_redeem = redeem;
+    e->n_loop_redeem = n_redeem;
+    e->loop_convert = convert;
+    e->n_loop_convert = n_convert;
+    e->loop_window_ms = window_ms;
+}
+
+static int in_list(char *const *v, size_t n, const char *name) {
+    for (size_t i = 0; name && i < n; i++)
+        if (!strcmp(v[i], name)) return 1;
+    return 0;
+}
+
+/* properties.grant_id of a redemption: a string of 1..LOOP_GID_MAX printable
+ * bytes, else "" (counted as unknown); NULL when the event carries none. */
+static const char *loop_gid(engine_t *e, const event_t *ev) {
+    const cJSON *v = ev->properties ? cJSON_GetObjectItemCaseSensitive(ev->properties, "grant_id") : NULL;
+    if (!v || cJSON_IsNull(v)) return NULL;
+    e->loop_gid[0] = '\0';
+    if (!cJSON_IsString(v) || !v->valuestring) return e->loop_gid;
+    size_t n = strlen(v->valuestring);
+    if (n == 0 || n > LOOP_GID_MAX) return e->loop_gid;
+    for (size_t i = 0; i < n; i++)
+        if ((unsigned char)v->valuestring[i] <= ' ' || (unsigned char)v->valuestring[i] == 0x7f) return e->loop_gid;
+    memcpy(e->loop_gid, v->valuestring, n + 1);
+    return e->loop_gid;
+}
+
 static void free_names(char **v, size_t n) {
     for (size_t i = 0; i < n; i++) free(v[i]);
     free(v);
@@ -421,6 +451,21 @@ void engine_run(engine_t *e, const ruleset_t *rs, const event_t *ev, const bd_cl
     if (has_name(e->cancel_names, e->n_cancel, ev->name)) {
         intent_t in = {.kind = INTENT_CANCEL, .user = ev->user_id, .ts = now_ms, .event = ev->name,
                        .message_id = ev->message_id};
+        cb(ud, ev, &in);
+    }
+    /* The closed loop, before the rules: a grant this very event makes is
+     * not converted by it. */
+    if (e->loop_window_ms > 0 && in_list(e->loop_redeem, e->n_loop_redeem, ev->name)) {
+        const char *gid = loop_gid(e, ev);
+        if (gid) {
+            intent_t in = {.kind = INTENT_LOOP, .loop_kind = 'r', .user = ev->user_id, .ts = now_ms,
+                           .grant_id = gid, .within_ms = e->loop_window_ms, .event = ev->name};
+            cb(ud, ev, &in);
+        }
+    }
+    if (e->loop_window_ms > 0 && in_list(e->loop_convert, e->n_loop_convert, ev->name)) {
+        intent_t in = {.kind = INTENT_LOOP, .loop_kind = 'c', .user = ev->user_id, .ts = now_ms,
+                       .within_ms = e->loop_window_ms, .event = ev->name};
         cb(ud, ev, &in);
     }
     const rule_list_t *list = ruleset_for_event(rs, ev->name);

@@ -53,9 +53,18 @@ typedef struct engine {
     char device[160], ip[160];               /* the event's limit subjects (policy.h) */
     char tz[64];                             /* the event's context.timezone if a known zone, else "" */
     char tz_good[64], tz_bad[64];            /* the last zone names found valid / invalid */
+    /* the closed loop (engine_set_loop; not owned) */
+    char *const *loop_redeem; size_t n_loop_redeem;
+    char *const *loop_convert; size_t n_loop_convert;
+    long long loop_window_ms;
+    char loop_gid[LOOP_GID_MAX + 1];
 } engine_t;
 
 void engine_init(engine_t *e);
+/* The closed loop's event names and attribution window (config `loop`); the
+ * arrays must outlive the engine's use of them. window_ms 0: off. */
+void engine_set_loop(engine_t *e, char *const *redeem, size_t n_redeem, char *const *convert, size_t n_convert,
+                     long long window_ms);
 void engine_free(engine_t *e);
 
 /* Decides one event at now_ms. cb is called once per event-trigger rule whose
@@ -65,7 +74,8 @@ void engine_decide(engine_t *e, const ruleset_t *rs, const event_t *ev, int64_t 
 
 /* Decides one event at clock_now_ms(clk), every shape, as intents, in this
  * order: TOUCH (if the event feeds an inactivity rule), CANCEL (if some rule
- * lists the event in cancel_on), then one intent per matching rule in
+ * lists the event in cancel_on), LOOP (a redemption or conversion event of
+ * the closed loop), then one intent per matching rule in
  * priority order. Cancel before trigger is what makes "list the trigger in
  * cancel_on" mean "restart the wait" (docs/time.md). Intents point into the
  * engine's buffers: valid during the callback only. */

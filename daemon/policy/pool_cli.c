@@ -380,7 +380,8 @@ out:
 /* ---- stats ------------------------------------------------------------------ */
 
 /* `benefitd stats [-c CONFIG] [--json]`: the Pstats:RULE:VARIANT hashes and
- * the Pstats:RULE:VARIANT:held sets (holdout size), read with SCAN. */
+ * the Pstats:RULE:VARIANT:held sets (holdout size), read with SCAN, and the
+ * Ploop:stats hash (redemption_unknown). */
 int stats_main(int argc, char **argv) {
     const char *config = NULL;
     int json = 0;
@@ -429,7 +430,9 @@ int stats_main(int argc, char **argv) {
             *colon = '\0';
             char *variant = colon + 1;
             size_t vl = strlen(variant);
-            if (vl > 5 && !strcmp(variant + vl - 5, ":held")) {
+            if (vl > 5 && !strcmp(variant + vl - 5, ":conv")) {
+                /* holdout members converted: their count is the hash's `converted` */
+            } else if (vl > 5 && !strcmp(variant + vl - 5, ":held")) {
                 variant[vl - 5] = '\0';
                 redisReply *c = redisCommand(k.c, "SCARD %s", key);
                 if (c && c->type == REDIS_REPLY_INTEGER) stats_table_add(t, rv, variant, "holdout size", c->integer);
@@ -446,6 +449,12 @@ int stats_main(int argc, char **argv) {
         freeReplyObject(r);
     } while (strcmp(cursor, "0") != 0);
     if (ok) {
+        /* counters of no rule (the closed loop's redemptions of unknown grants) */
+        redisReply *h = redisCommand(k.c, "HGETALL %sloop:stats", k.cfg.key_prefix);
+        if (h && h->type == REDIS_REPLY_ARRAY)
+            for (size_t j = 0; j + 1 < h->elements; j += 2)
+                stats_table_add(t, "", "-", h->element[j]->str, atoll(h->element[j + 1]->str));
+        if (h) freeReplyObject(h);
         stats_table_print(t, stdout, json);
         rc = 0;
     }

@@ -29,7 +29,16 @@ typedef enum {
     INTENT_SCHEDULE,    /* a pending wait: issue at due unless cancelled first */
     INTENT_CANCEL,      /* an event that may cancel the member's pending waits */
     INTENT_TOUCH,       /* member activity, for inactivity */
+    INTENT_LOOP,        /* the closed loop: a redemption or a conversion (docs/policy.md) */
 } intent_kind;
+
+/* The closed loop (docs/policy.md "The closed loop"): what a grant step and a
+ * holdout decision record in the member's recent hash is kept this long past
+ * the attribution window, and a redemption counts up to (window + margin)
+ * after its grant. */
+#define LOOP_MARGIN_MS (24LL * 3600 * 1000)
+/* Longest grant id a redemption event may carry (longer: unknown). */
+#define LOOP_GID_MAX 128
 
 typedef struct intent {
     intent_kind kind;
@@ -73,6 +82,10 @@ typedef struct intent {
     const char *occurrence;    /* the event's message_id: a redelivered event counts once */
     long long count;           /* N */
     int64_t within_ms;
+
+    /* LOOP: 'r' a redemption of grant_id ("" = not a usable id: unknown),
+     * 'c' a conversion; within_ms is the attribution window. */
+    char loop_kind;
 
     /* CANCEL, TOUCH */
     const char *event;         /* event name */
@@ -127,9 +140,13 @@ void store_mem_set_policy(store_t *s, long long fcap_count, long long fcap_perio
 /* The counters by rule and variant (the stand-in for Redis's
  * Pstats:RULE:VARIANT hashes, docs/policy.md "Stats"): each (rule, variant,
  * field, value), in no particular order; the field "holdout size" is the
- * number of distinct members held out. */
+ * number of distinct members held out. Counters that belong to no rule
+ * (redemption_unknown) come with rule "" and variant "-". */
 void store_mem_stats_each(const store_t *s, void (*fn)(void *ud, const char *rule, const char *variant,
                                                         const char *field, long long value), void *ud);
+/* The closed loop's attribution window (0 = the loop is off: grants and
+ * holdout decisions record nothing). */
+void store_mem_set_loop(store_t *s, long long window_ms);
 /* Blocklist: kind is "user", "device" or "ip". */
 void store_mem_block(store_t *s, const char *kind, const char *value);
 

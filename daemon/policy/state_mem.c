@@ -55,8 +55,17 @@ typedef struct inact {
     int armed;                /* has a heap entry */
 } inact_t;
 
+/* A field of the member's recent hash (docs/policy.md "The closed loop"):
+ * a grant id, or "h:RULE" for a holdout assignment. */
+typedef struct recent {
+    char *field, *rule, *variant;
+    int64_t ms;
+} recent_t;
+
 typedef struct member {
     char *id;
+    recent_t *rec;
+    size_t nrec;
     wait_t *waits;
     window_t *win;
     size_t nwin;
@@ -132,6 +141,10 @@ struct store {
     smap stats;               /* "RULE\x1fVARIANT\x1fFIELD" -> lim_t (count) */
     smap held;                /* "RULE\x1fVARIANT\x1fMEMBER" of holdout outcomes */
     strbuf skey;
+    /* the closed loop: the attribution window (0 = off), the guards */
+    long long loop_window;
+    smap redeemed;            /* "MEMBER\x1fGID": P{u:ID}:redeemed:GID */
+    smap conv;                /* "MEMBER\x1fGID": P{u:ID}:conv:GID; "RULE\x1fVARIANT\x1fMEMBER": :conv set */
 };
 
 static void **smap_slot(smap *m, const char *k, int create) {
@@ -308,6 +321,8 @@ void store_mem_set_policy(store_t *s, long long fcap_count, long long fcap_perio
     s->quiet_end = quiet_end_min;
 }
 
+void store_mem_set_loop(store_t *s, long long window_ms) { s->loop_window = window_ms > 0 ? window_ms : 0; }
+
 static void wait_free(wait_t *w) {
     free(w->rule_id);
     free(w->user);
@@ -340,6 +355,12 @@ void store_free(store_t *s) {
         free(m->win);
         for (size_t k = 0; k < m->nina; k++) free(m->ina[k].rule_id);
         free(m->ina);
+        for (size_t k = 0; k < m->nrec; k++) {
+            free(m->rec[k].field);
+            free(m->rec[k].rule);
+            free(m->rec[k].variant);
+        }
+        free(m->rec);
         free(m->id);
         free(m);
     }
@@ -355,6 +376,8 @@ void store_free(store_t *s) {
     sb_free(&s->key);
     smap_free(&s->stats, lim_free);
     smap_free(&s->held, NULL);
+    smap_free(&s->redeemed, NULL);
+    smap_free(&s->conv, NULL);
     sb_free(&s->skey);
     free(s);
 }
@@ -419,10 +442,49 @@ static void stat_add(store_t *s, const char *rule, const char *variant, const ch
     ((lim_t *)*v)->count += n;
 }
 
+static member_t *member_get(store_t *s, const char *id);
+
+static recent_t *recent_find(member_t *m, const char *field) {
+    for (size_t i = 0; i < m->nrec; i++)
+        if (!strcmp(m->rec[i].field, field)) return &m->rec[i];
+    return NULL;
+}
+
+/* HSET P{u:ID}:recent field "rule RS variant RS ms" (what the Lua does; the
+ * trim of old fields is not needed here: every read checks the age). */
+static void recent_set(member_t *m, const char *field, const char *rule, const char *variant, int64_t ms) {
+    recent_t *r = recent_find(m, field);
+    if (!r) {
+        m->rec = xrealloc(m->rec, (m->nrec + 1) * sizeof *m->rec);
+        r = &m->rec[m->nrec++];
+        r->field = xstrdup(field);
+    } else {
+        free(r->rule);
+        free(r->variant);
+    }
+    r->rule = xstrdup(rule);
+    r->variant = xstrdup(variant && *variant ? variant : "-");
+    r->ms = ms;
+}
+
+/* A holdout decision at `at` assigns the member to the rule's holdout arm:
+ * "h:RULE", unless an assignment still inside the window stands. */
+static void loop_holdout(store_t *s, const char *rule, const char *variant, const char *user, int64_t at) {
+    if (!s->loop_window || !user) return;
+    member_t *m = member_get(s, user);
+    sb_reset(&s->key);
+    sb_printf(&s->key, "h:%s", rule);
+    recent_t *r = recent_find(m, s->key.s);
+    if (r && r->ms > at - s->loop_window) return;
+    recent_set(m, s->key.s, rule, variant, at);
+}
+
 /* A decision that granted nothing, by reason; a holdout also counts its member once. */
-static void stat_reason(store_t *s, const char *rule, const char *variant, const char *user, const char *reason) {
+static void stat_reason(store_t *s, const char *rule, const char *variant, const char *user, const char *reason,
+                        int64_t at) {
     stat_add(s, rule, variant, reason, 1);
     if (strcmp(reason, "holdout")) return;
+    loop_holdout(s, rule, variant, user, at);
     sb_reset(&s->skey);
     sb_printf(&s->skey, "%s\x1f%s\x1f%s", rule, variant ? variant : "-", user);
     void **v = smap_slot(&s->held, s->skey.s, 1);
@@ -457,7 +519,7 @@ static const char *variant_now(const rule_t *r, const char *user) {
 static void out_explain(store_t *s, const char *reason, const char *rule_id, const char *variant, const char *user,
                         const char *xbody, size_t xlen, const char *extra, int64_t at, out_kind kind,
                         store_out_cb cb, void *ud) {
-    if (kind == OUT_EXPLAIN) stat_reason(s, rule_id, variant, user, reason);
+    if (kind == OUT_EXPLAIN) stat_reason(s, rule_id, variant, user, reason, at);
     sb_reset(&s->out);
     engine_finish_explain(reason, xbody, xlen, extra, at, &s->out);
     store_out_t o = {.kind = kind, .at = at, .rule_id = rule_id, .user = user, .grant_id = "",
@@ -594,6 +656,7 @@ static void grant(store_t *s, const greq *q, store_out_cb cb, void *ud) {
     int64_t deliver = policy_quiet_until(&s->quiet, q->tz ? q->tz : s->tz, s->quiet_start, s->quiet_end, q->at);
     stat_add(s, q->rule_id, q->variant, "granted", 1);
     if (deliver > q->at) stat_add(s, q->rule_id, q->variant, "quiet hours", 1);
+    if (s->loop_window) recent_set(member_get(s, q->target), q->grant_id, q->rule_id, q->variant, q->at);
     o.deliver_after = deliver;
     for (size_t i = 0; i < nchk; i++) {
         lim_add(lim_get(s, chk[i].key.s), q->at, chk[i].period);
@@ -816,7 +879,43 @@ static void touch(store_t *s, const ruleset_t *rs, const intent_t *in) {
     }
 }
 
+/* The closed loop: one redemption or conversion (the Lua step LUA_LOOP of
+ * state_redis.c does the same). */
+static int guard_nx(store_t *s, smap *m, const char *a, const char *b, const char *c) {
+    sb_reset(&s->key);
+    sb_printf(&s->key, "%s\x1f%s%s%s", a, b, c ? "\x1f" : "", c ? c : "");
+    void **v = smap_slot(m, s->key.s, 1);
+    if (*v) return 0;
+    *v = (void *)1;
+    return 1;
+}
+
+static void loop(store_t *s, const intent_t *in) {
+    member_t *m = member_get(s, in->user);
+    if (in->loop_kind == 'r') {
+        recent_t *r = in->grant_id && *in->grant_id && strncmp(in->grant_id, "h:", 2) ? recent_find(m, in->grant_id)
+                                                                                         : NULL;
+        if (!r || r->ms <= in->ts - in->within_ms - LOOP_MARGIN_MS) {
+            stat_add(s, "", "-", "redemption_unknown", 1);
+            return;
+        }
+        if (guard_nx(s, &s->redeemed, in->user, in->grant_id, NULL)) stat_add(s, r->rule, r->variant, "redeemed", 1);
+        return;
+    }
+    for (size_t i = 0; i < m->nrec; i++) {
+        const recent_t *r = &m->rec[i];
+        if (r->ms <= in->ts - in->within_ms || r->ms > in->ts) continue;
+        int first = !strncmp(r->field, "h:", 2) ? guard_nx(s, &s->conv, r->rule, r->variant, in->user)
+                                                : guard_nx(s, &s->conv, in->user, r->field, NULL);
+        if (first) stat_add(s, r->rule, r->variant, "converted", 1);
+    }
+}
+
 void store_apply(store_t *s, const ruleset_t *rs, const intent_t *in, store_out_cb cb, void *ud) {
+    if (in->kind == INTENT_LOOP) {
+        loop(s, in);
+        return;
+    }
     if (in->kind != INTENT_CANCEL && in->kind != INTENT_TOUCH) stat_add(s, in->rule->id, in->variant, "triggered", 1);
     switch (in->kind) {
     case INTENT_EXPLAIN:
@@ -837,6 +936,8 @@ void store_apply(store_t *s, const ruleset_t *rs, const intent_t *in, store_out_
         break;
     case INTENT_TOUCH:
         touch(s, rs, in);
+        break;
+    case INTENT_LOOP:
         break;
     }
 }

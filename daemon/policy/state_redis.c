@@ -69,7 +69,17 @@
     "  p.lu, p.pu, p.ld, p.pd, p.li, p.pi = tonumber(nx()), tonumber(nx()), tonumber(nx()), tonumber(nx()), tonumber(nx()), tonumber(nx())\n" \
     "  p.budget, p.daily, p.day = tonumber(nx()), tonumber(nx()), nx()\n" \
     "  p.fc, p.fp, p.skey = tonumber(nx()), tonumber(nx()), nx()\n" \
+    "  p.variant, p.lw, p.keep = nx(), tonumber(nx()), tonumber(nx())\n" \
     "  return p\n" \
+    "end\n" \
+    /* The closed loop's recent hash of a member (docs/policy.md): fields \
+     * older than keep are trimmed on each write; the key lives keep. */ \
+    "local function recent_trim(rk, at, keep)\n" \
+    "  local all = redis.call('HGETALL', rk)\n" \
+    "  for k = 1, #all, 2 do\n" \
+    "    local f = parts(all[k + 1], 3)\n" \
+    "    if (tonumber(f[3]) or 0) <= at - keep then redis.call('HDEL', rk, all[k]) end\n" \
+    "  end\n" \
     "end\n" \
     /* Read-only checks: the blocklist, then each limit (grants inside \
      * (at - period, +inf)), then the budgets. Returns the reason or nil. */ \
@@ -134,6 +144,12 @@
     "  elseif tonumber(maxlen) > 0 then redis.call('XADD', queue, 'MAXLEN', '~', maxlen, '*', 'grant', json)\n" \
     "  else redis.call('XADD', queue, '*', 'grant', json) end\n" \
     "  if p then pol_spend(p, code) end\n" \
+    "  if p and p.lw > 0 then\n" \
+    "    local rk = p.P .. '{u:' .. p.target .. '}:recent'\n" \
+    "    recent_trim(rk, p.at, p.keep)\n" \
+    "    redis.call('HSET', rk, p.gid, p.rule .. RS .. p.variant .. RS .. string.format('%d', p.at))\n" \
+    "    redis.call('PEXPIRE', rk, p.keep)\n" \
+    "  end\n" \
     "  if p and p.skey ~= '' then\n" \
     "    redis.call('HINCRBY', p.skey, 'granted', 1)\n" \
     "    local ia, da = string.match(json, '\"issued_at\":\"([^\"]*)\",\"deliver_after\":\"([^\"]*)\"}$')\n" \
@@ -246,15 +262,62 @@ static const char LUA_INACT[] = LUA_PRELUDE
 
 /* STATS: the counters decided in C (reasons of the engine, soft reasons of a
  * fired wait, cancelled, already pending, dropped waits, triggered), as
- * (op, key, field) triples: 'h' HINCRBY key field 1, 's' SADD key field. */
-static const char LUA_STATS[] =
+ * (op, key, field) triples: 'h' HINCRBY key field 1, 's' SADD key field,
+ * 'r' a holdout assignment into the recent hash key: field is
+ * "h:RULE RS variant RS at RS window RS keep" (kept while one inside the
+ * window stands). */
+static const char LUA_STATS[] = LUA_PRELUDE
     "for k = 1, #ARGV, 3 do\n"
     "  if ARGV[k] == 'h' then redis.call('HINCRBY', ARGV[k + 1], ARGV[k + 2], 1)\n"
+    "  elseif ARGV[k] == 'r' then\n"
+    "    local rk, f = ARGV[k + 1], parts(ARGV[k + 2], 5)\n"
+    "    local at, lw, keep = tonumber(f[3]), tonumber(f[4]), tonumber(f[5])\n"
+    "    recent_trim(rk, at, keep)\n"
+    "    local cur = redis.call('HGET', rk, f[1])\n"
+    "    if not cur or tonumber(parts(cur, 3)[3]) <= at - lw then\n"
+    "      redis.call('HSET', rk, f[1], string.sub(f[1], 3) .. RS .. f[2] .. RS .. f[3])\n"
+    "    end\n"
+    "    redis.call('PEXPIRE', rk, keep)\n"
     "  else redis.call('SADD', ARGV[k + 1], ARGV[k + 2]) end\n"
     "end\n"
     "return {7}\n";
 
-enum { S_ISSUE, S_COUNT, S_CANCEL, S_TOUCHES, S_FIRE, S_INACT, S_STATS, S_N };
+/* LOOP: a redemption ('r': the grant id looked up in the member's recent
+ * hash, counted once per grant id by SET NX) or a conversion ('c': every
+ * grant / holdout assignment of the member inside the window, counted once
+ * per grant id (SET NX) or per holdout member (SADD :conv)). Arguments:
+ * kind, prefix, member, ts, window, keep, grant id. */
+static const char LUA_LOOP[] = LUA_PRELUDE
+    "local kind, P, user, ts, lw, keep, gid = nx(), nx(), nx(), tonumber(nx()), tonumber(nx()), tonumber(nx()), nx()\n"
+    "local M = P .. '{u:' .. user .. '}:'\n"
+    "local rk = M .. 'recent'\n"
+    "if kind == 'r' then\n"
+    "  local v = gid ~= '' and string.sub(gid, 1, 2) ~= 'h:' and redis.call('HGET', rk, gid)\n"
+    "  local f = v and parts(v, 3)\n"
+    "  if not f or tonumber(f[3]) <= ts - keep then\n"
+    "    redis.call('HINCRBY', P .. 'loop:stats', 'redemption_unknown', 1)\n"
+    "    return {10, 0}\n"
+    "  end\n"
+    "  if redis.call('SET', M .. 'redeemed:' .. gid, '1', 'NX', 'PX', keep) then\n"
+    "    redis.call('HINCRBY', P .. 'stats:' .. f[1] .. ':' .. f[2], 'redeemed', 1)\n"
+    "    return {10, 1}\n"
+    "  end\n"
+    "  return {10, 0}\n"
+    "end\n"
+    "local n, all = 0, redis.call('HGETALL', rk)\n"
+    "for k = 1, #all, 2 do\n"
+    "  local f = parts(all[k + 1], 3)\n"
+    "  local ms = tonumber(f[3]) or 0\n"
+    "  if ms > ts - lw and ms <= ts then\n"
+    "    local skey, first = P .. 'stats:' .. f[1] .. ':' .. f[2]\n"
+    "    if string.sub(all[k], 1, 2) == 'h:' then first = redis.call('SADD', skey .. ':conv', user) == 1\n"
+    "    else first = redis.call('SET', M .. 'conv:' .. all[k], '1', 'NX', 'PX', keep) end\n"
+    "    if first then redis.call('HINCRBY', skey, 'converted', 1); n = n + 1 end\n"
+    "  end\n"
+    "end\n"
+    "return {10, n}\n";
+
+enum { S_ISSUE, S_COUNT, S_CANCEL, S_TOUCHES, S_FIRE, S_INACT, S_STATS, S_LOOP, S_N };
 
 /* ---- argument vectors ------------------------------------------------------ */
 
@@ -330,6 +393,7 @@ struct redis_store {
     size_t n_inact;
     policy_quiet_cache quiet;
     argv_b sb;        /* the pending batch of counters (LUA_STATS triples) */
+    int64_t send_at;  /* the decision time of what is being sent (holdout assignments) */
 };
 static void a_str(argv_b *a, const char *s) { a_add(a, s ? s : "", s ? strlen(s) : 0); }
 static void a_fmt(argv_b *a, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -360,6 +424,7 @@ typedef struct call_ctx {
     void *ud;
     /* what the stats need when the reply comes (NULL: count nothing) */
     char *rule, *variant, *user, *reason;
+    int64_t at;
 } call_ctx;
 
 static void stats_flush(redis_store_t *st);
@@ -379,13 +444,22 @@ static void stat_add(redis_store_t *st, const char *rule, const char *variant, c
 
 /* A decision that granted nothing; a holdout also adds its member to the
  * variant's set of members held out (its size is the holdout size). */
+static void k_member(redis_store_t *st, argv_b *a, const char *user, const char *what, const char *tail);
+
 static void stat_reason(redis_store_t *st, const char *rule, const char *variant, const char *user,
-                        const char *reason) {
+                        const char *reason, int64_t at) {
     if (!rule || !reason) return;
     if (!strcmp(reason, "holdout") && user) {
         a_str(&st->sb, "s");
         k_stats(st, &st->sb, rule, variant, ":held");
         a_str(&st->sb, user);
+        if (st->cfg->loop_window_ms > 0) {
+            /* the holdout assignment, for the closed loop's conversions */
+            a_str(&st->sb, "r");
+            k_member(st, &st->sb, user, "recent", NULL);
+            a_fmt(&st->sb, "h:%s\x1e%s\x1e%lld\x1e%lld\x1e%lld", rule, variant && *variant ? variant : "-",
+                  (long long)at, st->cfg->loop_window_ms, st->cfg->loop_window_ms + LOOP_MARGIN_MS);
+        }
     }
     stat_add(st, rule, variant, reason);
 }
@@ -446,15 +520,15 @@ static void on_call_reply(void *ud, const redisReply *reply) {
     if (k == RS_EXPLAINED) count_policy(st, reply);
     count_outcome(st, k, n);
     if (c->rule) {
-        if (k == RS_EXPLAINED && reply->elements < 3) stat_reason(st, c->rule, c->variant, c->user, why);
-        else if (k == RS_PENDING) stat_reason(st, c->rule, c->variant, c->user, why = "already pending");
-        else if (k == RS_DROPPED) stat_reason(st, c->rule, c->variant, c->user, why);
+        if (k == RS_EXPLAINED && reply->elements < 3) stat_reason(st, c->rule, c->variant, c->user, why, c->at);
+        else if (k == RS_PENDING) stat_reason(st, c->rule, c->variant, c->user, why = "already pending", c->at);
+        else if (k == RS_DROPPED) stat_reason(st, c->rule, c->variant, c->user, why, c->at);
     }
     if (k == RS_CANCELLED && c->user)
         for (size_t i = 1; i < reply->elements; i++)
             if (reply->element[i]->type == REDIS_REPLY_STRING)
                 stat_reason(st, reply->element[i]->str, variant_now(st, reply->element[i]->str, c->user), c->user,
-                            "cancelled");
+                            "cancelled", c->at);
     if (c->cb) c->cb(c->ud, k, n, k == RS_EXPLAINED || k == RS_DROPPED ? why : k == RS_PENDING ? "already pending" : NULL);
     free(c->rule);
     free(c->variant);
@@ -478,7 +552,7 @@ static char *dup0(const char *s) { return s ? xstrdup(s) : NULL; }
 static void a_send_x(redis_store_t *st, argv_b *a, int script, rs_done_cb cb, void *ud, const char *rule,
                      const char *variant, const char *user, const char *reason) {
     call_ctx *c = xcalloc(1, sizeof *c);
-    *c = (call_ctx){st, script, cb, ud, dup0(rule), dup0(variant), dup0(user), dup0(reason)};
+    *c = (call_ctx){st, script, cb, ud, dup0(rule), dup0(variant), dup0(user), dup0(reason), st->send_at};
     a_eval(st, a, script, on_call_reply, c);
     a_free(a);
 }
@@ -572,6 +646,9 @@ static void add_policy(redis_store_t *st, argv_b *a, const rule_t *r, const char
     a_ll(a, st->cfg->fcap_count);
     a_ll(a, st->cfg->fcap_period_ms);
     k_stats(st, a, r->id, variant, NULL);
+    a_str(a, variant && *variant ? variant : "-");
+    a_ll(a, st->cfg->loop_window_ms);
+    a_ll(a, st->cfg->loop_window_ms + LOOP_MARGIN_MS);
 }
 
 /* The issue block (LUA_PRELUDE's issue()) for a decision whose moment has
@@ -642,7 +719,8 @@ redis_store_t *redis_store_new(redis_sink_t *sink, const config_t *cfg, ruleset_
     sb_init(&st->json);
     a_init(&st->tb);
     a_init(&st->sb);
-    static const char *const lua[S_N] = {LUA_ISSUE, LUA_COUNT, LUA_CANCEL, LUA_TOUCHES, LUA_FIRE, LUA_INACT, LUA_STATS};
+    static const char *const lua[S_N] = {LUA_ISSUE, LUA_COUNT, LUA_CANCEL, LUA_TOUCHES, LUA_FIRE, LUA_INACT, LUA_STATS,
+                                         LUA_LOOP};
     for (int i = 0; i < S_N; i++) {
         st->sh[i] = redis_sink_add_script(sink, lua[i]);
         if (st->sh[i] < 0) {
@@ -709,17 +787,30 @@ int redis_store_apply(redis_store_t *st, const intent_t *in, const char *topic, 
                       void *ud) {
     argv_b a;
     a_init(&a);
-    if (in->kind != INTENT_TOUCH && in->kind != INTENT_CANCEL && in->rule)
+    st->send_at = in->ts;
+    if (in->kind != INTENT_TOUCH && in->kind != INTENT_CANCEL && in->kind != INTENT_LOOP && in->rule)
         stat_add(st, in->rule->id, in->variant, "triggered");
     switch (in->kind) {
+    case INTENT_LOOP:
+        /* holdout assignments still in the counters' batch go first */
+        stats_flush(st);
+        a_str(&a, in->loop_kind == 'r' ? "r" : "c");
+        a_str(&a, st->cfg->key_prefix);
+        a_str(&a, in->user);
+        a_ll(&a, in->ts);
+        a_ll(&a, in->within_ms);
+        a_ll(&a, in->within_ms + LOOP_MARGIN_MS);
+        a_str(&a, in->grant_id ? in->grant_id : "");
+        a_send_x(st, &a, S_LOOP, cb, ud, NULL, NULL, NULL, NULL);
+        return 1;
     case INTENT_EXPLAIN:
-        stat_reason(st, in->rule->id, in->variant, in->user, in->reason);
+        stat_reason(st, in->rule->id, in->variant, in->user, in->reason, in->ts);
         return 0;
     case INTENT_GRANT:
     case INTENT_SCHEDULE:
         add_issue(st, &a, in, in->ts, topic, partition);
         if (a.len[0] == 1 && a.buf.s[0] == 'x') { /* nothing to write */
-            stat_reason(st, in->rule->id, in->variant, in->user, in->reason);
+            stat_reason(st, in->rule->id, in->variant, in->user, in->reason, in->ts);
             a_free(&a);
             return 0;
         }
@@ -844,13 +935,11 @@ static void fire_timers(round_t *r, const redisReply *rep) {
         k_member(st, &a, user, "grant:", gid);
         a_ll(&a, st->cfg->claim_ttl_ms > 0 ? st->cfg->claim_ttl_ms : 1);
         const char *variant = rl ? engine_variant_name(rl, user) : NULL;
-        if (why) {
-            a_str(&a, "0");
-        } else {
-            const redisReply *sc = rep->element[i + 1];
-            int64_t due = sc->type == REDIS_REPLY_STRING ? (int64_t)strtod(sc->str, NULL) : r->now;
-            add_policy(st, &a, rl, variant, gid, user, "", "", "", "", due);
-        }
+        const redisReply *sc = rep->element[i + 1];
+        int64_t due = sc->type == REDIS_REPLY_STRING ? (int64_t)strtod(sc->str, NULL) : r->now;
+        st->send_at = due;
+        if (why) a_str(&a, "0");
+        else add_policy(st, &a, rl, variant, gid, user, "", "", "", "", due);
         a_send_x(st, &a, S_FIRE, on_fire_reply, st, rule, variant, user, why);
     }
 }
@@ -874,6 +963,7 @@ static void fire_inactivity(round_t *r, const rule_t *rl, const redisReply *rep)
         a_ll(&a, st->cfg->claim_ttl_ms > 0 ? st->cfg->claim_ttl_ms : 1);
         add_issue(st, &a, &in, at, r->topic, r->part);
         stat_add(st, rl->id, in.variant, "triggered");
+        st->send_at = at;
         a_send_x(st, &a, S_INACT, on_inact_reply, st, rl->id, in.variant, user, in.reason);
         free(user);
     }

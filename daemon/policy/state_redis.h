@@ -39,7 +39,8 @@ typedef enum {
     RS_TOUCHED = 7,
     RS_STALE = 8,      /* a timer whose wait was cancelled or fired, a silence that ended: nothing */
     RS_DROPPED = 9,    /* a wait of a removed or disabled rule: deleted, never granted */
-    RS_ERROR = 10,
+    RS_LOOP = 10,      /* a redemption / conversion of the closed loop: n = how many counted */
+    RS_ERROR = 11,
 } rs_outcome;
 
 /* reason: RS_EXPLAINED / RS_DROPPED / RS_PENDING: why nothing was granted

@@ -19,11 +19,12 @@ typedef struct row {
 struct stats_table {
     row *r;
     size_t n;
+    row g;          /* counters of no rule (rule ""): redemption_unknown */
 };
 
 /* Fields that are not suppression reasons. */
 static const char *const NOT_REASONS[] = {"triggered", "granted", "quiet hours", "holdout size", "redeemed",
-                                          "converted", NULL};
+                                          "converted", "redemption_unknown", NULL};
 
 static int is_reason(const char *f) {
     for (size_t i = 0; NOT_REASONS[i]; i++)
@@ -35,6 +36,8 @@ stats_table *stats_table_new(void) { return xcalloc(1, sizeof(stats_table)); }
 
 void stats_table_free(stats_table *t) {
     if (!t) return;
+    for (size_t j = 0; j < t->g.n; j++) free(t->g.f[j].name);
+    free(t->g.f);
     for (size_t i = 0; i < t->n; i++) {
         for (size_t j = 0; j < t->r[i].n; j++) free(t->r[i].f[j].name);
         free(t->r[i].f);
@@ -53,7 +56,7 @@ static row *find(const stats_table *t, const char *rule, const char *variant) {
 
 void stats_table_add(stats_table *t, const char *rule, const char *variant, const char *name, long long value) {
     if (!variant || !*variant) variant = "-";
-    row *r = find(t, rule, variant);
+    row *r = !rule || !*rule ? &t->g : find(t, rule, variant);
     if (!r) {
         t->r = xrealloc(t->r, (t->n + 1) * sizeof *t->r);
         r = &t->r[t->n++];
@@ -77,6 +80,7 @@ static long long get(const row *r, const char *name) {
 }
 
 long long stats_table_get(const stats_table *t, const char *rule, const char *variant, const char *name) {
+    if (!rule || !*rule) return get(&t->g, name);
     return get(find(t, rule, variant ? variant : "-"), name);
 }
 
@@ -88,10 +92,11 @@ static int cmp_row(const void *a, const void *b) {
 
 static int cmp_field(const void *a, const void *b) { return strcmp(((const field *)a)->name, ((const field *)b)->name); }
 
-/* Exposures of a row: grants, or holdout decisions for a holdout arm. */
+/* Exposures of a row: grants, or the members held out for a holdout arm
+ * (a holdout member converts at most once: docs/policy.md "The closed loop"). */
 static long long exposed(const row *r) {
     long long g = get(r, "granted");
-    return g ? g : get(r, "holdout");
+    return g ? g : get(r, "holdout size");
 }
 
 /* The uplift of r's conversion rate over the holdout arm of its rule:
@@ -101,9 +106,9 @@ static int uplift(const stats_table *t, const row *r, double *d, double *lo, dou
     if (get(r, "holdout") || !get(r, "granted")) return 0;
     const row *h = NULL;
     for (size_t i = 0; i < t->n; i++)
-        if (!strcmp(t->r[i].rule, r->rule) && get(&t->r[i], "holdout") > 0) h = &t->r[i];
+        if (!strcmp(t->r[i].rule, r->rule) && get(&t->r[i], "holdout size") > 0) h = &t->r[i];
     if (!h) return 0;
-    double n1 = (double)get(r, "granted"), n0 = (double)get(h, "holdout");
+    double n1 = (double)get(r, "granted"), n0 = (double)get(h, "holdout size");
     double p1 = get(r, "converted") / n1, p0 = get(h, "converted") / n0;
     double se = sqrt(p1 * (1 - p1) / n1 + p0 * (1 - p0) / n0);
     *d = p1 - p0;
@@ -158,7 +163,7 @@ void stats_table_print(stats_table *t, FILE *f, int json) {
             }
             sb_puts(&b, "}}");
         }
-        sb_puts(&b, "]}\n");
+        sb_printf(&b, "],\"redemption_unknown\":%lld}\n", get(&t->g, "redemption_unknown"));
         fputs(b.s, f);
         sb_free(&b);
         return;
@@ -188,7 +193,10 @@ void stats_table_print(stats_table *t, FILE *f, int json) {
             fprintf(f, "  %-24s %-12s %-20s %lld\n", r->rule, r->variant, r->f[j].name, r->f[j].v);
         }
     }
+    fprintf(f, "\nredemptions of unknown grants: %lld\n", get(&t->g, "redemption_unknown"));
     fprintf(f, "\nHOLDOUT = distinct members held out; DELAYED = granted inside quiet hours (delivered at their end).\n"
+               "RATE: redeemed / granted; converted / granted (holdout arm: / HOLDOUT), conversions within the\n"
+               "attribution window, once per grant (holdout: once per member).\n"
                "Uplift: conversion rate minus the holdout's, 95%% CI by the normal approximation of a difference\n"
                "of two proportions (unreliable with few conversions).\n");
 }

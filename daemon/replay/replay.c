@@ -158,6 +158,9 @@ int replay_main(int argc, char **argv) {
     r.store = store_mem_new();
     store_mem_set_timezone(r.store, cfg.timezone);
     store_mem_set_policy(r.store, cfg.fcap_count, cfg.fcap_period_ms, cfg.quiet_start_min, cfg.quiet_end_min);
+    /* the closed loop (config `loop`; defaults without --config) */
+    store_mem_set_loop(r.store, cfg.loop_window_ms);
+    engine_set_loop(&eng, cfg.loop_redeem, cfg.n_loop_redeem, cfg.loop_convert, cfg.n_loop_convert, cfg.loop_window_ms);
     for (size_t i = 0; i < npools; i++) {
         const char *eq = strchr(pools[i], '=');
         if (!eq || eq == pools[i] || !eq[1]) {

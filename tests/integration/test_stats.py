@@ -8,7 +8,10 @@ librdkafka mock cluster.
   in order on one partition); deliver_after (quiet hours, in the member's
   context.timezone when it has one) live = replay;
 - `benefitd stats --json` equals `replay --stats --json`, and its numbers are
-  recomputed here from the grants in Redis and from the events.
+  recomputed here from the grants in Redis and from the events;
+- the closed loop: redemptions (some redelivered, some of unknown grants) and
+  orders from granted and held-out members; redeemed / converted, the rates
+  and the uplift live = replay = recomputed from the events and the grants.
 
 Run from the repo root: /usr/bin/python3 -m unittest -v tests/integration/test_stats.py
 """
@@ -137,6 +140,107 @@ class StatsTest(IntegrationTest):
         self.assertIn("promo", text)
         self.assertIn("control", text)
         self.assertIn("frequency cap", text)
+
+    def test_closed_loop(self):
+        self.env.write_rules({
+            "promo.yaml": "id: promo\ntrigger: {event: Signed Up}\n"
+                          "grant: {benefit: coupon, sku: P, value: 5, channel: email}\n"
+                          "variants:\n  - {name: five, weight: 60}\n  - {name: control, weight: 40, holdout: true}\n"})
+        self.env.write_config(channels={}, extra="loop: {redemption_events: [Coupon Redeemed, Benefit Redeemed], "
+                                                 "conversion_events: [Order Completed], attribution_window: 7d}\n")
+        t0 = now_ms() - 10000
+        n = 60
+        signups = [{"type": "track", "event": "Signed Up", "userId": "m%02d" % u, "messageId": "s-%d" % u,
+                    "timestamp": iso(t0 + u)} for u in range(n)]
+        path = self.env.dir / "signups.jsonl"
+        path.write_text("".join(json.dumps(e) + "\n" for e in signups))
+        rep = replay(self.env.rules_dir, path, config=self.env.config_path)
+        self.assertEqual(rep.rc, 0, rep.stderr)
+        gid_of = {g["user_id"]: g["grant_id"] for g in rep.grants}
+        self.assertTrue(10 < len(gid_of) < n)
+
+        events = list(signups)
+        for u in range(n):
+            m = "m%02d" % u
+            if m in gid_of and u % 2 == 0:
+                r = {"type": "track", "event": "Coupon Redeemed", "userId": m, "messageId": "r-%d" % u,
+                     "timestamp": iso(t0 + 1000 + u), "properties": {"grant_id": gid_of[m]}}
+                events.append(r)
+                if u % 4 == 0:
+                    events.append(dict(r))  # redelivered
+                    events.append(dict(r, event="Benefit Redeemed", messageId="r2-%d" % u,
+                                       timestamp=iso(t0 + 1500 + u)))  # redeemed again
+            if u % 3 != 0:
+                for k in range(1 + u % 2):  # some order twice
+                    events.append({"type": "track", "event": "Order Completed", "userId": m,
+                                   "messageId": "o-%d-%d" % (u, k), "timestamp": iso(t0 + 2000 + 10 * u + k)})
+        other = next(u for u in gid_of if u != "m01")
+        events.append({"type": "track", "event": "Coupon Redeemed", "userId": "m01", "messageId": "x-1",
+                       "timestamp": iso(t0 + 3000), "properties": {"grant_id": "gnosuchgrant"}})
+        events.append({"type": "track", "event": "Coupon Redeemed", "userId": "m01", "messageId": "x-2",
+                       "timestamp": iso(t0 + 3001), "properties": {"grant_id": gid_of[other]}})  # not m01's grant
+        path = self.env.dir / "events.jsonl"
+        path.write_text("".join(json.dumps(e) + "\n" for e in events))
+
+        self.env.start_daemon()
+        self.env.kafka.produce(path)
+        self.env.wait_all_committed()
+        c = self.env.client()
+        live = {g["grant_id"]: g for g in read_grants(c)}
+        self.assertEqual(set(live), set(gid_of.values()))
+
+        r = subprocess.run([str(BENEFITD), "replay", "--rules", str(self.env.rules_dir), "--config",
+                            str(self.env.config_path), "--stats", "--json", str(path)],
+                           capture_output=True, text=True, timeout=60)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        rows = [json.loads(x) for x in r.stdout.splitlines() if x.startswith('{"rules"')]
+        self.assertEqual(len(rows), 1)
+        want = rows[0]
+        wait_for(lambda: json.loads(self.stats_cli("--json")) == want, 10,
+                 "live stats equal to replay's: %s vs %s" % (want, self.stats_cli("--json")))
+        got = {(x["rule"], x["variant"]): x for x in json.loads(self.stats_cli("--json"))["rules"]}
+
+        # recomputed from the grants in Redis and the events
+        grants = {g["grant_id"]: g for g in live.values()}
+        redeemed, unknown = set(), 0
+        for e in events:
+            if e["event"] not in ("Coupon Redeemed", "Benefit Redeemed"):
+                continue
+            g = grants.get(e["properties"]["grant_id"])
+            if g and g["user_id"] == e["userId"]:
+                redeemed.add(g["grant_id"])
+            else:
+                unknown += 1
+        ordered = {e["userId"] for e in events if e["event"] == "Order Completed"}
+        held = set("m%02d" % u for u in range(n)) - set(gid_of)
+        five = [g for g in grants.values() if g["variant"] == "five"]
+        self.assertEqual(got[("promo", "five")]["granted"], len(five))
+        self.assertEqual(got[("promo", "five")]["redeemed"], len(redeemed))
+        conv1 = sum(1 for g in five if g["user_id"] in ordered)
+        self.assertEqual(got[("promo", "five")]["converted"], conv1)
+        self.assertEqual(got[("promo", "control")]["holdout_size"], len(held))
+        conv0 = len(held & ordered)
+        self.assertGreater(conv0, 0)
+        self.assertEqual(got[("promo", "control")]["converted"], conv0)
+        self.assertEqual(json.loads(self.stats_cli("--json"))["redemption_unknown"], unknown)
+        self.assertEqual(unknown, 2)
+        p1, p0 = conv1 / len(five), conv0 / len(held)
+        self.assertAlmostEqual(got[("promo", "five")]["redemption_rate"], len(redeemed) / len(five), places=5)
+        self.assertAlmostEqual(got[("promo", "five")]["conversion_rate"], p1, places=5)
+        self.assertAlmostEqual(got[("promo", "control")]["conversion_rate"], p0, places=5)
+        up = got[("promo", "five")]["uplift"]
+        se = (p1 * (1 - p1) / len(five) + p0 * (1 - p0) / len(held)) ** 0.5
+        self.assertAlmostEqual(up["diff"], p1 - p0, places=5)
+        self.assertAlmostEqual(up["ci95"][0], p1 - p0 - 1.96 * se, places=5)
+        self.assertAlmostEqual(up["ci95"][1], p1 - p0 + 1.96 * se, places=5)
+        self.assertIsNone(got[("promo", "control")]["uplift"])
+        # the keys of the loop
+        some = next(iter(redeemed))
+        self.assertEqual(c.exists("bd:{u:%s}:redeemed:%s" % (grants[some]["user_id"], some)), 1)
+        rec = c.hgetall("bd:{u:%s}:recent" % grants[some]["user_id"])
+        self.assertIn(some, rec)
+        text = self.stats_cli()
+        self.assertIn("redemptions of unknown grants: 2", text)
 
 
 if __name__ == "__main__":

@@ -390,6 +390,33 @@ static void test_policy_keys(void **state) {
                      f->dir);
 }
 
+/* loop: the closed loop's event names and attribution window. */
+static void test_loop_keys(void **state) {
+    fixture *f = *state;
+    assert_int_equal(f->c.n_loop_redeem, 2);
+    assert_string_equal(f->c.loop_redeem[0], "Coupon Redeemed");
+    assert_string_equal(f->c.loop_redeem[1], "Benefit Redeemed");
+    assert_int_equal(f->c.n_loop_convert, 1);
+    assert_string_equal(f->c.loop_convert[0], "Order Completed");
+    assert_int_equal(f->c.loop_window_ms, 7 * 86400000LL);
+    assert_int_equal(load(f, "loop: {redemption_events: Voucher Used, conversion_events: [Purchase, Subscribed],\n"
+                             "       attribution_window: 30d}\n"), 0);
+    assert_int_equal(f->c.n_loop_redeem, 1);
+    assert_string_equal(f->c.loop_redeem[0], "Voucher Used");
+    assert_int_equal(f->c.n_loop_convert, 2);
+    assert_string_equal(f->c.loop_convert[1], "Subscribed");
+    assert_int_equal(f->c.loop_window_ms, 30 * 86400000LL);
+    assert_int_equal(load(f, "loop: {conversion_events: []}\n"), 0);
+    assert_int_equal(f->c.n_loop_convert, 0);
+    diag_free(&f->d);
+    assert_int_equal(load(f, "loop: {redemption_events: {a: b}}\n"), -1);
+    assert_one_error(f, "%s/benefitd.yaml:1:27: 'redemption_events' must be an event name or a list of event names",
+                     f->dir);
+    diag_free(&f->d);
+    assert_int_equal(load(f, "loop: {attribution_window: 0s}\n"), -1);
+    assert_int_equal(f->d.n, 1);
+}
+
 static void test_default_type_null(void **state) {
     fixture *f = *state;
     assert_int_equal(load(f, "decode: {default_type: null}\n"), 0);
@@ -427,6 +454,7 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_default_rules_dir_beside_config, setup, teardown),
         cmocka_unit_test_setup_teardown(test_unknown_timezone, setup, teardown),
         cmocka_unit_test_setup_teardown(test_default_type_null, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_loop_keys, setup, teardown),
         cmocka_unit_test_setup_teardown(test_sample_config, setup, teardown),
         cmocka_unit_test_setup_teardown(test_http, setup, teardown),
         cmocka_unit_test_setup_teardown(test_http_remote_needs_allow_remote, setup, teardown),

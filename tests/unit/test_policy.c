@@ -34,6 +34,7 @@ typedef struct out {
     char code[64];
     char user[32];
     int64_t deliver_after;
+    char gid[48];
 } out;
 
 typedef struct world {
@@ -56,6 +57,7 @@ static void on_out(void *ud, const store_out_t *o) {
     snprintf(x->reason, sizeof x->reason, "%s", o->reason ? o->reason : "");
     snprintf(x->user, sizeof x->user, "%s", o->user);
     x->deliver_after = o->deliver_after;
+    snprintf(x->gid, sizeof x->gid, "%s", o->grant_id ? o->grant_id : "");
     if (o->kind == OUT_GRANT) {
         cJSON *root = cJSON_ParseWithLength(o->json, o->len);
         assert_non_null(root);
@@ -437,6 +439,150 @@ static void test_subject(void **state) {
     cJSON_Delete(ctx);
 }
 
+/* ---- the closed loop (docs/policy.md "The closed loop") ---------------- */
+
+static char *LOOP_R[] = {"Coupon Redeemed", "Benefit Redeemed"};
+static char *LOOP_C[] = {"Order Completed"};
+
+static void loop_on(world *w) {
+    engine_set_loop(&w->eng, LOOP_R, 2, LOOP_C, 1, 7 * DAY);
+    store_mem_set_loop(w->st, 7 * DAY);
+}
+
+/* Any event; props is a JSON object or NULL. */
+static void track(world *w, const char *name, const char *user, const char *msgid, int64_t ts, const char *props) {
+    char ts_s[32], json[768];
+    format_iso8601_ms(ts, ts_s, sizeof ts_s);
+    snprintf(json, sizeof json,
+             "{\"type\":\"track\",\"event\":\"%s\",\"userId\":\"%s\",\"messageId\":\"%s\","
+             "\"timestamp\":\"%s\",\"properties\":%s}",
+             name, user, msgid, ts_s, props ? props : "{}");
+    event_t ev;
+    char reason[128];
+    assert_int_equal(decode_event(&w->dec, json, strlen(json), ts, &ev, reason, sizeof reason), 0);
+    store_advance(w->st, w->rs, &w->eng, ts - 1, on_out, w);
+    clock_set(&w->clk, ts);
+    engine_run(&w->eng, w->rs, &ev, &w->clk, on_intent, w);
+    event_clear(&ev);
+}
+
+static void redeem(world *w, const char *user, const char *msgid, int64_t ts, const char *gid) {
+    char props[128];
+    snprintf(props, sizeof props, "{\"grant_id\":\"%s\"}", gid);
+    track(w, "Coupon Redeemed", user, msgid, ts, props);
+}
+
+static long long loop_stat(world *w, const char *key) {
+    statset s = {.n = 0};
+    store_mem_stats_each(w->st, collect_stat, &s);
+    return stat(&s, key);
+}
+
+#define SIGNUP_RULE "id: r\ntrigger: {event: Signed Up}\ngrant: {benefit: coupon, sku: C, value: 1}\n"
+
+/* A redemption counts once per grant id (redelivery, a second redemption
+ * event), under the grant's rule and variant; an unknown grant id, or one
+ * redeemed by another member than its recipient, counts redemption_unknown;
+ * an event without grant_id counts nothing. */
+static void test_loop_redemption_once(void **state) {
+    world w;
+    world_init(&w, SIGNUP_RULE, "UTC");
+    loop_on(&w);
+    track(&w, "Signed Up", "u1", "s1", T0, NULL);
+    assert_string_equal(last(&w), "granted");
+    char gid[48];
+    snprintf(gid, sizeof gid, "%s", w.o[w.n - 1].gid);
+    redeem(&w, "u1", "c1", T0 + HOUR, gid);
+    redeem(&w, "u1", "c1", T0 + HOUR, gid);  /* redelivered */
+    track(&w, "Benefit Redeemed", "u1", "c2", T0 + 2 * HOUR, "{\"grant_id\":\"x\"}"); /* unknown */
+    char props[128];
+    snprintf(props, sizeof props, "{\"grant_id\":\"%s\"}", gid);
+    track(&w, "Benefit Redeemed", "u1", "c3", T0 + 3 * HOUR, props); /* the same grant again */
+    redeem(&w, "u2", "c4", T0 + 3 * HOUR, gid);                       /* not u2's grant */
+    track(&w, "Coupon Redeemed", "u1", "c5", T0 + 3 * HOUR, NULL);      /* no grant_id: nothing */
+    assert_int_equal(loop_stat(&w, "r/-/redeemed"), 1);
+    assert_int_equal(loop_stat(&w, "/-/redemption_unknown"), 2);
+    assert_int_equal(loop_stat(&w, "r/-/granted"), 1);
+    assert_int_equal(loop_stat(&w, "r/-/triggered"), 1);
+    world_free(&w);
+}
+
+/* A conversion counts once per grant inside the window before it (a second
+ * order does not count again); a grant exactly one window old, or made after
+ * the order, does not count; with the loop off nothing is recorded. */
+static void test_loop_conversion_window(void **state) {
+    world w;
+    world_init(&w, SIGNUP_RULE, "UTC");
+    loop_on(&w);
+    track(&w, "Signed Up", "u1", "s1", T0, NULL);
+    track(&w, "Signed Up", "u2", "s2", T0, NULL);
+    track(&w, "Signed Up", "u3", "s3", T0, NULL);
+    track(&w, "Order Completed", "u1", "o1", T0 + HOUR, NULL);
+    track(&w, "Order Completed", "u1", "o2", T0 + 2 * HOUR, NULL); /* again: not counted */
+    assert_int_equal(loop_stat(&w, "r/-/converted"), 1);
+    track(&w, "Order Completed", "u2", "o3", T0 + 7 * DAY, NULL);     /* exactly a window later: outside */
+    assert_int_equal(loop_stat(&w, "r/-/converted"), 1);
+    track(&w, "Order Completed", "u3", "o4", T0 + 7 * DAY - 1, NULL); /* just inside */
+    assert_int_equal(loop_stat(&w, "r/-/converted"), 2);
+    track(&w, "Order Completed", "u4", "o5", T0 + HOUR, NULL);        /* no grant */
+    track(&w, "Signed Up", "u4", "s4", T0 + 2 * HOUR, NULL);          /* granted after the order */
+    assert_int_equal(loop_stat(&w, "r/-/converted"), 2);
+    /* a second grant of the rule to u1: its own conversion */
+    track(&w, "Signed Up", "u1", "s5", T0 + 3 * HOUR, NULL);
+    track(&w, "Order Completed", "u1", "o6", T0 + 4 * HOUR, NULL);
+    assert_int_equal(loop_stat(&w, "r/-/converted"), 3);
+    world_free(&w);
+
+    world_init(&w, SIGNUP_RULE, "UTC");
+    track(&w, "Signed Up", "u1", "s1", T0, NULL);
+    track(&w, "Order Completed", "u1", "o1", T0 + HOUR, NULL);
+    assert_int_equal(loop_stat(&w, "r/-/converted"), 0);
+    world_free(&w);
+}
+
+/* Members held out convert too (once per member): the holdout arm's
+ * conversions are what the uplift compares against. */
+static void test_loop_holdout_conversions(void **state) {
+    world w;
+    world_init(&w, "id: r\ntrigger: {event: Signed Up}\ngrant: {benefit: coupon, sku: C, value: 1}\n"
+                   "variants:\n  - {name: on, weight: 50}\n  - {name: off, weight: 50, holdout: true}\n",
+               "UTC");
+    loop_on(&w);
+    long long on = 0, off = 0, on_conv = 0, off_conv = 0;
+    for (int i = 0; i < 12; i++) {
+        char u[16], m[16];
+        snprintf(u, sizeof u, "u%d", i);
+        snprintf(m, sizeof m, "s%d", i);
+        track(&w, "Signed Up", u, m, T0 + i, NULL);
+        int is_on = !strcmp(engine_variant_name(ruleset_find(w.rs, "r"), u), "on");
+        on += is_on;
+        off += !is_on;
+        if (i % 3 == 0) continue; /* no order */
+        for (int k = 0; k < 2; k++) { /* two orders: one conversion */
+            snprintf(m, sizeof m, "o%d-%d", i, k);
+            track(&w, "Order Completed", u, m, T0 + HOUR + i * MIN + k, NULL);
+        }
+        on_conv += is_on;
+        off_conv += !is_on;
+    }
+    /* a held-out member held out again converts no more than once */
+    for (int i = 0; i < 12; i++) {
+        char u[16];
+        snprintf(u, sizeof u, "u%d", i);
+        if (!strcmp(engine_variant_name(ruleset_find(w.rs, "r"), u), "off") && i % 3) {
+            track(&w, "Signed Up", u, "again", T0 + 2 * HOUR, NULL);
+            track(&w, "Order Completed", u, "again-o", T0 + 3 * HOUR, NULL);
+            break;
+        }
+    }
+    assert_true(on > 0 && off > 0 && off_conv > 0);
+    assert_int_equal(loop_stat(&w, "r/on/granted"), on);
+    assert_int_equal(loop_stat(&w, "r/on/converted"), on_conv);
+    assert_int_equal(loop_stat(&w, "r/off/holdout size"), off);
+    assert_int_equal(loop_stat(&w, "r/off/converted"), off_conv);
+    world_free(&w);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_per_user),    cmocka_unit_test(test_per_device_and_ip),
@@ -445,6 +591,8 @@ int main(void) {
         cmocka_unit_test(test_wait_checked_at_fire), cmocka_unit_test(test_subject),
         cmocka_unit_test(test_frequency_cap), cmocka_unit_test(test_quiet_hours),
         cmocka_unit_test(test_reasons_counted),
+        cmocka_unit_test(test_loop_redemption_once), cmocka_unit_test(test_loop_conversion_window),
+        cmocka_unit_test(test_loop_holdout_conversions),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
