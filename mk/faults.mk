@@ -13,3 +13,4 @@ FAULTS_ARGS ?=
 .PHONY: test-faults
 test-faults: all
 	/usr/bin/python3 tests/faults/run_faults.py $(FAULTS_ARGS)
+	/usr/bin/python3 tests/faults/repro_inactivity_lag.py

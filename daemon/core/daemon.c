@@ -137,6 +137,11 @@ typedef struct poller {
     int zpending;                 /* pending-timer reads in flight */
     long long wait_n, inact_n, inact_acc;
     int64_t zcard_at_us;          /* when the pending-timer counts were last read */
+    /* How far the partition's activity is known, for silences: the latest
+     * event time read from it, or the wall clock once the consumer sits at
+     * its end (EOF, cleared by the next message). */
+    int64_t event_wm;
+    int at_eof;
 } poller;
 
 struct daemon_state {
@@ -148,6 +153,7 @@ struct daemon_state {
     redis_store_t *store;
     bd_clock_t clock;
     poller *pollers;
+    poller *last_poller;   /* find_poller's cache; cleared when a poller goes */
     kafka_source_t *src;
     struct event *sig_int, *sig_term, *sig_hup, *stats_ev, *drain_ev, *watchdog_ev;
     int stopping;
@@ -562,6 +568,22 @@ static void dead_letter(daemon_state *d, const rd_kafka_message_t *m, const char
     log_warn("dead_letter", "topic=%s partition=%s offset=%s reason=\"%s\"", topic, part, off, reason);
 }
 
+/* The poller of a partition, with a one-entry cache: consecutive messages
+ * mostly come from one partition. NULL before the assignment made one. */
+static poller *find_poller(daemon_state *d, const char *topic, int32_t partition) {
+    if (d->last_poller && d->last_poller->partition == partition && !d->last_poller->dead &&
+        !strcmp(d->last_poller->topic, topic))
+        return d->last_poller;
+    for (poller *p = d->pollers; p; p = p->next)
+        if (p->partition == partition && !p->dead && !strcmp(p->topic, topic)) return d->last_poller = p;
+    return NULL;
+}
+
+static void on_partition_eof(void *ud, const char *topic, int32_t partition) {
+    poller *p = find_poller(ud, topic, partition);
+    if (p) p->at_eof = 1;
+}
+
 static void on_message(void *ud, const rd_kafka_message_t *m, offset_token_t *tok) {
     daemon_state *d = ud;
     d->cur_tok = tok;
@@ -579,6 +601,11 @@ static void on_message(void *ud, const rd_kafka_message_t *m, offset_token_t *to
         metrics_counter_inc(d->m.ev_decoded, 1);
         d->cur_topic = rd_kafka_topic_name(m->rkt);
         d->cur_partition = m->partition;
+        poller *p = find_poller(d, d->cur_topic, m->partition);
+        if (p) {
+            p->at_eof = 0;
+            if (ev.ts_ms > p->event_wm) p->event_wm = ev.ts_ms;
+        }
         /* The decision time is the wall clock now (docs/time.md: live is
          * processing time); each intent becomes one Lua call on Redis, except
          * touches, which are batched per Kafka batch (order-free: ZADD GT). */
@@ -674,7 +701,9 @@ static void poll_cb(evutil_socket_t fd, short what, void *arg) {
     pending_refresh(d, p);
     p->busy = 1;
     redis_store_flush(d->store); /* the round's reads come after every touch so far */
-    redis_store_poll(d->store, p->topic, p->partition, clock_now_ms(&d->clock), poll_done, p);
+    int64_t now = clock_now_ms(&d->clock);
+    int64_t known = p->at_eof || p->event_wm > now ? now : p->event_wm;
+    redis_store_poll(d->store, p->topic, p->partition, now, known, poll_done, p);
 }
 
 static void poller_mark(void *ud, const char *topic, int32_t partition) {
@@ -711,6 +740,7 @@ static void sync_pollers(daemon_state *d) {
             continue;
         }
         *pp = p->next;
+        if (d->last_poller == p) d->last_poller = NULL;
         log_info("timers_released", "topic=%s partition=%d", p->topic, (int)p->partition);
         event_del(p->ev);
         metrics_gauge_remove(p->lag);
@@ -725,6 +755,7 @@ static void pollers_kick(daemon_state *d) {
 }
 
 static void pollers_free(daemon_state *d) {
+    d->last_poller = NULL;
     while (d->pollers) {
         poller *p = d->pollers;
         d->pollers = p->next;
@@ -927,7 +958,8 @@ int daemon_run(const char *config_path) {
     if (d->sink) redis_sink_set_latency_observer(d->sink, on_latency, d);
     if (d->sink) d->store = redis_store_new(d->sink, &d->cfg, &d->rules, &d->engine);
     char err[512];
-    source_handlers_t h = {.on_message = on_message, .on_assignment = on_assignment, .on_batch_end = on_batch_end};
+    source_handlers_t h = {.on_message = on_message, .on_assignment = on_assignment, .on_batch_end = on_batch_end,
+                           .on_partition_eof = on_partition_eof};
     d->src = kafka_source_new(d->base, &d->cfg, h, d, err, sizeof err);
     if (!d->sink || !d->store || !d->src) {
         fprintf(stderr, "benefitd: %s\n", d->src ? "redis sink init failed" : err);

@@ -1006,7 +1006,7 @@ static void poll_read(round_t *r, const char *rule_id, const char *key, int64_t 
     redis_sink_read(r->st->sink, 8, argv, lens, on_poll_reply, c);
 }
 
-void redis_store_poll(redis_store_t *st, const char *topic, int32_t partition, int64_t now,
+void redis_store_poll(redis_store_t *st, const char *topic, int32_t partition, int64_t now, int64_t inact_now,
                       void (*done)(void *ud, int more, int ok), void *ud) {
     round_t *r = xcalloc(1, sizeof *r);
     r->st = st;
@@ -1028,7 +1028,7 @@ void redis_store_poll(redis_store_t *st, const char *topic, int32_t partition, i
         if (!rl->enabled || rl->kind != TRIG_INACTIVITY) continue;
         a_reset(&k);
         k_seen(st, &k, topic, partition, rl->id);
-        poll_read(r, rl->id, k.buf.s, now - rl->inactive_ms);
+        poll_read(r, rl->id, k.buf.s, inact_now - rl->inactive_ms);
     }
     a_free(&k);
     round_step(r);

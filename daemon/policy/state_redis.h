@@ -74,7 +74,12 @@ void redis_store_flush(redis_store_t *st);
  * when every read of the round is answered (fires are queued by then, in
  * order, ahead of anything sent later): more = 1 when a read hit its limit
  * (poll again at once), ok = 0 when the connection dropped meanwhile. */
-void redis_store_poll(redis_store_t *st, const char *topic, int32_t partition, int64_t now,
+/* inact_now is the time up to which the partition's activity is known (the
+ * wall clock once the consumer is at the end of the partition, else the
+ * latest event time read from it): silences are judged against it, so a
+ * consumer lagging behind its partition never mistakes unread activity for
+ * silence. Waits use now (they are due in processing time). */
+void redis_store_poll(redis_store_t *st, const char *topic, int32_t partition, int64_t now, int64_t inact_now,
                       void (*done)(void *ud, int more, int ok), void *ud);
 
 typedef struct rs_stats {

@@ -180,9 +180,12 @@ static void log_cb(const rd_kafka_t *rk, int level, const char *fac, const char 
 }
 
 static void dispatch(kafka_source_t *s, rd_kafka_message_t *m) {
+    if (m->err == RD_KAFKA_RESP_ERR__PARTITION_EOF) {
+        if (s->h.on_partition_eof) s->h.on_partition_eof(s->ud, rd_kafka_topic_name(m->rkt), m->partition);
+        return;
+    }
     if (m->err) {
-        if (m->err != RD_KAFKA_RESP_ERR__PARTITION_EOF)
-            log_warn("kafka_consume_error", "error=\"%s\"", rd_kafka_message_errstr(m));
+        log_warn("kafka_consume_error", "error=\"%s\"", rd_kafka_message_errstr(m));
         return;
     }
     const char *topic = rd_kafka_topic_name(m->rkt);
@@ -264,7 +267,7 @@ kafka_source_t *kafka_source_new(struct event_base *base, const config_t *cfg, s
         set_prop(conf, "enable.auto.offset.store", "false", err, errlen) ||
         set_prop(conf, "enable.auto.commit", "true", err, errlen) ||
         set_prop(conf, "auto.commit.interval.ms", "1000", err, errlen) ||
-        set_prop(conf, "enable.partition.eof", "false", err, errlen))
+        set_prop(conf, "enable.partition.eof", "true", err, errlen))
         goto fail_conf;
     for (size_t i = 0; i < cfg->n_kafka_props; i++) {
         char e2[256];
@@ -273,8 +276,11 @@ kafka_source_t *kafka_source_new(struct event_base *base, const config_t *cfg, s
             goto fail_conf;
         }
     }
-    /* An operator's properties must not switch offset storage back to automatic. */
-    if (set_prop(conf, "enable.auto.offset.store", "false", err, errlen)) goto fail_conf;
+    /* An operator's properties must not switch offset storage back to
+     * automatic, nor hide the end-of-partition signal inactivity relies on. */
+    if (set_prop(conf, "enable.auto.offset.store", "false", err, errlen) ||
+        set_prop(conf, "enable.partition.eof", "true", err, errlen))
+        goto fail_conf;
     rd_kafka_conf_set_opaque(conf, s);
     rd_kafka_conf_set_rebalance_cb(conf, rebalance_cb);
     rd_kafka_conf_set_offset_commit_cb(conf, commit_cb);

@@ -27,6 +27,9 @@ typedef struct source_handlers {
     /* Optional: after each batch's messages were dispatched (before their
      * offsets are stored), e.g. to send writes batched across messages. */
     void (*on_batch_end)(void *ud);
+    /* Optional: the consumer has read everything the partition held (in
+     * order after its last message): what happened up to now is known. */
+    void (*on_partition_eof)(void *ud, const char *topic, int32_t partition);
 } source_handlers_t;
 
 /* Creates the consumer (not yet subscribed). NULL with a message in err. */

@@ -1,7 +1,8 @@
 #!/usr/bin/python3
-"""Reproduction (not part of `make test-faults`): a silence granted live for a
-member who was active, because the event that ended the silence was still
-unconsumed in Kafka when the silence fell due on the wall clock.
+"""Regression (run by `make test-faults`): a silence must not be granted live
+for a member who was active, when the event that ended the silence is still
+unconsumed in Kafka as the silence falls due on the wall clock. Fixed by
+judging silences against how far the partition has been read (docs/time.md).
 
 Rule `inactive_for: 5s`. Member x is active at A, then at B = A + 3 s: replay
 grants one silence, `inactive:B`. Live: the daemon is stopped after A (a clean
