@@ -230,19 +230,33 @@ int parse_local_time_ms(const char *s, const char *tz, int64_t *out_ms) {
     if (has_zone || !tz || !*tz || strcmp(tz, "UTC") == 0) { *out_ms = local - off; return 0; }
     /* mktime is the only portable way to apply an IANA zone's rules; switch TZ
      * around it. Only called at rule load, never on the event path. */
-    char *old = getenv("TZ") ? xstrdup(getenv("TZ")) : NULL;
-    setenv("TZ", tz, 1);
-    tzset();
+    tz_saved saved = tz_switch(tz);
     time_t secs = (time_t)(local / 1000);
     struct tm tm;
     gmtime_r(&secs, &tm);
     tm.tm_isdst = -1;
     time_t t = mktime(&tm);
-    if (old) { setenv("TZ", old, 1); free(old); } else unsetenv("TZ");
-    tzset();
+    tz_restore(saved);
     if (t == (time_t)-1) return -1;
     *out_ms = (int64_t)t * 1000 + local % 1000;
     return 0;
+}
+
+tz_saved tz_switch(const char *tz) {
+    tz_saved saved = {getenv("TZ") ? xstrdup(getenv("TZ")) : NULL};
+    setenv("TZ", tz, 1);
+    tzset();
+    return saved;
+}
+
+void tz_restore(tz_saved saved) {
+    if (saved.old) {
+        setenv("TZ", saved.old, 1);
+        free(saved.old);
+    } else {
+        unsetenv("TZ");
+    }
+    tzset();
 }
 
 int64_t now_wall_ms(void) {

@@ -51,6 +51,15 @@ int parse_iso8601_ms(const char *s, int64_t *out_ms);
  * named IANA zone ("UTC", "Europe/Paris"). Returns 0 on success. */
 int parse_local_time_ms(const char *s, const char *tz, int64_t *out_ms);
 
+/* Runs the process's local-time functions (mktime, localtime_r) in the IANA
+ * zone tz until tz_restore: the only portable way to apply a zone's rules.
+ * Not for the event hot path (tzset reads the zone file); callers cache. */
+typedef struct tz_saved {
+    char *old;   /* the previous TZ, NULL when it was unset */
+} tz_saved;
+tz_saved tz_switch(const char *tz);
+void tz_restore(tz_saved saved);
+
 /* Wall clock in epoch milliseconds. */
 int64_t now_wall_ms(void);
 /* Monotonic clock in microseconds, for measuring durations only. */

@@ -26,9 +26,7 @@ const char *policy_day(policy_day_cache *c, const char *tz, int64_t at) {
     /* An IANA zone: switch TZ around localtime/mktime (only when the day
      * changes, never per grant). Day bounds come from mktime of local
      * midnights, so a 23- or 25-hour DST day is right. */
-    char *old = getenv("TZ") ? xstrdup(getenv("TZ")) : NULL;
-    setenv("TZ", zone, 1);
-    tzset();
+    tz_saved saved = tz_switch(zone);
     time_t secs = (time_t)floor_div(at, 1000);
     struct tm tm;
     localtime_r(&secs, &tm);
@@ -40,13 +38,7 @@ const char *policy_day(policy_day_cache *c, const char *tz, int64_t at) {
     e.tm_mday = tm.tm_mday + 1;
     s.tm_isdst = e.tm_isdst = -1;
     time_t ts = mktime(&s), te = mktime(&e);
-    if (old) {
-        setenv("TZ", old, 1);
-        free(old);
-    } else {
-        unsetenv("TZ");
-    }
-    tzset();
+    tz_restore(saved);
     c->start = (int64_t)ts * 1000;
     c->end = (int64_t)te * 1000;
     if (ts == (time_t)-1 || te == (time_t)-1 || at < c->start || at >= c->end) c->start = c->end = 0; /* no cache */
@@ -122,9 +114,7 @@ int64_t policy_quiet_until(policy_quiet_cache *c, const char *tz, int start_min,
             break;
     if (k == POLICY_QUIET_ZONES) {
         k = c->next++ % POLICY_QUIET_ZONES;
-        char *old = getenv("TZ") ? xstrdup(getenv("TZ")) : NULL;
-        setenv("TZ", zone, 1);
-        tzset();
+        tz_saved saved = tz_switch(zone);
         time_t secs = (time_t)floor_div(at, 1000);
         struct tm tm;
         localtime_r(&secs, &tm);
@@ -134,13 +124,7 @@ int64_t policy_quiet_until(policy_quiet_cache *c, const char *tz, int start_min,
         c->z[k].q_start_today = local_at(&tm, 0, start_min);
         c->z[k].q_end_today = local_at(&tm, 0, end_min);
         c->z[k].q_end_next = local_at(&tm, 1, end_min);
-        if (old) {
-            setenv("TZ", old, 1);
-            free(old);
-        } else {
-            unsetenv("TZ");
-        }
-        tzset();
+        tz_restore(saved);
         if (at < c->z[k].start || at >= c->z[k].end) { /* not cacheable (a gap): answer, forget */
             int64_t s0 = c->z[k].q_start_today, e0 = c->z[k].q_end_today, e1 = c->z[k].q_end_next;
             c->z[k].start = c->z[k].end = 0;
