@@ -550,7 +550,7 @@ static void test_loop_holdout_conversions(void **state) {
     loop_on(&w);
     long long on = 0, off = 0, on_conv = 0, off_conv = 0;
     for (int i = 0; i < 12; i++) {
-        char u[16], m[16];
+        char u[16], m[32];
         snprintf(u, sizeof u, "u%d", i);
         snprintf(m, sizeof m, "s%d", i);
         track(&w, "Signed Up", u, m, T0 + i, NULL);
