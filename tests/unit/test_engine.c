@@ -39,15 +39,17 @@ static void seen_free(seen *s) {
     memset(s, 0, sizeof *s);
 }
 
-static ruleset_t *load(const char *yaml) {
+static ruleset_t *load_with(const char *yaml, int flags) {
     diag_t d;
     diag_init(&d);
-    ruleset_t *rs = ruleset_load_string("t.yaml", yaml, strlen(yaml), "UTC", &d);
+    ruleset_t *rs = ruleset_load_string_ex("t.yaml", yaml, strlen(yaml), "UTC", flags, &d);
     if (!rs) diag_print(&d, stderr);
     diag_free(&d);
     assert_non_null(rs);
     return rs;
 }
+
+static ruleset_t *load(const char *yaml) { return load_with(yaml, 0); }
 
 static void decide(ruleset_t *rs, const char *json, int64_t now, seen *s) {
     decoder_t dec;
@@ -293,15 +295,7 @@ static void collect_intent(void *ud, const event_t *ev, const intent_t *in) {
     sb_free(&b);
 }
 
-static ruleset_t *load_timed(const char *yaml) {
-    diag_t d;
-    diag_init(&d);
-    ruleset_t *rs = ruleset_load_string_ex("t.yaml", yaml, strlen(yaml), "UTC", RULES_ALLOW_TIME, &d);
-    if (!rs) diag_print(&d, stderr);
-    diag_free(&d);
-    assert_non_null(rs);
-    return rs;
-}
+static ruleset_t *load_timed(const char *yaml) { return load_with(yaml, RULES_ALLOW_TIME); }
 
 static void run(ruleset_t *rs, const char *json, int64_t now, intents *s) {
     decoder_t dec;
