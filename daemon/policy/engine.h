@@ -5,11 +5,12 @@
  * the grant JSON. It does no I/O and reads no state.
  *
  * Two entry points:
- *   engine_decide  event triggers only, finished grants: what the daemon runs
- *                  today (its store for the time shapes is not built yet);
  *   engine_run     every trigger shape, as intents (state.h) for a store to
- *                  execute: what replay and the unit tests run, and what the
- *                  daemon will run once its Redis store lands. */
+ *                  execute: what the daemon (Redis store) and replay (memory
+ *                  store) run;
+ *   engine_decide  event triggers only, as finished grants: a thin view over
+ *                  the same decide_rule(), used by the unit tests to check
+ *                  grant contents without a store. */
 #ifndef BENEFITD_ENGINE_H
 #define BENEFITD_ENGINE_H
 

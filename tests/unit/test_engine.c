@@ -395,7 +395,7 @@ static void test_run_intent_order(void **state) {
 
 /* Holdout and shadow waits are scheduled (reported if the wait runs out);
  * a wait that cannot be granted at all is explained at once. engine_decide
- * (the daemon's path today) never decides a count. */
+ * (event triggers only) never decides a count. */
 static void test_run_wait_reasons_and_legacy_count(void **state) {
     ruleset_t *rs = load_timed("rules:\n"
                                "  - id: shadowed\n"
