@@ -197,8 +197,7 @@ int replay_main(int argc, char **argv) {
         free(name);
         if (bad) goto out;
     }
-    /* Replay runs the time shapes on its in-memory store; the daemon refuses
-     * them until its Redis store lands (rules.h, RULES_ALLOW_TIME). */
+    /* Same load flags as the daemon and `check` (rules.h, RULES_ALLOW_TIME). */
     rs = ruleset_load_dir_ex(rules_dir ? rules_dir : cfg.rules_dir, cfg.timezone, RULES_ALLOW_TIME, &diag);
     if (!rs) {
         diag_print(&diag, stderr);

@@ -403,8 +403,8 @@ static void check_code_pools(loader *L, const ynode *rm, const rule_t *r) {
  * day they land), then refused here so nobody believes a key is enforced
  * when it is not (`limits` and `pool` landed with issue 4: docs/policy.md;
  * `audience` waits for member profiles, issue 5). Delete a row when its feature ships everywhere;
- * `allowed_by` names the load flag under which a row's feature already works
- * (time shapes run in replay's in-memory store, not yet in the daemon).
+ * `allowed_by` names the load flag under which a row's feature works (every
+ * command now loads with RULES_ALLOW_TIME; see rules.h).
  * section NULL = the rule itself; "grant" also covers every variant's grant. */
 static const struct {
     const char *section;

@@ -79,10 +79,10 @@ ruleset_t *ruleset_load_string(const char *name, const char *text, size_t len, c
 void ruleset_free(ruleset_t *rs);
 
 /* Load options. The time shapes (wait, cancel_on, count/within,
- * inactive_for) are decided by the engine and executed by the in-memory
- * store, which replay uses; the daemon's Redis store for them is not built
- * yet, so `check` and `run` keep refusing them (no flag) while `replay`
- * accepts them (RULES_ALLOW_TIME). Keys refused everywhere stay refused. */
+ * inactive_for) run in both stores now, and `run`, `check` and `replay` all
+ * load with RULES_ALLOW_TIME; without it (ruleset_load_dir/_string) they are
+ * still refused, which only tests and fuzzing use. Keys refused everywhere
+ * (audience) stay refused. */
 enum { RULES_ALLOW_TIME = 1u << 0 };
 ruleset_t *ruleset_load_dir_ex(const char *dir, const char *timezone, unsigned flags, diag_t *diag);
 ruleset_t *ruleset_load_string_ex(const char *name, const char *text, size_t len, const char *timezone,
