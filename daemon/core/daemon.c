@@ -700,7 +700,6 @@ static void poll_cb(evutil_socket_t fd, short what, void *arg) {
     }
     pending_refresh(d, p);
     p->busy = 1;
-    redis_store_flush(d->store); /* the round's reads come after every touch so far */
     int64_t now = clock_now_ms(&d->clock);
     int64_t known = p->at_eof || p->event_wm > now ? now : p->event_wm;
     redis_store_poll(d->store, p->topic, p->partition, now, known, poll_done, p);
