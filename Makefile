@@ -8,13 +8,15 @@ PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 CFLAGS   ?= -O2 -g
 # Required flags live apart from CFLAGS so `make CFLAGS=...` (sanitizers, -O0) cannot drop them.
-ALL_CFLAGS = -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -Wno-unused-parameter -MMD -MP $(PKG_CFLAGS) $(CFLAGS)
-LDLIBS   += $(PKG_LIBS) -levent -lm
+ALL_CFLAGS = -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -Wno-unused-parameter -MMD -MP $(PKG_CFLAGS) \
+             -DBENEFITD_PLUGIN_DIR='"$(PREFIX)/lib/benefitd/plugins"' $(CFLAGS)
+LDLIBS   += $(PKG_LIBS) -levent -lm -ldl
 SAN_FLAGS = -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
 
-# Data flow order: source -> decode -> rules -> policy -> sink; core and replay around them.
-LIB_SRCS := $(wildcard daemon/core/*.c daemon/source/*.c daemon/decode/*.c daemon/rules/*.c \
-              daemon/policy/*.c daemon/sink/*.c daemon/replay/*.c)
+# Data flow order: source -> decode -> enrich (profiles, plugins) -> rules -> policy -> sink;
+# core and replay around them.
+LIB_SRCS := $(wildcard daemon/core/*.c daemon/source/*.c daemon/decode/*.c daemon/enrich/*.c \
+              daemon/rules/*.c daemon/policy/*.c daemon/sink/*.c daemon/replay/*.c)
 LIB_SRCS := $(filter-out daemon/core/main.c,$(LIB_SRCS))
 LIB_OBJS := $(LIB_SRCS:%.c=$(BUILD)/%.o)
 UNIT_SRCS := $(wildcard tests/unit/test_*.c)
@@ -22,7 +24,7 @@ UNIT_BINS := $(UNIT_SRCS:tests/unit/%.c=$(BUILD)/tests/%)
 TOOL_BINS := $(BUILD)/kafkatool
 
 .PHONY: all deps test test-unit test-integration test-integration-san test-sanitize test-replay demo install clean check-rules
-all: $(BUILD)/benefitd $(TOOL_BINS)
+all: $(BUILD)/benefitd $(TOOL_BINS) $(PLUGIN_SOS)
 
 deps:
 	scripts/install-deps

@@ -15,11 +15,16 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#ifndef BENEFITD_PLUGIN_DIR
+#define BENEFITD_PLUGIN_DIR "/usr/local/lib/benefitd/plugins"
+#endif
 #define DEFAULT_DEAD_LETTER_KEY "{prefix}deadletter"
 
 static const char *const TOP_KEYS[] = {"kafka",  "redis",         "rules",       "output", "dead_letter",
                                        "decode", "daemon",        "http",        "timezone", "frequency_cap",
-                                       "quiet_hours", "pools",    "loop",    NULL};
+                                       "quiet_hours", "pools",    "loop",    "plugins", "profiles", NULL};
+static const char *const PLUGINS_KEYS[] = {"dir", "load", NULL};
+static const char *const PROFILES_KEYS[] = {"cache_mb", NULL};
 static const char *const LOOP_KEYS[] = {"redemption_events", "conversion_events", "attribution_window", NULL};
 static const char *const POOL_KEYS[] = {"low_stock", NULL};
 static const char *const KAFKA_KEYS[] = {"brokers", "topics", "group_id", "properties", NULL};
@@ -217,6 +222,8 @@ void config_init_default(config_t *c) {
     c->loop_convert[0] = xstrdup("Order Completed");
     c->n_loop_convert = 1;
     c->loop_window_ms = 7LL * 24 * 3600 * 1000;
+    c->plugin_dir = xstrdup(BENEFITD_PLUGIN_DIR);
+    c->profile_cache_bytes = 64LL << 20;
 }
 
 void config_free(config_t *c) {
@@ -251,6 +258,12 @@ void config_free(config_t *c) {
     free(c->loop_redeem);
     for (size_t i = 0; i < c->n_loop_convert; i++) free(c->loop_convert[i]);
     free(c->loop_convert);
+    free(c->plugin_dir);
+    for (size_t i = 0; i < c->n_plugins; i++) {
+        free(c->plugins[i].name);
+        free(c->plugins[i].json);
+    }
+    free(c->plugins);
     for (size_t i = 0; i < sizeof c->decode_strs / sizeof c->decode_strs[0]; i++) free(c->decode_strs[i]);
     memset(c, 0, sizeof *c);
 }
@@ -527,6 +540,101 @@ static void load_loop(cload *L, const ynode *top) {
     get_duration(L, m, "attribution_window", &c->loop_window_ms);
 }
 
+/* A YAML node as JSON for a plugin: plain scalars that read as numbers,
+ * booleans or null become those; quoted ones stay strings. */
+static void yaml_to_json(const ynode *n, strbuf *b) {
+    if (n->kind == YN_MAP) {
+        sb_putc(b, '{');
+        for (size_t i = 0; i < n->n; i++) {
+            if (i) sb_putc(b, ',');
+            sb_json_str(b, n->keys[i]->str, strlen(n->keys[i]->str));
+            sb_putc(b, ':');
+            yaml_to_json(n->items[i], b);
+        }
+        sb_putc(b, '}');
+    } else if (n->kind == YN_SEQ) {
+        sb_putc(b, '[');
+        for (size_t i = 0; i < n->n; i++) {
+            if (i) sb_putc(b, ',');
+            yaml_to_json(n->items[i], b);
+        }
+        sb_putc(b, ']');
+    } else {
+        const char *s = n->str;
+        if (!n->quoted) {
+            if (!strcmp(s, "true") || !strcmp(s, "false")) { sb_puts(b, s); return; }
+            if (!strcmp(s, "null") || !strcmp(s, "~") || !s[0]) { sb_puts(b, "null"); return; }
+            char *end;
+            errno = 0;
+            double v = strtod(s, &end);
+            if (*s && !*end && errno == 0 && v == v && v - v == 0 && strspn(s, "+-0123456789.eE") == strlen(s)) {
+                sb_printf(b, "%.17g", v);
+                return;
+            }
+        }
+        sb_json_str(b, s, strlen(s));
+    }
+}
+
+/* plugins: {dir, load: {NAME: block}}. The blocks are the plugins' to check
+ * (their init reports what is wrong); here only their shape. */
+static void load_plugins(cload *L, const ynode *top) {
+    config_t *c = L->c;
+    const ynode *m = section(L, top, "plugins", PLUGINS_KEYS);
+    if (!m) return;
+    const ynode *d = yn_get(m, "dir");
+    if (d) {
+        get_str(L, m, "dir", 0, &c->plugin_dir);
+        c->plugin_dir_line = d->line;
+        c->plugin_dir_col = d->col;
+        char *r = resolve_path(L, c->plugin_dir);
+        free(c->plugin_dir);
+        c->plugin_dir = r;
+    }
+    const ynode *ld = yn_get(m, "load");
+    if (!ld) return;
+    if (ld->kind != YN_MAP) {
+        err_at(L, ld, "'load' must map plugin names to their settings ({} for none)");
+        return;
+    }
+    c->plugins = ld->n ? xcalloc(ld->n, sizeof *c->plugins) : NULL;
+    for (size_t i = 0; i < ld->n; i++) {
+        const ynode *k = ld->keys[i], *v = ld->items[i];
+        const char *name = k->str;
+        int ok = name[0] != 0;
+        for (const char *p = name; *p && ok; p++) ok = (*p >= 'a' && *p <= 'z') || (*p >= '0' && *p <= '9') || *p == '_' || *p == '-';
+        if (!ok) {
+            err_at(L, k, "plugin name '%s' must be [a-z0-9_-]+ (the file is NAME.so)", name);
+            continue;
+        }
+        if (v->kind == YN_SEQ || (v->kind == YN_SCALAR && (v->quoted || (v->str[0] && strcmp(v->str, "null") && strcmp(v->str, "~"))))) {
+            err_at(L, v, "plugin '%s': its settings must be a mapping ({} for none)", name);
+            continue;
+        }
+        plugin_cfg_t *pc = &c->plugins[c->n_plugins++];
+        pc->name = xstrdup(name);
+        pc->line = k->line;
+        pc->col = k->col;
+        strbuf b;
+        sb_init(&b);
+        if (v->kind == YN_MAP) yaml_to_json(v, &b);
+        else sb_puts(&b, "{}");
+        pc->json = b.s;
+    }
+}
+
+static void load_profiles(cload *L, const ynode *top) {
+    config_t *c = L->c;
+    const ynode *m = section(L, top, "profiles", PROFILES_KEYS);
+    if (!m) return;
+    const ynode *n = yn_get(m, "cache_mb");
+    long long mb;
+    if (n && yn_int(n, L->file, "cache_mb", &mb, L->d) == 0) {
+        if (mb < 1 || mb > 1048576) err_at(L, n, "'cache_mb' must be 1 to 1048576");
+        else c->profile_cache_bytes = mb << 20;
+    }
+}
+
 static void load_channel(cload *L, const ynode *m, channel_cfg_t *ch) {
     yn_check_keys(m, L->file, CHANNEL_KEYS, L->d);
     const ynode *n = yn_get(m, "kind");
@@ -675,6 +783,8 @@ int config_load(config_t *c, const char *path, diag_t *diag) {
         load_http(&L, root);
         load_policy(&L, root);
         load_loop(&L, root);
+        load_plugins(&L, root);
+        load_profiles(&L, root);
         /* after every section: the prefix may be set after dead_letter.key */
         strbuf b;
         sb_init(&b);

@@ -20,6 +20,14 @@ typedef struct channel_cfg {
 
 typedef struct kv { char *key, *value; } kv_t;
 
+/* plugins.load.NAME: the plugin's config block as JSON text (plugin API,
+ * plugins/benefitd_plugin.h), and where it was written. */
+typedef struct plugin_cfg {
+    char *name;
+    char *json;
+    int line, col;
+} plugin_cfg_t;
+
 typedef struct config {
     char *path;                 /* file it was loaded from (NULL = built-in defaults) */
     /* kafka */
@@ -65,6 +73,12 @@ typedef struct config {
     char **loop_redeem; size_t n_loop_redeem;   /* ["Coupon Redeemed", "Benefit Redeemed"] */
     char **loop_convert; size_t n_loop_convert; /* ["Order Completed"] */
     long long loop_window_ms;                   /* attribution_window: 7d */
+    /* plugins: {dir, load: {NAME: {...}}} (docs/plugins.md) */
+    char *plugin_dir;                           /* PREFIX/lib/benefitd/plugins; relative to this file */
+    int plugin_dir_line, plugin_dir_col;
+    plugin_cfg_t *plugins; size_t n_plugins;    /* in load order */
+    /* profiles: the member profile cache (docs/profiles.md) */
+    long long profile_cache_bytes;              /* cache_mb: 64 */
 } config_t;
 
 /* Defaults, as documented. */

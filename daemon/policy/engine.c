@@ -287,6 +287,8 @@ static void decide_rule(engine_t *e, rule_dec *d, const rule_t *r, const event_t
     }
     if ((r->active_from_ms && now_ms < r->active_from_ms) || (r->active_until_ms && now_ms >= r->active_until_ms))
         d->reason = "not active";
+    else if (r->audience && !expr_test(r->audience, ctx))
+        d->reason = "audience";
     else if (group_lost)
         d->reason = "group lost";
     else if (v && v->holdout)
@@ -498,6 +500,7 @@ void engine_decide_inactivity(engine_t *e, const rule_t *r, const char *user, in
     ev.user_id = user;
     ev.ts_ms = last_ms;
     ev.partition = -1;
+    if (e->profile_of) ev.user = e->profile_of(e->profile_ud, user);
     char occ[40];
     engine_inactivity_occurrence(last_ms, occ);
     expr_arena_reset(&e->arena);

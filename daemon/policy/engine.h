@@ -59,6 +59,10 @@ typedef struct engine {
     char *const *loop_convert; size_t n_loop_convert;
     long long loop_window_ms;
     char loop_gid[LOOP_GID_MAX + 1];
+    /* The member profile of a decision made without an event (inactivity at
+     * fire time): `user.*` there. NULL: none (user.* is missing). */
+    const cJSON *(*profile_of)(void *ud, const char *user);
+    void *profile_ud;
 } engine_t;
 
 void engine_init(engine_t *e);

@@ -7,6 +7,7 @@
 #include "../policy/state.h"
 #include "../policy/stats.h"
 #include "../rules/rules.h"
+#include "../enrich/enrich.h"
 
 #include <errno.h>
 #include <getopt.h>
@@ -21,6 +22,89 @@ typedef struct out_line {
     char *json;
 } out_line;
 
+/* Revisits plugins asked for (host->revisit_at): a min-heap by due time
+ * (ties: request order), with the latest request per (plugin, member) in a
+ * map so a replaced request is skipped when it comes up. */
+typedef struct rv_item { int64_t due; size_t seq; char *key; } rv_item;
+typedef struct rv_ent { char *key; int64_t due; struct rv_ent *next; } rv_ent;
+typedef struct revisits {
+    rv_item *h; size_t n, cap, seq;
+    rv_ent **b; size_t nb, count;
+} revisits;
+
+static rv_ent **rv_slot(revisits *q, const char *key) {
+    if (!q->b) {
+        q->nb = 1024;
+        q->b = xcalloc(q->nb, sizeof *q->b);
+    }
+    rv_ent **pp = &q->b[hash64(key, strlen(key), 3) & (q->nb - 1)];
+    while (*pp && strcmp((*pp)->key, key) != 0) pp = &(*pp)->next;
+    return pp;
+}
+
+static int rv_less(const rv_item *a, const rv_item *b) { return a->due != b->due ? a->due < b->due : a->seq < b->seq; }
+
+static void rv_push(revisits *q, const char *plugin, const char *user, int64_t due) {
+    strbuf k;
+    sb_init(&k);
+    sb_printf(&k, "%s\x1f%s", plugin, user);
+    rv_ent **pp = rv_slot(q, k.s);
+    if (!*pp) {
+        *pp = xcalloc(1, sizeof **pp);
+        (*pp)->key = xstrdup(k.s);
+    }
+    (*pp)->due = due;
+    if (due < 0) { sb_free(&k); return; }   /* a cancel: the queued item goes stale */
+    if (q->n == q->cap) {
+        q->cap = q->cap ? q->cap * 2 : 64;
+        q->h = xrealloc(q->h, q->cap * sizeof *q->h);
+    }
+    size_t i = q->n++;
+    q->h[i] = (rv_item){due, q->seq++, k.s};
+    while (i > 0 && rv_less(&q->h[i], &q->h[(i - 1) / 2])) {
+        rv_item t = q->h[i]; q->h[i] = q->h[(i - 1) / 2]; q->h[(i - 1) / 2] = t;
+        i = (i - 1) / 2;
+    }
+}
+
+/* Pops the earliest live request due at or before now into *out (key owned
+ * by the caller); 0 when none. */
+static int rv_pop(revisits *q, int64_t now, rv_item *out) {
+    while (q->n && q->h[0].due <= now) {
+        rv_item top = q->h[0];
+        q->h[0] = q->h[--q->n];
+        size_t i = 0;
+        for (;;) {
+            size_t l = 2 * i + 1, r = l + 1, m = i;
+            if (l < q->n && rv_less(&q->h[l], &q->h[m])) m = l;
+            if (r < q->n && rv_less(&q->h[r], &q->h[m])) m = r;
+            if (m == i) break;
+            rv_item t = q->h[i]; q->h[i] = q->h[m]; q->h[m] = t;
+            i = m;
+        }
+        rv_ent **pp = rv_slot(q, top.key);
+        if (*pp && (*pp)->due == top.due) {
+            (*pp)->due = -1;
+            *out = top;
+            return 1;
+        }
+        free(top.key);
+    }
+    return 0;
+}
+
+static void rv_free(revisits *q) {
+    for (size_t i = 0; i < q->n; i++) free(q->h[i].key);
+    free(q->h);
+    for (size_t i = 0; i < q->nb; i++)
+        for (rv_ent *e = q->b[i], *n; e; e = n) {
+            n = e->next;
+            free(e->key);
+            free(e);
+        }
+    free(q->b);
+}
+
 typedef struct replay_state {
     int explain;
     store_t *store;
@@ -28,7 +112,26 @@ typedef struct replay_state {
     out_line *out;
     size_t nout, capout;
     size_t granted, suppressed, repeats, progress;
+    enrich_t en;
+    revisits rv;
 } replay_state;
+
+static const cJSON *profile_of(void *ud, const char *user) {
+    replay_state *r = ud;
+    profile_t *p = profile_find(&r->en.cache, user);
+    return p ? p->traits : NULL;
+}
+
+/* What the plugins asked for, carried out in memory: blocks into the
+ * store's blocklist, revisits into the queue; changed traits are already in
+ * the profile (replay keeps no other copy). */
+static void after_plugins(replay_state *r, const char *user, plugin_run_t *run) {
+    for (size_t i = 0; i < run->n_blocks; i++) store_mem_block(r->store, run->blocks[i].kind, run->blocks[i].id);
+    for (size_t i = 0; i < run->n_revisits; i++) rv_push(&r->rv, run->revisits[i].plugin, user, run->revisits[i].due_ms);
+    profile_t *p = profile_find(&r->en.cache, user);
+    if (p) profile_take_dirty(p, NULL, NULL);
+    plugin_run_free(run);
+}
 
 static void emit(replay_state *r, int64_t at, const char *json, size_t len) {
     if (r->nout == r->capout) {
@@ -81,6 +184,23 @@ static void on_out(void *ud, const store_out_t *o) {
 static void on_intent(void *ud, const event_t *ev, const intent_t *in) {
     replay_state *r = ud;
     store_apply(r->store, r->rs, in, on_out, r);
+}
+
+/* Revisits due at or before now, in due order, each after the timers due
+ * before it. */
+static void run_revisits(replay_state *r, engine_t *eng, bd_clock_t *clk, int64_t now) {
+    rv_item it;
+    while (rv_pop(&r->rv, now, &it)) {
+        char *sep = strchr(it.key, '\x1f');
+        *sep = '\0';
+        const char *plugin = it.key, *user = sep + 1;
+        store_advance(r->store, r->rs, eng, it.due - 1, on_out, r);
+        clock_set(clk, it.due);
+        plugin_run_t run;
+        enrich_revisit(&r->en, profile_get(&r->en.cache, user), plugin, it.due, clk, eng, r->rs, on_intent, r, &run);
+        after_plugins(r, user, &run);
+        free(it.key);
+    }
 }
 
 static void add_stat(void *ud, const char *rule, const char *variant, const char *field, long long v) {
@@ -146,6 +266,13 @@ int replay_main(int argc, char **argv) {
         diag_print(&diag, stderr);
         goto out;
     }
+    /* plugins before rules: their functions must exist when rules compile */
+    if (enrich_init(&r.en, &cfg, 0, &diag) != 0) {
+        diag_print(&diag, stderr);
+        goto out;
+    }
+    eng.profile_of = profile_of;
+    eng.profile_ud = &r;
     int64_t until_ms = 0;
     if (until && parse_iso8601_ms(until, &until_ms) != 0) {
         fprintf(stderr, "benefitd replay: --until: not an ISO-8601 time: %s\n", until);
@@ -210,6 +337,7 @@ int replay_main(int argc, char **argv) {
     }
     rc = 0;
     r.rs = rs;
+    int need_profile = enrich_needs_profile(&r.en, rs);
     bd_clock_t clk;
     clock_init_virtual(&clk, 0);
     size_t cap = 0;
@@ -232,11 +360,15 @@ int replay_main(int argc, char **argv) {
         if (nevents == 1 || ev.ts_ms > clock_ms) clock_ms = ev.ts_ms;
         /* Events at t are applied before timers due at t (so a cancel at the
          * due millisecond wins): fire what is due strictly before t. */
+        run_revisits(&r, &eng, &clk, ev.ts_ms - 1);
         store_advance(r.store, rs, &eng, ev.ts_ms - 1, on_out, &r);
         /* A decision happens at its event's time; late events are decided at
          * their own time, as the daemon would have on arrival. */
         clock_set(&clk, ev.ts_ms);
-        engine_run(&eng, rs, &ev, &clk, on_intent, &r);
+        plugin_run_t run;
+        enrich_decide(&r.en, need_profile ? profile_get(&r.en.cache, ev.user_id) : NULL, &ev, &clk, &eng, rs,
+                      on_intent, &r, &run);
+        after_plugins(&r, ev.user_id, &run);
         event_clear(&ev);
     }
     if (ferror(in)) {
@@ -246,7 +378,10 @@ int replay_main(int argc, char **argv) {
     /* The end of time: --until, else the last event. Waits due later stay
      * pending and are counted below, never granted. */
     int64_t end_ms = until && until_ms > clock_ms ? until_ms : clock_ms;
-    if (nevents || until) store_advance(r.store, rs, &eng, end_ms, on_out, &r);
+    if (nevents || until) {
+        run_revisits(&r, &eng, &clk, end_ms);
+        store_advance(r.store, rs, &eng, end_ms, on_out, &r);
+    }
     qsort(r.out, r.nout, sizeof *r.out, cmp_out);
     for (size_t i = 0; i < r.nout; i++) {
         fputs(r.out[i].json, stdout);
@@ -273,10 +408,12 @@ out:
     for (size_t i = 0; i < r.nout; i++) free(r.out[i].json);
     free(r.out);
     store_free(r.store);
+    rv_free(&r.rv);
     free(line);
     if (in && in != stdin) fclose(in);
     engine_free(&eng);
     if (rs) ruleset_free(rs);
+    enrich_free(&r.en);   /* after the rules: their expressions may call plugin functions */
     diag_free(&diag);
     config_free(&cfg);
     free(pools);

@@ -90,6 +90,13 @@ typedef enum { F_EXISTS, F_FLOOR, F_CEIL, F_MIN, F_MAX, F_LOWER, F_COUNT } fnid;
 
 static const char *const fn_names[F_COUNT] = {"exists", "floor", "ceil", "min", "max", "lower"};
 
+/* Functions plugins add (expr_register_function): ids F_COUNT and up. */
+#define EXT_MAX 64
+static struct { char *name; int min_args, max_args; bd_fn fn; } ext_fns[EXT_MAX];
+static int n_ext;
+
+static const char *fn_name(int fn) { return fn < F_COUNT ? fn_names[fn] : ext_fns[fn - F_COUNT].name; }
+
 typedef enum {
     R_EVENT, R_USER_ID, R_TYPE, R_MESSAGE_ID, R_TIMESTAMP, /* scalars: no fields */
     R_PROPERTIES, R_CONTEXT, R_TRAITS, R_USER, R_COUNT
@@ -344,6 +351,48 @@ static value_t arith(nkind k, value_t a, value_t b, const eval_ctx_t *ctx) {
     }
 }
 
+/* A plugin's function: arguments as bd_values (strings NUL-terminated in the
+ * arena), the answer copied into the arena (the plugin may reuse its buffer). */
+static value_t call_ext(const node *n, const eval_ctx_t *ctx) {
+    bd_value args[16];
+    size_t na = n->nkids < 16 ? n->nkids : 16;
+    for (size_t i = 0; i < na; i++) {
+        value_t a = eval(n->kids[i], ctx);
+        memset(&args[i], 0, sizeof args[i]);
+        switch (a.k) {
+        case V_NULL: args[i].kind = BD_NULL; break;
+        case V_BOOL: args[i].kind = BD_BOOL; args[i].b = a.b; break;
+        case V_NUM: args[i].kind = BD_NUM; args[i].num = a.n; break;
+        case V_STR: {
+            char *s = expr_arena_alloc(ctx_arena(ctx), a.len + 1);
+            if (!s) return missing_v;
+            memcpy(s, a.s, a.len);
+            s[a.len] = '\0';
+            args[i].kind = BD_STR;
+            args[i].str = s;
+            break;
+        }
+        default: args[i].kind = BD_MISSING; break;
+        }
+    }
+    bd_value out = {0};
+    if (ext_fns[n->fn - F_COUNT].fn(args, (int)na, &out) != 0) return missing_v;
+    switch (out.kind) {
+    case BD_NULL: { value_t v = {0}; v.k = V_NULL; return v; }
+    case BD_BOOL: return vbool(out.b != 0);
+    case BD_NUM: return vnum(out.num);
+    case BD_STR: {
+        if (!out.str) return missing_v;
+        size_t len = strlen(out.str);
+        char *s = expr_arena_alloc(ctx_arena(ctx), len + 1);
+        if (!s) return missing_v;
+        memcpy(s, out.str, len + 1);
+        return vstr(s, len);
+    }
+    default: return missing_v;
+    }
+}
+
 static value_t call(const node *n, const eval_ctx_t *ctx) {
     switch (n->fn) {
     case F_EXISTS: return vbool(eval(n->kids[0], ctx).k != V_MISSING);
@@ -378,7 +427,9 @@ static value_t call(const node *n, const eval_ctx_t *ctx) {
         s[a.len] = '\0';
         return vstr(s, a.len);
     }
-    default: return missing_v;
+    default:
+        if (n->fn >= F_COUNT && n->fn - F_COUNT < n_ext) return call_ext(n, ctx);
+        return missing_v;
     }
 }
 
@@ -836,11 +887,13 @@ static node *parse_call(parser *p) {
     const char *w = p->s + off;
     size_t wn = p->t.len;
     int fn = -1;
-    for (int i = 0; i < F_COUNT; i++)
-        if (strlen(fn_names[i]) == wn && memcmp(fn_names[i], w, wn) == 0) fn = i;
+    for (int i = 0; i < F_COUNT + n_ext; i++)
+        if (strlen(fn_name(i)) == wn && memcmp(fn_name(i), w, wn) == 0) fn = i;
     if (fn < 0) {
         char hint[64];
-        suggest(w, wn, fn_names, F_COUNT, hint, sizeof hint);
+        const char *names[F_COUNT + EXT_MAX];
+        for (int i = 0; i < F_COUNT + n_ext; i++) names[i] = fn_name(i);
+        suggest(w, wn, names, (size_t)(F_COUNT + n_ext), hint, sizeof hint);
         fail(p, off, "unknown function '%.*s'%s", (int)(wn > 40 ? 40 : wn), w, hint);
         return NULL;
     }
@@ -857,17 +910,25 @@ static node *parse_call(parser *p) {
             args[nargs++] = a;
             if (p->t.k == T_COMMA) { lex(p); continue; }
             if (p->t.k == T_RP) break;
-            if (p->t.k == T_EOF) fail(p, p->t.off, "expected ')' to close '%s('", fn_names[fn]);
-            else fail(p, p->t.off, "expected ',' or ')' in %s()", fn_names[fn]);
+            if (p->t.k == T_EOF) fail(p, p->t.off, "expected ')' to close '%s('", fn_name(fn));
+            else fail(p, p->t.off, "expected ',' or ')' in %s()", fn_name(fn));
             free_nodes(args, nargs);
             return NULL;
         }
     }
     const char *bad = NULL;
-    if ((fn == F_MIN || fn == F_MAX) && nargs < 1) bad = "takes at least 1 argument";
+    char badbuf[64];
+    if (fn >= F_COUNT) {
+        int lo = ext_fns[fn - F_COUNT].min_args, hi = ext_fns[fn - F_COUNT].max_args;
+        if ((int)nargs < lo || (int)nargs > hi) {
+            if (lo == hi) snprintf(badbuf, sizeof badbuf, "takes %d argument%s", lo, lo == 1 ? "" : "s");
+            else snprintf(badbuf, sizeof badbuf, "takes %d to %d arguments", lo, hi);
+            bad = badbuf;
+        }
+    } else if ((fn == F_MIN || fn == F_MAX) && nargs < 1) bad = "takes at least 1 argument";
     else if (fn != F_MIN && fn != F_MAX && nargs != 1) bad = "takes 1 argument";
     if (bad) {
-        fail(p, off, "%s() %s", fn_names[fn], bad);
+        fail(p, off, "%s() %s", fn_name(fn), bad);
         free_nodes(args, nargs);
         return NULL;
     }
@@ -1088,3 +1149,63 @@ expr_t *expr_compile_n(const char *src, size_t len, size_t *err_off, char *err, 
 expr_t *expr_compile(const char *src, size_t *err_off, char *err, size_t errlen) {
     return expr_compile_n(src, src ? strlen(src) : 0, err_off, err, errlen);
 }
+
+/* ---------------------------------------------------------- plugin functions */
+
+int expr_register_function(const char *name, int min_args, int max_args, bd_fn fn, char *err, size_t errlen) {
+    size_t n = name ? strlen(name) : 0;
+    int ok = n > 0 && n < 48 && ((name[0] >= 'a' && name[0] <= 'z') || name[0] == '_');
+    for (size_t i = 1; ok && i < n; i++)
+        ok = (name[i] >= 'a' && name[i] <= 'z') || (name[i] >= '0' && name[i] <= '9') || name[i] == '_';
+    if (!ok) {
+        snprintf(err, errlen, "function name '%s' is not [a-z_][a-z0-9_]*", name ? name : "");
+        return -1;
+    }
+    if (!fn || min_args < 0 || max_args < min_args || max_args > 16) {
+        snprintf(err, errlen, "function '%s': bad argument counts %d..%d (at most 16) or no function", name,
+                 min_args, max_args);
+        return -1;
+    }
+    for (size_t i = 0; i < sizeof root_names / sizeof root_names[0]; i++)
+        if (!strcmp(root_names[i], name)) {
+            snprintf(err, errlen, "function '%s' would shadow the path root '%s'", name, name);
+            return -1;
+        }
+    static const char *const words[] = {"and", "or", "not", "in", "contains", "true", "false", "null"};
+    for (size_t i = 0; i < sizeof words / sizeof words[0]; i++)
+        if (!strcmp(words[i], name)) {
+            snprintf(err, errlen, "function '%s' would shadow the operator '%s'", name, name);
+            return -1;
+        }
+    for (int i = 0; i < F_COUNT + n_ext; i++)
+        if (!strcmp(fn_name(i), name)) {
+            snprintf(err, errlen, "function '%s' is already defined%s", name, i < F_COUNT ? " (built in)" : "");
+            return -1;
+        }
+    if (n_ext == EXT_MAX) {
+        snprintf(err, errlen, "too many plugin functions (at most %d)", EXT_MAX);
+        return -1;
+    }
+    ext_fns[n_ext].name = xstrdup(name);
+    ext_fns[n_ext].min_args = min_args;
+    ext_fns[n_ext].max_args = max_args;
+    ext_fns[n_ext].fn = fn;
+    n_ext++;
+    return 0;
+}
+
+void expr_clear_functions(void) {
+    for (int i = 0; i < n_ext; i++) free(ext_fns[i].name);
+    memset(ext_fns, 0, sizeof ext_fns);
+    n_ext = 0;
+}
+
+static int node_uses_user(const node *n) {
+    if (!n) return 0;
+    if (n->k == N_PATH && n->root == R_USER) return 1;
+    for (size_t i = 0; i < n->nkids; i++)
+        if (node_uses_user(n->kids[i])) return 1;
+    return 0;
+}
+
+int expr_uses_user(const expr_t *e) { return e && node_uses_user(e->root); }

@@ -7,6 +7,7 @@
 #include <stddef.h>
 #include <cjson/cJSON.h>
 #include "../decode/event.h"
+#include "../../plugins/benefitd_plugin.h"
 
 typedef enum {
     V_MISSING = 0, /* a path that resolved to nothing; comparisons with it are false */
@@ -68,6 +69,18 @@ void value_to_text(const value_t *v, struct strbuf *out);
 value_t expr_resolve_path(const char *path, const eval_ctx_t *ctx);
 /* 1 when the expression is a bare constant (so it can be folded). */
 int expr_is_constant(const expr_t *e);
+
+/* 1 when the expression reads the member's profile (a `user.*` path). */
+int expr_uses_user(const expr_t *e);
+
+/* Adds a plugin's function to the language (before rules compile). It must
+ * be pure: calls with constant arguments are folded at compile time.
+ * -1 with a message for a bad name, a clash with a built-in function, a path
+ * root or an operator word, or one already added. */
+int expr_register_function(const char *name, int min_args, int max_args, bd_fn fn, char *err, size_t errlen);
+/* Forgets every added function (plugins unloaded). Compiled expressions that
+ * call one must be freed first. */
+void expr_clear_functions(void);
 
 /* Returns n bytes (16-aligned) valid until the next reset, or NULL when a is NULL. */
 void *expr_arena_alloc(expr_arena_t *a, size_t n);

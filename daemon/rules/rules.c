@@ -32,6 +32,7 @@ struct ruleset {
     ev_slot *slots;           /* capacity is a power of two, at most half full */
     size_t cap;
     char version[17];
+    int uses_profile;         /* some rule reads user.* */
 };
 
 static const rule_list_t EMPTY_LIST = {NULL, 0};
@@ -398,11 +399,24 @@ static void check_code_pools(loader *L, const ynode *rm, const rule_t *r) {
     }
 }
 
+static int grant_uses_profile(const grant_spec_t *g) {
+    return expr_uses_user(g->value) || expr_uses_user(g->to) || template_uses_user(g->message);
+}
+
+/* Whether deciding r reads the member's profile: the daemon then loads
+ * profiles before deciding (docs/profiles.md). */
+static int rule_uses_profile(const rule_t *r) {
+    if (r->audience || expr_uses_user(r->where) || grant_uses_profile(&r->grant)) return 1;
+    for (size_t i = 0; i < r->n_variants; i++)
+        if (grant_uses_profile(&r->variants[i].grant)) return 1;
+    return 0;
+}
+
 /* ==== NOT YET IMPLEMENTED DOWNSTREAM =========================================
  * The keys below are parsed and fully checked above (so a file is valid the
  * day they land), then refused here so nobody believes a key is enforced
  * when it is not (`limits` and `pool` landed with issue 4: docs/policy.md;
- * `audience` waits for member profiles, issue 5). Delete a row when its feature ships everywhere;
+ * `audience` with member profiles, issue 5). Delete a row when its feature ships everywhere;
  * `allowed_by` names the load flag under which a row's feature works (every
  * command now loads with RULES_ALLOW_TIME; see rules.h).
  * section NULL = the rule itself; "grant" also covers every variant's grant. */
@@ -411,7 +425,6 @@ static const struct {
     const char *key;
     unsigned allowed_by;
 } UNSUPPORTED[] = {
-    {NULL, "audience", 0},
     {NULL, "wait", RULES_ALLOW_TIME},
     {NULL, "cancel_on", RULES_ALLOW_TIME},
     {"trigger", "count", RULES_ALLOW_TIME},
@@ -688,6 +701,7 @@ static ruleset_t *finish(loader *L, size_t errors_before) {
     for (size_t i = 0; i < L->n; i++) {
         rs->rules[i] = rs->by_id[i] = L->items[i].r;
         sb_puts(&all, L->items[i].r->version);
+        if (rule_uses_profile(L->items[i].r)) rs->uses_profile = 1;
     }
     free(L->items);
     qsort(rs->by_id, rs->n, sizeof *rs->by_id, cmp_rule_id);
@@ -802,3 +816,5 @@ const rule_list_t *ruleset_for_event(const ruleset_t *rs, const char *event_name
 }
 
 const char *ruleset_version(const ruleset_t *rs) { return rs ? rs->version : ""; }
+
+int ruleset_uses_profile(const ruleset_t *rs) { return rs && rs->uses_profile; }

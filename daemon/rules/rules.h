@@ -81,8 +81,7 @@ void ruleset_free(ruleset_t *rs);
 /* Load options. The time shapes (wait, cancel_on, count/within,
  * inactive_for) run in both stores now, and `run`, `check` and `replay` all
  * load with RULES_ALLOW_TIME; without it (ruleset_load_dir/_string) they are
- * still refused, which only tests and fuzzing use. Keys refused everywhere
- * (audience) stay refused. */
+ * still refused, which only tests and fuzzing use. */
 enum { RULES_ALLOW_TIME = 1u << 0 };
 ruleset_t *ruleset_load_dir_ex(const char *dir, const char *timezone, unsigned flags, diag_t *diag);
 ruleset_t *ruleset_load_string_ex(const char *name, const char *text, size_t len, const char *timezone,
@@ -96,5 +95,7 @@ const rule_t *ruleset_find(const ruleset_t *rs, const char *id);
 const rule_list_t *ruleset_for_event(const ruleset_t *rs, const char *event_name);
 /* A version for the whole set (hash of every rule's version). */
 const char *ruleset_version(const ruleset_t *rs);
+/* 1 when some rule reads the member profile (audience, or user.* anywhere). */
+int ruleset_uses_profile(const ruleset_t *rs);
 
 #endif

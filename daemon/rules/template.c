@@ -117,3 +117,9 @@ void template_render(const template_t *t, const eval_ctx_t *ctx, strbuf *out) {
         }
     }
 }
+
+int template_uses_user(const template_t *t) {
+    for (size_t i = 0; t && i < t->n; i++)
+        if (t->segs[i].e && expr_uses_user(t->segs[i].e)) return 1;
+    return 0;
+}
