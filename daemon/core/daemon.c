@@ -14,10 +14,12 @@
 
 #include <event2/event.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <systemd/sd-daemon.h>
+#include "../enrich/enrich.h"
 #include <unistd.h>
 
 /* Timers of each owned partition are polled this often (and at once after an
@@ -70,11 +72,12 @@ static int decode_reason_index(const char *r) {
 
 enum { SR_NOT_ACTIVE, SR_GROUP_LOST, SR_HOLDOUT, SR_SHADOW, SR_NO_VALUE, SR_NO_RECIPIENT, SR_ALREADY_PENDING,
        SR_CANCELLED, SR_LIMIT_PER_USER, SR_LIMIT_PER_DEVICE, SR_LIMIT_PER_IP, SR_FREQUENCY_CAP, SR_BUDGET,
-       SR_DAILY_BUDGET, SR_POOL_EMPTY, SR_BLOCKLIST, SR_RULE_REMOVED, SR_RULE_DISABLED, SR_OTHER, SR_N };
+       SR_DAILY_BUDGET, SR_POOL_EMPTY, SR_BLOCKLIST, SR_RULE_REMOVED, SR_RULE_DISABLED, SR_AUDIENCE, SR_OTHER, SR_N };
 static const char *const SUPP_REASONS[SR_N] = {
     "not_active",   "group_lost",   "holdout",     "shadow",         "no_value",         "no_recipient",
     "already_pending", "cancelled", "limit_per_user", "limit_per_device", "limit_per_ip", "frequency_cap",
-    "budget",       "daily_budget", "pool_empty",  "blocklist",      "rule_removed",     "rule_disabled", "other"};
+    "budget",       "daily_budget", "pool_empty",  "blocklist",      "rule_removed",     "rule_disabled", "audience",
+    "other"};
 
 /* The engine's reasons (engine.c); a reason added later counts as other. */
 static int supp_reason_index(const char *r) {
@@ -142,7 +145,31 @@ typedef struct poller {
      * its end (EOF, cleared by the next message). */
     int64_t event_wm;
     int at_eof;
+    int rv_outstanding;           /* revisits read and not yet decided: no new read until 0 */
 } poller;
+
+/* An event (or a plugin revisit) waiting for its member's profile to load:
+ * once one waits, every later one queues behind it, so each member's events
+ * are still decided in Kafka order. */
+typedef struct pend {
+    struct pend *next;
+    event_t ev;                   /* is_revisit: unused */
+    offset_token_t *tok;          /* held; NULL for a revisit */
+    char *topic;
+    int32_t partition;
+    profile_t *p;                 /* pinned */
+    int is_revisit;
+    char *plugin;                 /* revisit: whose */
+    int64_t due;                  /* revisit: its due time */
+    poller *poller;               /* revisit: counted in rv_outstanding */
+} pend;
+
+typedef struct fetch {
+    struct fetch *next;
+    daemon_state *d;
+    profile_t *p;
+    int inflight;
+} fetch;
 
 struct daemon_state {
     config_t cfg;
@@ -174,7 +201,41 @@ struct daemon_state {
     int32_t cur_partition;
     uint64_t events_ok, events_dead, grants_sent, grants_pushed, grants_repeat, suppressed, reloads;
     uint64_t state_writes, scheduled, already_pending, cancelled, count_progress;
+    /* profiles and plugins (enrich.h) */
+    enrich_t en;
+    int need_profile;             /* this ruleset or a plugin reads profiles */
+    pend *q_head, *q_tail;
+    size_t q_len;
+    int q_held;                   /* reading held back: the queue is full */
+    fetch *fetches;               /* profiles loading */
+    int write_script;             /* the profile/blocklist/revisit write script */
+    uint64_t profile_loads, profile_writes, revisits_done, plugin_events, plugin_blocks;
+    metric_counter_t *m_profile_loads, *m_profile_writes, *m_revisits, *m_plugin_blocks;
+    metric_gauge_t *m_profile_cached, *m_profile_bytes, *m_queue;
 };
+
+static int poller_reap(poller *p);
+
+/* Events waiting for profiles before reading stops (resumes at half). */
+#define PROFILE_QUEUE_MAX 4096
+
+/* Profile, blocklist and revisit writes: a list of commands in ARGV, each
+ * "argc cmd args...", run in one atomic call. ZREMIF removes a revisit only
+ * if it is still the one that ran (a newer request replaced it otherwise).
+ * Every command is idempotent, so a resend after a reconnect is harmless. */
+static const char *const WRITE_LUA =
+    "local i = 1\n"
+    "while i <= #ARGV do\n"
+    "  local n = tonumber(ARGV[i])\n"
+    "  if ARGV[i + 1] == 'ZREMIF' then\n"
+    "    local s = redis.call('ZSCORE', ARGV[i + 2], ARGV[i + 3])\n"
+    "    if s and tonumber(s) == tonumber(ARGV[i + 4]) then redis.call('ZREM', ARGV[i + 2], ARGV[i + 3]) end\n"
+    "  else\n"
+    "    redis.call(unpack(ARGV, i + 1, i + n))\n"
+    "  end\n"
+    "  i = i + n + 1\n"
+    "end\n"
+    "return 1\n";
 
 static void set_paused(daemon_state *d, int paused) {
     d->paused = paused;
@@ -380,6 +441,19 @@ static void metrics_setup(daemon_state *d) {
                                  NULL);
     m->reload_ok = metrics_labels(m->reloads, "ok");
     m->reload_err = metrics_labels(m->reloads, "error");
+    d->m_profile_loads = metrics_counter(r, "benefitd_profile_loads_total",
+                                         "Member profiles read from Redis (cache misses).", NULL);
+    d->m_profile_writes = metrics_counter(r, "benefitd_profile_writes_total",
+                                          "Profile, plugin blocklist and revisit writes sent.", NULL);
+    d->m_revisits = metrics_counter(r, "benefitd_plugin_revisits_total", "Plugin revisits run (host->revisit_at).",
+                                    NULL);
+    d->m_plugin_blocks = metrics_counter(r, "benefitd_plugin_blocks_total",
+                                         "Blocklist entries added by plugins (risk).", NULL);
+    d->m_profile_cached = metrics_gauge(r, "benefitd_profile_cache_entries", "Member profiles in the cache.", NULL);
+    d->m_profile_bytes = metrics_gauge(r, "benefitd_profile_cache_bytes",
+                                       "Estimated memory of the profile cache (bounded by profiles.cache_mb).", NULL);
+    d->m_queue = metrics_gauge(r, "benefitd_profile_wait_queue",
+                               "Events waiting for their member's profile to load.", NULL);
     metrics_on_collect(r, collect, d);
     rule_metrics_rebuild(d);
     pools_rebuild(d);
@@ -408,7 +482,9 @@ static void update_backpressure(daemon_state *d) {
         d->held = 1;
     }
     else if (inflight <= (size_t)d->cfg.max_inflight / 2) d->held = 0;
-    kafka_source_hold_reading(d->src, d->held);
+    if (d->q_len >= PROFILE_QUEUE_MAX) d->q_held = 1;
+    else if (d->q_len <= PROFILE_QUEUE_MAX / 2) d->q_held = 0;
+    kafka_source_hold_reading(d->src, d->held || d->q_held);
 }
 
 typedef struct ack_ctx {
@@ -579,6 +655,382 @@ static poller *find_poller(daemon_state *d, const char *topic, int32_t partition
     return NULL;
 }
 
+/* ---- profiles and plugins (enrich.h, docs/profiles.md) ------------------------ */
+
+/* A write command list for WRITE_LUA. */
+typedef struct wcmds {
+    const char **argv;
+    size_t *lens;
+    char **owned;
+    size_t n, cap, nowned;
+} wcmds;
+
+static void wc_arg(wcmds *w, const char *s, size_t len, int own) {
+    if (w->n == w->cap) {
+        w->cap = w->cap ? w->cap * 2 : 16;
+        w->argv = xrealloc(w->argv, w->cap * sizeof *w->argv);
+        w->lens = xrealloc(w->lens, w->cap * sizeof *w->lens);
+        w->owned = xrealloc(w->owned, w->cap * sizeof *w->owned);
+    }
+    if (own) {
+        char *c = xstrndup(s, len);
+        w->owned[w->nowned++] = c;
+        s = c;
+    }
+    w->argv[w->n] = s;
+    w->lens[w->n] = len;
+    w->n++;
+}
+
+static void wc_cmd(wcmds *w, int argc, ...) {
+    char num[16];
+    snprintf(num, sizeof num, "%d", argc);
+    wc_arg(w, num, strlen(num), 1);
+    va_list ap;
+    va_start(ap, argc);
+    for (int i = 0; i < argc; i++) {
+        const char *a = va_arg(ap, const char *);
+        wc_arg(w, a, strlen(a), 1);
+    }
+    va_end(ap);
+}
+
+static void wc_free(wcmds *w) {
+    for (size_t i = 0; i < w->nowned; i++) free(w->owned[i]);
+    free(w->owned);
+    free(w->argv);
+    free(w->lens);
+}
+
+static void on_write_ack(void *ud, const redisReply *r) {
+    ack_ctx *a = ud;
+    if (a->tok) kafka_source_release(a->tok);
+    daemon_state *d = a->d;
+    free(a);
+    update_backpressure(d);
+}
+
+/* Sends the commands as one atomic call, holding tok (may be NULL) until
+ * Redis acknowledges it. */
+static void wc_send(daemon_state *d, wcmds *w, offset_token_t *tok) {
+    if (w->n == 0) return;
+    ack_ctx *a = xcalloc(1, sizeof *a);
+    a->d = d;
+    a->tok = tok;
+    if (tok) kafka_source_hold(tok);
+    redis_sink_eval(d->sink, d->write_script, (int)w->n, w->argv, w->lens, on_write_ack, a);
+    d->profile_writes++;
+    metrics_counter_inc(d->m_profile_writes, 1);
+}
+
+static void profile_key(daemon_state *d, const char *user, strbuf *out) {
+    sb_reset(out);
+    sb_printf(out, "%s{u:%s}:profile", d->cfg.key_prefix, user);
+}
+
+static void write_traits(daemon_state *d, const char *user, const cJSON *traits) {
+    wcmds w = {0};
+    strbuf k;
+    sb_init(&k);
+    profile_key(d, user, &k);
+    for (const cJSON *t = traits->child; t; t = t->next) {
+        if (!t->string || !t->string[0]) continue;
+        char *v = cJSON_PrintUnformatted(t);
+        if (!v) continue;
+        wc_cmd(&w, 4, "HSET", k.s, t->string, v);
+        free(v);
+    }
+    wc_send(d, &w, d->cur_tok);
+    wc_free(&w);
+    sb_free(&k);
+}
+
+typedef struct dirty_ctx { wcmds *w; const char *key; } dirty_ctx;
+
+static void dirty_cb(void *ud, const char *name, const cJSON *v) {
+    dirty_ctx *c = ud;
+    if (!v) {
+        wc_cmd(c->w, 3, "HDEL", c->key, name);
+        return;
+    }
+    char *t = cJSON_PrintUnformatted(v);
+    if (!t) return;
+    wc_cmd(c->w, 4, "HSET", c->key, name, t);
+    free(t);
+}
+
+/* After a member's decision: the plugins' requests and the profile's
+ * changes, as one write sent after the decision's own writes (so a crash
+ * between them replays the event against the old profile: its grants are
+ * claimed already, nothing doubles). zremif: a revisit that ran. */
+static void after_plugins(daemon_state *d, profile_t *p, plugin_run_t *run, const char *topic, int32_t partition,
+                          offset_token_t *tok, const char *zremif_member, int64_t zremif_due) {
+    wcmds w = {0};
+    strbuf k, rk;
+    sb_init(&k);
+    sb_init(&rk);
+    sb_printf(&rk, "%srevisit:%s:%d", d->cfg.key_prefix, topic, (int)partition);
+    if (zremif_member) {
+        char due[24];
+        snprintf(due, sizeof due, "%lld", (long long)zremif_due);
+        wc_cmd(&w, 4, "ZREMIF", rk.s, zremif_member, due);
+    }
+    for (size_t i = 0; i < run->n_blocks; i++) {
+        const blocked_t *b = &run->blocks[i];
+        sb_reset(&k);
+        sb_printf(&k, "%sblock:%s", d->cfg.key_prefix, b->kind);
+        wc_cmd(&w, 3, "SADD", k.s, b->id);
+        d->plugin_blocks++;
+        metrics_counter_inc(d->m_plugin_blocks, 1);
+        log_warn("plugin_block", "kind=%s id=%s user=%s reason=\"%s\"", b->kind, b->id, p->user, b->reason);
+    }
+    for (size_t i = 0; i < run->n_revisits; i++) {
+        sb_reset(&k);
+        sb_printf(&k, "%s\x1f%s", run->revisits[i].plugin, p->user);
+        if (run->revisits[i].due_ms < 0) {
+            wc_cmd(&w, 3, "ZREM", rk.s, k.s);
+        } else {
+            char due[24];
+            snprintf(due, sizeof due, "%lld", (long long)run->revisits[i].due_ms);
+            wc_cmd(&w, 4, "ZADD", rk.s, due, k.s);
+        }
+    }
+    profile_key(d, p->user, &k);
+    dirty_ctx dc = {&w, k.s};
+    profile_take_dirty(p, dirty_cb, &dc);
+    wc_send(d, &w, tok);
+    wc_free(&w);
+    sb_free(&k);
+    sb_free(&rk);
+    d->plugin_events += run->n_emits;
+    plugin_run_free(run);
+}
+
+/* Where in the profile the daemon notes the last event applied to it (the
+ * identify merge and the plugins), per partition: a redelivered event (after
+ * a crash, before its offset was committed) is decided again but not
+ * applied twice (an order's spend counted once). */
+#define APPLIED_TRAIT "_applied"
+
+static int already_applied(const profile_t *p, int32_t partition, int64_t offset) {
+    const cJSON *a = cJSON_GetObjectItemCaseSensitive(p->traits, APPLIED_TRAIT);
+    if (!cJSON_IsString(a)) return 0;
+    int part;
+    long long off;
+    if (sscanf(a->valuestring, "%d:%lld", &part, &off) != 2) return 0;
+    return part == partition && offset <= off;
+}
+
+static void decide_with_profile(daemon_state *d, event_t *ev, offset_token_t *tok, const char *topic,
+                                int32_t partition, profile_t *p) {
+    d->cur_tok = tok;
+    d->cur_topic = topic;
+    d->cur_partition = partition;
+    plugin_run_t run;
+    if (already_applied(p, partition, ev->offset)) {
+        /* decided again (claims make that safe), against the profile as the
+         * first time left it; nothing applied twice */
+        ev->user = p->traits;
+        engine_run(&d->engine, d->rules, ev, &d->clock, on_intent, d);
+        plugin_run_init(&run, &d->en.plugins, &d->en.cache, p, ev, ev->ts_ms);
+    } else {
+        enrich_decide(&d->en, p, ev, &d->clock, &d->engine, d->rules, on_intent, d, &run);
+        if (d->en.plugins.n) {
+            char applied[40];
+            snprintf(applied, sizeof applied, "%d:%lld", (int)partition, (long long)ev->offset);
+            profile_set(&d->en.cache, p, APPLIED_TRAIT, cJSON_CreateString(applied));
+        }
+    }
+    after_plugins(d, p, &run, topic, partition, tok, NULL, 0);
+    d->cur_tok = NULL;
+}
+
+static void decide_revisit(daemon_state *d, pend *q) {
+    d->cur_tok = NULL;
+    d->cur_topic = q->topic;
+    d->cur_partition = q->partition;
+    plugin_run_t run;
+    enrich_revisit(&d->en, q->p, q->plugin, q->due, &d->clock, &d->engine, d->rules, on_intent, d, &run);
+    char member[300];
+    snprintf(member, sizeof member, "%s\x1f%s", q->plugin, q->p->user);
+    after_plugins(d, q->p, &run, q->topic, q->partition, NULL, member, q->due);
+    d->revisits_done++;
+    metrics_counter_inc(d->m_revisits, 1);
+}
+
+static void pend_free(pend *q) {
+    if (!q->is_revisit) event_clear(&q->ev);
+    free(q->topic);
+    free(q->plugin);
+    free(q);
+}
+
+/* Decides queued items from the head while their profiles are loaded. */
+static void drain_queue(daemon_state *d) {
+    while (d->q_head && d->q_head->p->state == PROFILE_READY && !d->stopping) {
+        pend *q = d->q_head;
+        d->q_head = q->next;
+        if (!d->q_head) d->q_tail = NULL;
+        d->q_len--;
+        q->p->pins--;
+        if (q->is_revisit) {
+            decide_revisit(d, q);
+            if (q->poller) {
+                q->poller->rv_outstanding--;
+                poller_reap(q->poller);
+            }
+        } else {
+            decide_with_profile(d, &q->ev, q->tok, q->topic, q->partition, q->p);
+            kafka_source_release(q->tok);
+        }
+        pend_free(q);
+    }
+    update_backpressure(d);
+}
+
+static void fetch_send(daemon_state *d, fetch *f);
+
+static void on_profile(void *ud, const redisReply *r) {
+    fetch *f = ud;
+    daemon_state *d = f->d;
+    f->inflight = 0;
+    if (!r || r->type != REDIS_REPLY_ARRAY) {
+        /* the connection dropped (or an error): fetched again once Redis is back */
+        if (r) log_warn("profile_load_failed", "user=%s reply_type=%d", f->p->user, r->type);
+        if (r && redis_sink_ready(d->sink)) fetch_send(d, f);
+        return;
+    }
+    size_t n = r->elements / 2;
+    const char **fields = xcalloc(n + 1, sizeof *fields), **vals = xcalloc(n + 1, sizeof *vals);
+    size_t *fl = xcalloc(n + 1, sizeof *fl), *vl = xcalloc(n + 1, sizeof *vl);
+    for (size_t i = 0; i < n; i++) {
+        fields[i] = r->element[2 * i]->str;
+        fl[i] = r->element[2 * i]->len;
+        vals[i] = r->element[2 * i + 1]->str;
+        vl[i] = r->element[2 * i + 1]->len;
+    }
+    profile_load_pairs(&d->en.cache, f->p, n, fields, fl, vals, vl);
+    free(fields); free(vals); free(fl); free(vl);
+    d->profile_loads++;
+    metrics_counter_inc(d->m_profile_loads, 1);
+    for (fetch **pp = &d->fetches; *pp; pp = &(*pp)->next)
+        if (*pp == f) {
+            *pp = f->next;
+            break;
+        }
+    f->p->pins--;
+    free(f);
+    drain_queue(d);
+}
+
+static void fetch_send(daemon_state *d, fetch *f) {
+    strbuf k;
+    sb_init(&k);
+    profile_key(d, f->p->user, &k);
+    const char *argv[2] = {"HGETALL", k.s};
+    size_t lens[2] = {7, k.len};
+    f->inflight = 1;
+    redis_sink_read(d->sink, 2, argv, lens, on_profile, f);
+    sb_free(&k);
+}
+
+/* Profiles whose read was lost with the connection: again, now it is back. */
+static void fetches_resend(daemon_state *d) {
+    for (fetch *f = d->fetches; f; f = f->next)
+        if (!f->inflight) fetch_send(d, f);
+}
+
+/* The member's profile, loading it if needed (pinned for the caller). */
+static profile_t *profile_for(daemon_state *d, const char *user) {
+    profile_t *p = profile_find(&d->en.cache, user);
+    if (!p) {
+        p = profile_add(&d->en.cache, user, PROFILE_LOADING);
+        fetch *f = xcalloc(1, sizeof *f);
+        f->d = d;
+        f->p = p;
+        p->pins++;
+        f->next = d->fetches;
+        d->fetches = f;
+        if (redis_sink_ready(d->sink)) fetch_send(d, f);
+    }
+    p->pins++;
+    return p;
+}
+
+static void enqueue(daemon_state *d, pend *q) {
+    if (d->q_tail) d->q_tail->next = q; else d->q_head = q;
+    d->q_tail = q;
+    d->q_len++;
+}
+
+static void enqueue_event(daemon_state *d, event_t *ev, offset_token_t *tok, const char *topic, int32_t partition) {
+    profile_t *p = profile_for(d, ev->user_id);
+    if (!d->q_head && p->state == PROFILE_READY) {
+        p->pins--;
+        decide_with_profile(d, ev, tok, topic, partition, p);
+        event_clear(ev);
+        return;
+    }
+    pend *q = xcalloc(1, sizeof *q);
+    q->ev = *ev;
+    /* a numeric user id lives in the event's own buffer: follow the copy */
+    if (ev->user_id == ev->user_buf) q->ev.user_id = q->ev.user_buf;
+    q->tok = tok;
+    kafka_source_hold(tok);
+    q->topic = xstrdup(topic);
+    q->partition = partition;
+    q->p = p;
+    enqueue(d, q);
+    update_backpressure(d);
+}
+
+/* Revisits due on a partition (plugins' host->revisit_at): read when the
+ * previous batch of the partition is done, decided in the member order. */
+static void on_revisits(void *ud, const redisReply *r) {
+    poller *pl = ud;
+    daemon_state *d = pl->d;
+    pl->rv_outstanding--;
+    if (r && r->type == REDIS_REPLY_ARRAY && !pl->dead) {
+        for (size_t i = 0; i + 1 < r->elements; i += 2) {
+            const char *m = r->element[i]->str;
+            const char *sep = memchr(m, '\x1f', r->element[i]->len);
+            if (!sep) continue;
+            pend *q = xcalloc(1, sizeof *q);
+            q->is_revisit = 1;
+            q->plugin = xstrndup(m, (size_t)(sep - m));
+            char *user = xstrndup(sep + 1, r->element[i]->len - (size_t)(sep - m) - 1);
+            q->p = profile_for(d, user);
+            free(user);
+            q->due = strtoll(r->element[i + 1]->str, NULL, 10);
+            q->topic = xstrdup(pl->topic);
+            q->partition = pl->partition;
+            q->poller = pl;
+            pl->rv_outstanding++;
+            enqueue(d, q);
+        }
+        drain_queue(d);
+    }
+    poller_reap(pl);
+}
+
+static void revisits_poll(daemon_state *d, poller *pl, int64_t now) {
+    if (pl->rv_outstanding || !d->en.plugins.n) return;
+    char key[300], max[24];
+    snprintf(key, sizeof key, "%srevisit:%s:%d", d->cfg.key_prefix, pl->topic, (int)pl->partition);
+    snprintf(max, sizeof max, "%lld", (long long)now);
+    const char *argv[8] = {"ZRANGEBYSCORE", key, "-inf", max, "WITHSCORES", "LIMIT", "0", "200"};
+    size_t lens[8];
+    for (int i = 0; i < 8; i++) lens[i] = strlen(argv[i]);
+    pl->rv_outstanding++;
+    redis_sink_read(d->sink, 8, argv, lens, on_revisits, pl);
+}
+
+static const cJSON *live_profile_of(void *ud, const char *user) {
+    daemon_state *d = ud;
+    profile_t *p = profile_find(&d->en.cache, user);
+    return p && p->state == PROFILE_READY ? p->traits : NULL;
+}
+
 static void on_partition_eof(void *ud, const char *topic, int32_t partition) {
     poller *p = find_poller(ud, topic, partition);
     if (p) p->at_eof = 1;
@@ -609,8 +1061,16 @@ static void on_message(void *ud, const rd_kafka_message_t *m, offset_token_t *to
         /* The decision time is the wall clock now (docs/time.md: live is
          * processing time); each intent becomes one Lua call on Redis, except
          * touches, which are batched per Kafka batch (order-free: ZADD GT). */
-        engine_run(&d->engine, d->rules, &ev, &d->clock, on_intent, d);
-        event_clear(&ev);
+        if (!d->need_profile) {
+            engine_run(&d->engine, d->rules, &ev, &d->clock, on_intent, d);
+            /* no rule reads profiles now, but one may after a reload: keep
+             * what identify says (a write, no read) */
+            if (ev.type && !strcmp(ev.type, "identify") && cJSON_IsObject(ev.traits) && ev.traits->child)
+                write_traits(d, ev.user_id, ev.traits);
+            event_clear(&ev);
+        } else {
+            enqueue_event(d, &ev, tok, d->cur_topic, m->partition);
+        }
     }
     d->cur_tok = NULL;
     update_backpressure(d);
@@ -632,7 +1092,7 @@ static void poller_free(poller *p) {
 /* A released poller goes once nothing of it is in flight. */
 static int poller_reap(poller *p) {
     if (!p->dead) return 0;
-    if (!p->busy && !p->zpending) poller_free(p);
+    if (!p->busy && !p->zpending && !p->rv_outstanding) poller_free(p);
     return 1;
 }
 
@@ -703,6 +1163,7 @@ static void poll_cb(evutil_socket_t fd, short what, void *arg) {
     int64_t now = clock_now_ms(&d->clock);
     int64_t known = p->at_eof || p->event_wm > now ? now : p->event_wm;
     redis_store_poll(d->store, p->topic, p->partition, now, known, poll_done, p);
+    revisits_poll(d, p, now);
 }
 
 static void poller_mark(void *ud, const char *topic, int32_t partition) {
@@ -812,7 +1273,7 @@ static void collect(void *ud) {
     redis_sink_stats(d->sink, &acked, &repeats, &reconnects);
     metrics_counter_inc(m->reconnects, (double)(reconnects - m->reconnects_seen));
     m->reconnects_seen = reconnects;
-    metrics_gauge_set(m->paused, d->paused || d->held || d->stopping ? 1 : 0);
+    metrics_gauge_set(m->paused, d->paused || d->held || d->q_held || d->stopping ? 1 : 0);
     long long wait_n = 0, inact_n = 0;
     for (poller *p = d->pollers; p; p = p->next) {
         int64_t lag;
@@ -822,10 +1283,15 @@ static void collect(void *ud) {
     }
     metrics_gauge_set(m->pending_wait, (double)wait_n);
     metrics_gauge_set(m->pending_inact, (double)inact_n);
+    metrics_gauge_set(d->m_profile_cached, (double)d->en.cache.count);
+    metrics_gauge_set(d->m_profile_bytes, (double)d->en.cache.bytes);
+    metrics_gauge_set(d->m_queue, (double)d->q_len);
 }
 
 static void on_assignment(void *ud, int n) {
     daemon_state *d = ud;
+    /* profiles are only trusted while their partition is ours (profile.h) */
+    profile_cache_clear(&d->en.cache);
     d->joined = 1;
     d->assigned = n;
     sync_pollers(d);
@@ -837,6 +1303,7 @@ static void on_sink_state(void *ud, int ready) {
     if (!d->src) return;
     update_backpressure(d);
     if (ready) pollers_kick(d);
+    if (ready) fetches_resend(d);
     if (ready) pools_refresh(d);
     notify_state(d);
 }
@@ -857,6 +1324,7 @@ static void reload_rules(daemon_state *d) {
          * refers to the old set between two events: swap and free. */
         ruleset_t *old = d->rules;
         d->rules = rs;
+        d->need_profile = enrich_needs_profile(&d->en, rs);
         d->reloads++;
         rule_metrics_rebuild(d);
         pools_rebuild(d);
@@ -937,13 +1405,23 @@ int daemon_run(const char *config_path) {
         fprintf(stderr, "benefitd: refusing to run as root (set daemon.allow_root: true to override)\n");
         goto out;
     }
+    /* plugins before rules: their functions must exist when rules compile;
+     * one that fails to load or init stops the start */
+    if (enrich_init(&d->en, &d->cfg, (size_t)d->cfg.profile_cache_bytes, &diag) != 0) {
+        diag_print(&diag, stderr);
+        fprintf(stderr, "benefitd: plugins: %zu error(s); not starting\n", diag.n);
+        goto out;
+    }
     d->rules = ruleset_load_dir_ex(d->cfg.rules_dir, d->cfg.timezone, RULES_ALLOW_TIME, &diag);
     if (!d->rules) {
         diag_print(&diag, stderr);
         fprintf(stderr, "benefitd: rules in %s have %zu error(s); not starting\n", d->cfg.rules_dir, diag.n);
         goto out;
     }
+    d->need_profile = enrich_needs_profile(&d->en, d->rules);
     engine_init(&d->engine);
+    d->engine.profile_of = live_profile_of;
+    d->engine.profile_ud = d;
     engine_set_loop(&d->engine, d->cfg.loop_redeem, d->cfg.n_loop_redeem, d->cfg.loop_convert, d->cfg.n_loop_convert,
                     d->cfg.loop_window_ms);
     clock_init_wall(&d->clock);
@@ -956,6 +1434,7 @@ int daemon_run(const char *config_path) {
     d->sink = redis_sink_new(d->base, &d->cfg, on_sink_state, d);
     if (d->sink) redis_sink_set_latency_observer(d->sink, on_latency, d);
     if (d->sink) d->store = redis_store_new(d->sink, &d->cfg, &d->rules, &d->engine);
+    if (d->sink) d->write_script = redis_sink_add_script(d->sink, WRITE_LUA);
     char err[512];
     source_handlers_t h = {.on_message = on_message, .on_assignment = on_assignment, .on_batch_end = on_batch_end,
                            .on_partition_eof = on_partition_eof};
@@ -1020,7 +1499,20 @@ out:
     if (d->drain_ev) event_free(d->drain_ev);
     if (d->watchdog_ev) event_free(d->watchdog_ev);
     if (d->base) event_base_free(d->base);
+    /* Queued events were never decided: their tokens stay held, so their
+     * offsets were not stored and the next owner reads them again. */
+    while (d->q_head) {
+        pend *q = d->q_head;
+        d->q_head = q->next;
+        pend_free(q);
+    }
+    while (d->fetches) {
+        fetch *f = d->fetches;
+        d->fetches = f->next;
+        free(f);
+    }
     if (d->rules) ruleset_free(d->rules);
+    enrich_free(&d->en);   /* after the rules: their expressions may call plugin functions */
     engine_free(&d->engine);
     metrics_teardown(d);
     sb_free(&d->key);

@@ -8,6 +8,7 @@
 #include "../rules/rules.h"
 
 #include <getopt.h>
+#include "../enrich/plugin_host.h"
 #include <stdio.h>
 #include <string.h>
 #include <unistd.h>
@@ -56,17 +57,32 @@ static int check_main(int argc, char **argv) {
         goto out;
     }
     const char *dir = rules_dir ? rules_dir : cfg.rules_dir;
+    /* Plugins load (and init) as in the daemon: a rule that calls a plugin's
+     * function checks only with the plugin, and a plugin's bad settings are
+     * caught here rather than at the start. */
+    plugin_set_t plugins;
+    if (plugins_load(&plugins, &cfg, &diag) != 0) {
+        diag_print(&diag, stderr);
+        fprintf(stderr, "benefitd check: plugins: %zu error(s)\n", diag.n);
+        goto out;
+    }
     /* The daemon runs every trigger shape (its Redis store, state_redis.c), so
      * check accepts what run accepts: the time shapes included. */
     ruleset_t *rs = ruleset_load_dir_ex(dir, cfg.timezone, RULES_ALLOW_TIME, &diag);
     if (!rs) {
         diag_print(&diag, stderr);
         fprintf(stderr, "benefitd check: %s: %zu error(s)\n", dir, diag.n);
+        plugins_unload(&plugins);
         goto out;
     }
-    printf("benefitd check: %s%s%zu rules in %s OK (version %s)\n", config_path ? config_path : "",
+    printf("benefitd check: %s%s%zu rules in %s OK (version %s)", config_path ? config_path : "",
            config_path ? " OK, " : "", ruleset_count(rs), dir, ruleset_version(rs));
+    for (size_t i = 0; i < plugins.n; i++)
+        printf("%s%s %s", i ? ", " : "; plugins: ", plugins.p[i].name,
+               plugins.p[i].desc->version ? plugins.p[i].desc->version : "");
+    putchar('\n');
     ruleset_free(rs);
+    plugins_unload(&plugins);
     rc = 0;
 out:
     diag_free(&diag);
