@@ -47,6 +47,14 @@ $(BUILD)/tests/%: $(BUILD)/tests/unit/%.o $(BUILD)/libbenefitd.a
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -o $@ $^ $(LDLIBS) -lcmocka
 
+# Fixture plugins for the loader tests (tests/unit/test_plugins.c finds them
+# beside itself). Order-only: the link rule above links $^.
+FIXTURE_SOS := $(patsubst tests/unit/fixtures/plugin_%.c,$(BUILD)/tests/fixtures/%.so,$(wildcard tests/unit/fixtures/plugin_*.c))
+$(BUILD)/tests/fixtures/%.so: tests/unit/fixtures/plugin_%.c plugins/benefitd_plugin.h
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -fPIC -shared -fvisibility=hidden -o $@ $<
+$(BUILD)/tests/test_plugins: | $(FIXTURE_SOS)
+
 # `make test` is the README's test command: it installs what it needs, builds,
 # starts real servers on loopback, runs every suite and stops them.
 test: deps

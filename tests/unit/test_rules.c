@@ -429,7 +429,6 @@ static void test_unsupported_features(void **state) {
                   "limits: {per_user: 1/7d, budget: 100}\n"
                   "variants:\n"
                   "  - {name: a, weight: 1, grant: {pool: other}}\n",
-                  "2:1: 'audience' is not supported yet by this build of benefitd",
                   "4:1: 'wait' is not supported yet by this build of benefitd",
                   "5:1: 'cancel_on' is not supported yet by this build of benefitd",
                   NULL);

@@ -513,7 +513,8 @@ static void test_deterministic(void **state) {
     world_free(&b);
 }
 
-/* The gate: replay's flag admits the time shapes; nothing admits audience yet. */
+/* The gate: replay's flag admits the time shapes; audience loads everywhere
+ * (member profiles, issue 5), and says the set reads profiles. */
 static void test_gate(void **state) {
     const char *timed = "id: a\ntrigger: {event: E}\nwait: 30m\ncancel_on: [F]\ngrant: {benefit: coupon}\n";
     diag_t d;
@@ -528,9 +529,14 @@ static void test_gate(void **state) {
     ruleset_free(rs);
     const char *rest = "id: a\naudience: user.x == 1\ntrigger: {event: E, count: 2, within: 1d}\n"
                        "grant: {benefit: code, pool: p}\nlimits: {budget: 5}\n";
-    assert_null(ruleset_load_string_ex("t.yaml", rest, strlen(rest), "UTC", RULES_ALLOW_TIME, &d));
-    assert_int_equal(d.n, 1); /* limits and pools landed with issue 4 (docs/policy.md) */
-    assert_string_equal(d.msgs[0], "t.yaml:2:1: 'audience' is not supported yet by this build of benefitd");
+    rs = ruleset_load_string_ex("t.yaml", rest, strlen(rest), "UTC", RULES_ALLOW_TIME, &d);
+    assert_non_null(rs);
+    assert_int_equal(d.n, 0);
+    assert_true(ruleset_uses_profile(rs));
+    ruleset_free(rs);
+    rs = ruleset_load_string_ex("t.yaml", timed, strlen(timed), "UTC", RULES_ALLOW_TIME, &d);
+    assert_false(ruleset_uses_profile(rs));
+    ruleset_free(rs);
     diag_free(&d);
 }
 
