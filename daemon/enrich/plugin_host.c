@@ -359,6 +359,7 @@ int plugins_load(plugin_set_t *set, const config_t *cfg, diag_t *diag) {
     if (check_perms(cfg->plugin_dir, 1, why, sizeof why) != 0) {
         diag_add(diag, cfg->path ? cfg->path : "<config>", cfg->plugin_dir_line, cfg->plugin_dir_col,
                  "plugins.dir: %s", why);
+        plugins_unload(set);
         return -1;
     }
     set->p = xcalloc(cfg->n_plugins, sizeof *set->p);
