@@ -102,14 +102,16 @@ demo: deps
 # The binary, unit and samples go under PREFIX; the live config and rules go to
 # /etc/benefitd only when absent, so a reinstall never overwrites an
 # operator's edits (the samples stay in share/benefitd for reference).
-install: $(BUILD)/benefitd install-extra
+install: $(BUILD)/benefitd $(PLUGIN_SOS) install-extra
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/benefitd/rules \
 	    $(DESTDIR)$(PREFIX)/lib/benefitd/plugins $(DESTDIR)/etc/benefitd
 	install -m 0755 $(BUILD)/benefitd $(DESTDIR)$(PREFIX)/bin/benefitd
+	install -m 0644 $(PLUGIN_SOS) $(DESTDIR)$(PREFIX)/lib/benefitd/plugins/
 	install -m 0644 rules/*.yaml $(DESTDIR)$(PREFIX)/share/benefitd/rules/
 	install -m 0644 etc/benefitd.yaml $(DESTDIR)$(PREFIX)/share/benefitd/benefitd.yaml.example
 	[ -e $(DESTDIR)/etc/benefitd/benefitd.yaml ] || \
-	    sed 's|^  dir: \.\./rules .*|  dir: rules                    # /etc/benefitd/rules|' etc/benefitd.yaml \
+	    sed -e 's|^  dir: \.\./rules .*|  dir: rules                    # /etc/benefitd/rules|' \
+	        -e 's|^  dir: \.\./build/plugins .*|  dir: $(PREFIX)/lib/benefitd/plugins|' etc/benefitd.yaml \
 	    > $(DESTDIR)/etc/benefitd/benefitd.yaml
 	[ -e $(DESTDIR)/etc/benefitd/rules ] || { install -d $(DESTDIR)/etc/benefitd/rules && \
 	    install -m 0644 rules/*.yaml $(DESTDIR)/etc/benefitd/rules/; }

@@ -79,10 +79,12 @@ static void track_drop(kafka_source_t *s, ptrack_t *t) {
     free(t);
 }
 
-void kafka_source_hold(offset_token_t *t) { t->pending++; }
+void kafka_source_hold(offset_token_t *t) {
+    if (t) t->pending++;
+}
 
 void kafka_source_release(offset_token_t *t) {
-    if (--t->pending > 0) return;
+    if (!t || --t->pending > 0) return;
     ptrack_t *pt = t->pt;
     if (!pt) { free(t); return; }
     int advanced = 0;

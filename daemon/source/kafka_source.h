@@ -49,6 +49,7 @@ void kafka_source_stop_reading(kafka_source_t *s);
 void kafka_source_close(kafka_source_t *s);
 void kafka_source_free(kafka_source_t *s);
 
+/* NULL is a no-op: writes that no message caused (a plugin revisit) hold nothing. */
 void kafka_source_hold(offset_token_t *t);
 void kafka_source_release(offset_token_t *t);
 
