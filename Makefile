@@ -60,6 +60,7 @@ $(BUILD)/tests/test_plugins: | $(FIXTURE_SOS)
 test: deps
 	$(MAKE) all $(UNIT_BINS)
 	$(MAKE) test-unit
+	$(MAKE) test-plugins
 	$(MAKE) test-sanitize
 	$(MAKE) test-replay
 	$(MAKE) fuzz-run FUZZ_SECONDS=10
@@ -69,7 +70,7 @@ test: deps
 
 # The unit suites again under AddressSanitizer + UndefinedBehaviorSanitizer.
 test-sanitize:
-	$(MAKE) BUILD=build-san CFLAGS="$(SAN_FLAGS)" test-unit
+	$(MAKE) BUILD=build-san CFLAGS="$(SAN_FLAGS)" test-unit test-plugins
 
 test-unit: $(UNIT_BINS)
 	@set -e; for t in $(UNIT_BINS); do echo "== $$t"; $$t; done
@@ -107,6 +108,8 @@ install: $(BUILD)/benefitd $(PLUGIN_SOS) install-extra
 	    $(DESTDIR)$(PREFIX)/lib/benefitd/plugins $(DESTDIR)/etc/benefitd
 	install -m 0755 $(BUILD)/benefitd $(DESTDIR)$(PREFIX)/bin/benefitd
 	install -m 0644 $(PLUGIN_SOS) $(DESTDIR)$(PREFIX)/lib/benefitd/plugins/
+	install -d $(DESTDIR)$(PREFIX)/include/benefitd
+	install -m 0644 plugins/benefitd_plugin.h $(DESTDIR)$(PREFIX)/include/benefitd/
 	install -m 0644 rules/*.yaml $(DESTDIR)$(PREFIX)/share/benefitd/rules/
 	install -m 0644 etc/benefitd.yaml $(DESTDIR)$(PREFIX)/share/benefitd/benefitd.yaml.example
 	[ -e $(DESTDIR)/etc/benefitd/benefitd.yaml ] || \

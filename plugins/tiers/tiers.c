@@ -442,7 +442,7 @@ static int evaluate(tiers_t *t, bd_ctx *c, int with_event) {
     /* Drop the buckets that have left the window; sum the rest. */
     int keep_from = 0;
     while (keep_from < st.n && leaves_at(t, st.b[keep_from].day) <= now) keep_from++;
-    memmove(st.b, st.b + keep_from, (size_t)(st.n - keep_from) * sizeof *st.b);
+    if (keep_from > 0) memmove(st.b, st.b + keep_from, (size_t)(st.n - keep_from) * sizeof *st.b);
     st.n -= keep_from;
     double m = 0;
     for (int i = 0; i < st.n; i++) m += st.b[i].sum;
