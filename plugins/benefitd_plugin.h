@@ -86,7 +86,8 @@ typedef struct bd_host {
     long long (*now_ms)(const bd_ctx *c);
     /* The member (never NULL). */
     const char *(*user_id)(const bd_ctx *c);
-    /* The event: its name (NULL in on_revisit), its time, and any path as
+    /* The event: its name (NULL in on_revisit), its time (now_ms in
+     * on_revisit), and any path as
      * expressions resolve it ("properties.total", "context.device.id",
      * "context.ip", "anonymous_id", "type"). */
     const char *(*event_name)(const bd_ctx *c);
@@ -97,6 +98,9 @@ typedef struct bd_host {
      * in expressions. A set is persisted with the event (Redis live, memory
      * in replay). Names starting with '_' are the plugin's private state
      * (still readable as user._name); keep them small. */
+    /* A string trait_get returns is valid until the same trait is set (or
+     * the callback returns); objects and lists come as JSON text in a
+     * buffer the next call reuses: copy what you keep. */
     bd_value (*trait_get)(const bd_ctx *c, const char *name);
     void (*trait_set)(bd_ctx *c, const char *name, bd_value v);
 
@@ -109,8 +113,9 @@ typedef struct bd_host {
     /* Adds to the blocklist (kind "user", "device" or "ip"); live, shared by
      * every daemon through Redis. 0 or -1. */
     int (*block)(bd_ctx *c, const char *kind, const char *id, const char *reason);
-    /* Asks for on_revisit for this member at due_ms (the earliest request
-     * wins; a later request replaces a later one only). */
+    /* Asks for on_revisit for this member at due_ms. It replaces this
+     * plugin's earlier request for the member (the last call of a callback
+     * wins); due_ms < 0 cancels. Re-request on every evaluation. */
     void (*revisit_at)(bd_ctx *c, long long due_ms);
     /* A sliding-window distinct count kept by the host: records `member`
      * under (set, key) at ts_ms and returns how many distinct members were

@@ -42,6 +42,7 @@ static fh_log *g_logs;
 static int g_nlogs;
 static cJSON *g_grave;         /* replaced trait values, freed when the callback ends */
 static bd_ctx *g_cur;          /* the callback in progress */
+static int g_revisit_replace;   /* 0: the earliest request wins (the header); 1: the last replaces (ZADD) */
 static int g_violations;
 static char g_violation[256];
 
@@ -235,7 +236,8 @@ static void h_revisit_at(bd_ctx *c, long long due_ms) {
     if (due_ms <= c->now_ms) violation("revisit_at %lld is not after now %lld", due_ms, c->now_ms);
     member *m = find_member(c->user, 1);
     if (m->revisit_last < 0 || due_ms < m->revisit_last) m->revisit_last = due_ms;
-    if (m->revisit_due < 0 || due_ms < m->revisit_due) m->revisit_due = due_ms;
+    if (g_revisit_replace) m->revisit_due = m->revisit_last;
+    else if (m->revisit_due < 0 || due_ms < m->revisit_due) m->revisit_due = due_ms;
 }
 
 static long long h_window_add(bd_ctx *c, const char *set, const char *key, const char *memb, long long ts_ms,
@@ -461,7 +463,10 @@ void fh_reset(void) {
     cJSON_Delete(g_grave); g_grave = NULL;
     g_violations = 0;
     g_violation[0] = 0;
+    g_revisit_replace = 0;
 }
+
+void fh_set_revisit_replace(int on) { g_revisit_replace = on; }
 
 int fh_nemits(void) { return g_nemits; }
 const fh_emit *fh_emit_at_index(int i) { return i >= 0 && i < g_nemits ? &g_emits[i] : NULL; }

@@ -66,6 +66,10 @@ int fh_event(fh_plugin *p, const char *user, long long t, const char *name, cons
 /* The same with a decision time apart from the event time. */
 int fh_event_at(fh_plugin *p, const char *user, long long now, long long event_time, const char *name,
                 const char *json);
+/* How a request meets a pending one. The header: the earliest wins (the
+ * default). on: a callback's request replaces the pending one, as the
+ * daemon's ZADD does. fh_reset restores the default. */
+void fh_set_revisit_replace(int on);
 /* on_revisit of user at now (whether or not one was asked for). */
 int fh_revisit(fh_plugin *p, const char *user, long long now);
 /* The pending revisit of user (the earliest asked for), or -1. */

@@ -219,6 +219,32 @@ static void test_warning_then_downgrade_after_grace(void **state) {
     done();
 }
 
+/* When a request replaces the pending one (the daemon's ZADD), the plugin's
+ * latest request alone must carry the member through warning and downgrade. */
+static void test_replacing_revisits(void **state) {
+    init_ok(CFG_30D);
+    fh_set_revisit_replace(1);
+    order("u1", T0, 2000);                               /* gold */
+    order("u1", T0 + 25 * FH_DAY, 450);
+    long long r1 = LEAVES(D0, 30 * FH_DAY);
+    assert_int_equal(fh_revisit_due("u1"), r1);
+    assert_int_equal(fh_run_revisits(&P, "u1", r1), 1);
+    assert_int_equal(fh_count_emits("Tier Warning"), 1);
+    assert_int_equal(fh_revisit_due("u1"), r1 + 10 * FH_DAY);
+    /* an event inside the grace asks again for the end of the grace */
+    assert_int_equal(fh_event(&P, "u1", r1 + FH_DAY, "Page Viewed", NULL), 0);
+    assert_int_equal(fh_revisit_due("u1"), r1 + 10 * FH_DAY);
+    assert_int_equal(fh_run_revisits(&P, "u1", r1 + 10 * FH_DAY), 1);
+    assert_str(fh_trait_str("u1", "tier"), "silver");
+    assert_int_equal(fh_revisit_due("u1"), LEAVES(D0 + 25, 30 * FH_DAY));
+    assert_int_equal(fh_run_revisits(&P, "u1", LEAVES(D0 + 25, 30 * FH_DAY) + 10 * FH_DAY), 2);
+    assert_str(fh_trait_str("u1", "tier"), "member");
+    assert_int_equal(fh_count_emits("Tier Warning"), 2);
+    assert_int_equal(fh_count_emits("Tier Changed"), 3);   /* up to gold, down to silver, down to member */
+    assert_int_equal(fh_revisit_due("u1"), -1);
+    done();
+}
+
 static void test_keep_within_ratio(void **state) {
     init_ok(CFG_30D);
     order("u1", T0, 600);
@@ -426,6 +452,7 @@ int main(void) {
         cmocka_unit_test(test_gold_after_2000),
         cmocka_unit_test(test_amounts_ignored),
         cmocka_unit_test(test_warning_then_downgrade_after_grace),
+        cmocka_unit_test(test_replacing_revisits),
         cmocka_unit_test(test_keep_within_ratio),
         cmocka_unit_test(test_warning_cleared_by_recovery),
         cmocka_unit_test(test_downgrade_to_highest_kept_level),
