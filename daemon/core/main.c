@@ -61,6 +61,7 @@ static int check_main(int argc, char **argv) {
      * function checks only with the plugin, and a plugin's bad settings are
      * caught here rather than at the start. */
     plugin_set_t plugins;
+    log_set_level(LOG_WARN);   /* check answers on stdout; plugins' load-time info lines are noise here */
     if (plugins_load(&plugins, &cfg, &diag) != 0) {
         diag_print(&diag, stderr);
         fprintf(stderr, "benefitd check: plugins: %zu error(s)\n", diag.n);
