@@ -85,8 +85,8 @@ test-integration: all
 # The daemon built with ASan + UBSan under integration suites: any
 # sanitizer report in a daemon log fails its test (leaks are left to valgrind
 # on the unit suites: librdkafka's threads make LeakSanitizer noisy).
-# `make test` runs the pipeline suite this way (SAN_SUITES widens it).
-SAN_SUITES ?= tests.integration.test_pipeline
+# `make test` runs the pipeline and profile suites this way (SAN_SUITES changes it).
+SAN_SUITES ?= tests.integration.test_pipeline tests.integration.test_profiles
 test-integration-san: all
 	$(MAKE) BUILD=build-san CFLAGS="$(SAN_FLAGS)" build-san/benefitd
 	BENEFITD_BIN=$(CURDIR)/build-san/benefitd ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 \
