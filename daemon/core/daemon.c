@@ -526,6 +526,7 @@ typedef struct intent_ack {
     metric_counter_t *granted;    /* grants{rule,channel} */
     metric_counter_t *explained;  /* suppressions{rule,reason} of the intent's reason */
     metric_counter_t *pending;    /* suppressions{rule,already_pending} */
+    char *grant_json, *target;    /* for plugins' on_grant (only when one has it) */
 } intent_ack;
 
 static void on_intent_ack(void *ud, rs_outcome k, long long n, const char *reason) {
@@ -536,6 +537,7 @@ static void on_intent_ack(void *ud, rs_outcome k, long long n, const char *reaso
         d->grants_pushed++;
         metrics_counter_inc(d->m.w_pushed, 1);
         metrics_counter_inc(a->granted, 1);
+        if (a->grant_json) plugins_on_grant(&d->en.plugins, a->target, now_wall_ms(), a->grant_json);
         break;
     case RS_REPEAT:
         d->grants_repeat++;
@@ -567,6 +569,8 @@ static void on_intent_ack(void *ud, rs_outcome k, long long n, const char *reaso
     default: break;
     }
     kafka_source_release(a->tok);
+    free(a->grant_json);
+    free(a->target);
     free(a);
     update_backpressure(d);
 }
@@ -606,10 +610,16 @@ static void on_intent(void *ud, const event_t *ev, const intent_t *in) {
         if (in->reason) a->explained = rule_supp(d, rm, supp_reason_index(in->reason));
         if (in->kind == INTENT_SCHEDULE) a->pending = rule_supp(d, rm, SR_ALREADY_PENDING);
     }
+    if ((in->kind == INTENT_GRANT || in->kind == INTENT_COUNT_GRANT) && !in->reason && d->en.plugins.any_on_grant) {
+        a->grant_json = plugin_grant_json(in->grant_id, in->rule->id, in->target_user, in->channel);
+        a->target = xstrdup(in->target_user);
+    }
     kafka_source_hold(d->cur_tok);
     if (!redis_store_apply(d->store, in, d->cur_topic, d->cur_partition, on_intent_ack, a)) {
         /* nothing to write (a reason that needs no state) */
         kafka_source_release(a->tok);
+        free(a->grant_json);
+        free(a->target);
         if (in->kind == INTENT_GRANT || in->kind == INTENT_SCHEDULE) {
             d->suppressed++;
             metrics_counter_inc(a->explained, 1);
@@ -894,13 +904,14 @@ static void on_profile(void *ud, const redisReply *r) {
     fetch *f = ud;
     daemon_state *d = f->d;
     f->inflight = 0;
-    if (!r || r->type != REDIS_REPLY_ARRAY) {
-        /* the connection dropped (or an error): fetched again once Redis is back */
-        if (r) log_warn("profile_load_failed", "user=%s reply_type=%d", f->p->user, r->type);
-        if (r && redis_sink_ready(d->sink)) fetch_send(d, f);
-        return;
-    }
-    size_t n = r->elements / 2;
+    if (!r) return; /* the connection dropped: fetched again once Redis is back (fetches_resend) */
+    /* An error reply (the key holds something else) would fail again on
+     * every retry: the member is decided with an empty profile, loudly,
+     * rather than stalling every event behind it. */
+    if (r->type != REDIS_REPLY_ARRAY)
+        log_error("profile_load_failed", "user=%s reply_type=%d error=\"%s\" (decided with an empty profile)",
+                  f->p->user, r->type, r->type == REDIS_REPLY_ERROR && r->str ? r->str : "");
+    size_t n = r->type == REDIS_REPLY_ARRAY ? r->elements / 2 : 0;
     const char **fields = xcalloc(n + 1, sizeof *fields), **vals = xcalloc(n + 1, sizeof *vals);
     size_t *fl = xcalloc(n + 1, sizeof *fl), *vl = xcalloc(n + 1, sizeof *vl);
     for (size_t i = 0; i < n; i++) {

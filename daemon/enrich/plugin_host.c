@@ -421,6 +421,7 @@ int plugins_load(plugin_set_t *set, const config_t *cfg, diag_t *diag) {
             lp->self = self;
         }
         if (desc->on_event) set->any_on_event = 1;
+        if (desc->on_grant) set->any_on_grant = 1;
         int nfn = 0;
         for (const bd_function *f = desc->functions; f && f->name; f++) nfn++;
         log_info("plugin_loaded", "plugin=%s version=%s path=%s functions=%d", pc->name,
@@ -514,6 +515,21 @@ int plugins_on_revisit(plugin_run_t *r, const char *plugin) {
     }
     r->cur = NULL;
     return failed;
+}
+
+char *plugin_grant_json(const char *grant_id, const char *rule, const char *user, const char *channel) {
+    strbuf b;
+    sb_init(&b);
+    sb_puts(&b, "{\"grant_id\":");
+    sb_json_str(&b, grant_id ? grant_id : "", grant_id ? strlen(grant_id) : 0);
+    sb_puts(&b, ",\"rule\":");
+    sb_json_str(&b, rule ? rule : "", rule ? strlen(rule) : 0);
+    sb_puts(&b, ",\"user_id\":");
+    sb_json_str(&b, user ? user : "", user ? strlen(user) : 0);
+    sb_puts(&b, ",\"channel\":");
+    sb_json_str(&b, channel ? channel : "default", strlen(channel ? channel : "default"));
+    sb_putc(&b, '}');
+    return b.s;
 }
 
 void plugins_on_grant(const plugin_set_t *set, const char *user, int64_t now_ms, const char *grant_json) {

@@ -35,6 +35,7 @@ typedef struct plugin_set {
     loaded_plugin_t *p;
     size_t n;
     int any_on_event;             /* some plugin reads every event: profiles are needed */
+    int any_on_grant;             /* some plugin wants on_grant */
     /* the host's sliding-window distinct counts (window_add): set\x1fkey ->
      * members with their last time; pruned as windows pass */
     void *windows;
@@ -90,6 +91,9 @@ void plugin_run_free(plugin_run_t *r);
 int plugins_on_event(plugin_run_t *r);
 /* on_revisit of the plugin named plugin (NULL: every plugin with one). */
 int plugins_on_revisit(plugin_run_t *r, const char *plugin);
+/* The JSON on_grant receives: {"grant_id","rule","user_id","channel"}
+ * (malloc'd), the same live and in replay. */
+char *plugin_grant_json(const char *grant_id, const char *rule, const char *user, const char *channel);
 /* on_grant of every plugin that has one; user is the recipient. */
 void plugins_on_grant(const plugin_set_t *set, const char *user, int64_t now_ms, const char *grant_json);
 

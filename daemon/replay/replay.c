@@ -151,6 +151,11 @@ static void on_out(void *ud, const store_out_t *o) {
     case OUT_GRANT:
         r->granted++;
         emit(r, o->at, o->json, o->len);
+        if (r->en.plugins.any_on_grant) {
+            char *gj = plugin_grant_json(o->grant_id, o->rule_id, o->target_user, o->channel);
+            plugins_on_grant(&r->en.plugins, o->target_user, o->at, gj);
+            free(gj);
+        }
         if (r->explain && o->deliver_after > o->at) {
             /* quiet hours: a delay, not a suppression; the line follows its grant */
             strbuf b;

@@ -190,6 +190,14 @@ static void test_enrich_runs_plugins(void **state) {
     assert_true(profile_take_dirty(p, NULL, NULL) >= 2);
     assert_int_equal(profile_take_dirty(p, NULL, NULL), 0);
     assert_int_equal(inits(), 1);
+    /* on_grant: the recipient, the time, the grant's ids */
+    assert_true(en.plugins.any_on_grant);
+    char *gj = plugin_grant_json("g1", "on-second", "u1", NULL);
+    plugins_on_grant(&en.plugins, "u1", 4000, gj);
+    free(gj);
+    const char *(*last)(void) = (const char *(*)(void))dlsym(en.plugins.p[0].handle, "fixture_last_grant");
+    assert_non_null(last);
+    assert_string_equal(last(), "u1 4000 {\"grant_id\":\"g1\",\"rule\":\"on-second\",\"user_id\":\"u1\",\"channel\":\"default\"}");
     ruleset_free(rs);
     engine_free(&eng);
     enrich_free(&en);
