@@ -42,7 +42,7 @@
  *   integers 1..5, else missing (stateless: no instance needed).
  * Log lines (plugin=rfm): config (INFO, at init), amount_ignored (DEBUG),
  *   state_reset (WARN: a private state that does not parse is dropped). */
-#include "../benefitd_plugin.h"
+#include "../plugin_util.h"
 
 #include <math.h>
 #include <stdarg.h>
@@ -51,8 +51,7 @@
 #include <string.h>
 #include <cjson/cJSON.h>
 
-#define DAY_MS 86400000LL
-#define MAX_EVENTS 64
+#define DAY_MS BDP_DAY_MS
 #define STATE_TRAIT "_rfm"
 
 typedef struct rfm {
@@ -69,93 +68,18 @@ typedef struct rfm {
 
 /* --- small helpers --------------------------------------------------------- */
 
-static int fail(char *err, size_t errlen, const char *fmt, ...) {
-    if (err && errlen) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err, errlen, fmt, ap);
-        va_end(ap);
-    }
-    return -1;
-}
-
-static char *dupstr(const char *s) {
-    size_t n = strlen(s) + 1;
-    char *d = malloc(n);
-    if (d) memcpy(d, s, n);
-    return d;
-}
-
-static double round6(double x) { return round(x * 1e6) / 1e6; }
-
-/* A number read back from the state as a time or day; 0 when out of range. */
-static int as_int(double x, long long *out) {
-    if (!isfinite(x) || x < -1e15 || x > 1e15) return 0;
-    *out = (long long)x;
-    return 1;
-}
-
-static long long day_of(long long ms) { return ms >= 0 ? ms / DAY_MS : -((-ms + DAY_MS - 1) / DAY_MS); }
-
-static void logf_(const bd_host *h, int level, const char *event, const char *fmt, ...) {
-    char buf[768];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(buf, sizeof buf, fmt, ap);
-    va_end(ap);
-    h->log(level, "rfm", event, buf);
-}
-
-static void set_num(const bd_host *h, bd_ctx *c, const char *name, double x) {
-    bd_value o = h->trait_get(c, name);
-    if (o.kind == BD_NUM && o.num == x) return;
-    bd_value v = {.kind = BD_NUM, .num = x};
-    h->trait_set(c, name, v);
-}
-
-static void set_str(const bd_host *h, bd_ctx *c, const char *name, const char *s) {
-    bd_value o = h->trait_get(c, name);
-    if (o.kind == BD_STR && o.str && strcmp(o.str, s) == 0) return;
-    bd_value v = {.kind = BD_STR, .str = s};
-    h->trait_set(c, name, v);
-}
-
 /* --- config ----------------------------------------------------------------- */
 
+static const char *const DEFAULT_EVENTS[] = {"Order Completed"};
 static const char *const KNOWN_KEYS[] = {"events", "amount", "window", "recency", "frequency", "monetary", NULL};
-
-static const cJSON *opt(const cJSON *root, const char *key) {
-    const cJSON *j = root ? cJSON_GetObjectItemCaseSensitive(root, key) : NULL;
-    return j && !cJSON_IsNull(j) ? j : NULL;
-}
-
-static int cfg_events(const cJSON *root, const char *key, const char *def, char ***out, int *n, char *err,
-                      size_t errlen) {
-    const cJSON *j = opt(root, key);
-    int count = !j || cJSON_IsString(j) ? 1 : cJSON_IsArray(j) ? cJSON_GetArraySize(j) : -1;
-    if (count < 0) return fail(err, errlen, "%s: must be an event name or a list of event names", key);
-    if (count == 0) return fail(err, errlen, "%s: must name at least one event", key);
-    if (count > MAX_EVENTS) return fail(err, errlen, "%s: at most %d events", key, MAX_EVENTS);
-    char **v = calloc((size_t)count, sizeof *v);
-    if (!v) return fail(err, errlen, "out of memory");
-    *out = v;
-    *n = count;
-    for (int i = 0; i < count; i++) {
-        const cJSON *it = !j ? NULL : cJSON_IsString(j) ? j : cJSON_GetArrayItem(j, i);
-        const char *s = it ? (cJSON_IsString(it) ? it->valuestring : NULL) : def;
-        if (!s || !*s) return fail(err, errlen, "%s: entry %d is not an event name", key, i + 1);
-        if (!(v[i] = dupstr(s))) return fail(err, errlen, "out of memory");
-    }
-    return 0;
-}
 
 /* Four ascending entries: durations (out_ms) or numbers (out_num). */
 static int cfg_four(const bd_host *h, const cJSON *root, const char *key, long long *out_ms, double *out_num,
                     int integers, char *err, size_t errlen) {
-    const cJSON *j = opt(root, key);
+    const cJSON *j = bdp_opt(root, key);
     if (!j) return 0;   /* defaults already in place */
     if (!cJSON_IsArray(j) || cJSON_GetArraySize(j) != 4)
-        return fail(err, errlen, "%s: must be a list of exactly 4 ascending %s", key,
+        return bdp_fail(err, errlen, "%s: must be a list of exactly 4 ascending %s", key,
                     out_ms ? "durations" : "numbers");
     for (int i = 0; i < 4; i++) {
         const cJSON *it = cJSON_GetArrayItem(j, i);
@@ -163,42 +87,38 @@ static int cfg_four(const bd_host *h, const cJSON *root, const char *key, long l
         if (out_ms) {
             long long ms = cJSON_IsString(it) ? h->parse_duration_ms(it->valuestring) : -1;
             if (ms <= 0)
-                return fail(err, errlen, "%s: entry %d is not a duration above 0 (use e.g. \"30d\")", key, i + 1);
+                return bdp_fail(err, errlen, "%s: entry %d is not a duration above 0 (use e.g. \"30d\")", key, i + 1);
             out_ms[i] = ms;
             x = (double)ms;
         } else {
             if (!cJSON_IsNumber(it) || !isfinite(it->valuedouble) || it->valuedouble < (integers ? 1 : 0) ||
                 (integers && it->valuedouble != floor(it->valuedouble)))
-                return fail(err, errlen, "%s: entry %d must be %s", key, i + 1,
+                return bdp_fail(err, errlen, "%s: entry %d must be %s", key, i + 1,
                             integers ? "an integer >= 1" : "a number >= 0");
             x = out_num[i] = it->valuedouble;
         }
         double prev = i == 0 ? 0 : out_ms ? (double)out_ms[i - 1] : out_num[i - 1];
-        if (i > 0 && !(x > prev)) return fail(err, errlen, "%s: entries must ascend (entry %d is not above entry %d)",
-                                              key, i + 1, i);
+        if (i > 0 && !(x > prev))
+            return bdp_fail(err, errlen, "%s: entries must ascend (entry %d is not above entry %d)", key, i + 1, i);
     }
     return 0;
 }
 
 static int parse_config(rfm_t *r, const cJSON *root, char *err, size_t errlen) {
-    for (const cJSON *k = root ? root->child : NULL; k; k = k->next) {
-        int known = 0;
-        for (int i = 0; KNOWN_KEYS[i]; i++) known |= strcmp(k->string, KNOWN_KEYS[i]) == 0;
-        if (!known)
-            return fail(err, errlen,
-                        "unknown key '%s' (known: events, amount, window, recency, frequency, monetary)", k->string);
-    }
-    if (cfg_events(root, "events", "Order Completed", &r->events, &r->nevents, err, errlen)) return -1;
-    const cJSON *j = opt(root, "amount");
+    if (bdp_check_keys(root, KNOWN_KEYS, err, errlen)) return -1;
+    if (bdp_cfg_events(root, "events", DEFAULT_EVENTS, 1, &r->events, &r->nevents, err, errlen)) return -1;
+    const cJSON *j = bdp_opt(root, "amount");
     if (j && (!cJSON_IsString(j) || !*j->valuestring))
-        return fail(err, errlen, "amount: must be a path such as properties.total");
-    if (!(r->amount = dupstr(j ? j->valuestring : "properties.total"))) return fail(err, errlen, "out of memory");
-    j = opt(root, "window");
+        return bdp_fail(err, errlen, "amount: must be a path such as properties.total");
+    if (!(r->amount = bdp_dupstr(j ? j->valuestring : "properties.total")))
+        return bdp_fail(err, errlen, "out of memory");
+    j = bdp_opt(root, "window");
     const char *w = "365d";
-    if (j && !cJSON_IsString(j)) return fail(err, errlen, "window: must be a duration such as \"365d\"");
+    if (j && !cJSON_IsString(j)) return bdp_fail(err, errlen, "window: must be a duration such as \"365d\"");
     if (j) w = j->valuestring;
     r->window_ms = r->host->parse_duration_ms(w);
-    if (r->window_ms <= 0) return fail(err, errlen, "window: \"%s\" is not a duration above 0 (use e.g. \"365d\")", w);
+    if (r->window_ms <= 0)
+        return bdp_fail(err, errlen, "window: \"%s\" is not a duration above 0 (use e.g. \"365d\")", w);
     snprintf(r->window_text, sizeof r->window_text, "%s", w);
     static const long long rec[4] = {7 * DAY_MS, 30 * DAY_MS, 90 * DAY_MS, 180 * DAY_MS};
     static const double fr[4] = {2, 4, 8, 16}, mo[4] = {100, 500, 1000, 5000};
@@ -238,7 +158,7 @@ static int state_add(state_t *s, long long day, long long orders, double sum) {
     while (i < s->n && s->b[i].day < day) i++;
     if (i < s->n && s->b[i].day == day) {
         s->b[i].orders += orders;
-        s->b[i].sum = round6(s->b[i].sum + sum);
+        s->b[i].sum = bdp_round6(s->b[i].sum + sum);
         return 0;
     }
     if (s->n == s->cap) {
@@ -251,7 +171,7 @@ static int state_add(state_t *s, long long day, long long orders, double sum) {
     memmove(&s->b[i + 1], &s->b[i], (size_t)(s->n - i) * sizeof *s->b);
     s->b[i].day = day;
     s->b[i].orders = orders;
-    s->b[i].sum = round6(sum);
+    s->b[i].sum = bdp_round6(sum);
     s->n++;
     return 0;
 }
@@ -262,13 +182,13 @@ static int state_load(state_t *s, const char *text) {
     cJSON *j = cJSON_Parse(text);
     const cJSON *last = cJSON_GetObjectItemCaseSensitive(j, "last");
     const cJSON *b = cJSON_GetObjectItemCaseSensitive(j, "b");
-    int rc = cJSON_IsArray(b) && (!last || (cJSON_IsNumber(last) && as_int(last->valuedouble, &s->last))) ? 0 : -1;
+    int rc = cJSON_IsArray(b) && (!last || (cJSON_IsNumber(last) && bdp_as_int(last->valuedouble, &s->last))) ? 0 : -1;
     s->has_last = rc == 0 && last != NULL;
     for (const cJSON *e = rc == 0 ? b->child : NULL; e; e = e->next) {
         const cJSON *d = cJSON_GetArrayItem(e, 0), *o = cJSON_GetArrayItem(e, 1), *v = cJSON_GetArrayItem(e, 2);
         long long day, orders;
-        if (!cJSON_IsArray(e) || !cJSON_IsNumber(d) || !as_int(d->valuedouble, &day) || !cJSON_IsNumber(o) ||
-            !as_int(o->valuedouble, &orders) || orders < 0 || !cJSON_IsNumber(v) || !isfinite(v->valuedouble) ||
+        if (!cJSON_IsArray(e) || !cJSON_IsNumber(d) || !bdp_as_int(d->valuedouble, &day) || !cJSON_IsNumber(o) ||
+            !bdp_as_int(o->valuedouble, &orders) || orders < 0 || !cJSON_IsNumber(v) || !isfinite(v->valuedouble) ||
             v->valuedouble < 0 || state_add(s, day, orders, v->valuedouble) != 0) {
             rc = -1;
             break;
@@ -328,7 +248,7 @@ static int evaluate(rfm_t *r, bd_ctx *c, int with_event) {
     bd_value sv = h->trait_get(c, STATE_TRAIT);
     const char *old_text = sv.kind == BD_STR ? sv.str : NULL;
     if (old_text && state_load(&st, old_text) != 0)
-        logf_(h, BD_LOG_WARN, "state_reset", "user=%s %s does not parse; starting afresh", user, STATE_TRAIT);
+        bdp_log(h, BD_LOG_WARN, "rfm", "state_reset", "user=%s %s does not parse; starting afresh", user, STATE_TRAIT);
 
     if (with_event && in_events(r, h->event_name(c))) {
         long long ts = h->event_time_ms(c);
@@ -338,8 +258,9 @@ static int evaluate(rfm_t *r, bd_ctx *c, int with_event) {
         bd_value a = h->event_get(c, r->amount);
         double amount = 0;
         if (a.kind == BD_NUM && isfinite(a.num) && a.num >= 0) amount = a.num;
-        else logf_(h, BD_LOG_DEBUG, "amount_ignored", "user=%s event=\"%s\" path=%s", user, h->event_name(c), r->amount);
-        if (leaves_at(r, day_of(ts)) > now && state_add(&st, day_of(ts), 1, amount) != 0) {
+        else bdp_log(h, BD_LOG_DEBUG, "rfm", "amount_ignored", "user=%s event=\"%s\" path=%s", user,
+                     h->event_name(c), r->amount);
+        if (leaves_at(r, bdp_day_of(ts)) > now && state_add(&st, bdp_day_of(ts), 1, amount) != 0) {
             free(st.b);
             return -1;
         }
@@ -354,7 +275,7 @@ static int evaluate(rfm_t *r, bd_ctx *c, int with_event) {
             free(st.b);
             return -1;
         }
-        if (!old_text || strcmp(old_text, text) != 0) set_str(h, c, STATE_TRAIT, text);
+        if (!old_text || strcmp(old_text, text) != 0) bdp_set_str(h, c, STATE_TRAIT, text);
         free(text);
     }
     if (!st.has_last) {   /* never ordered: nothing to say */
@@ -368,7 +289,7 @@ static int evaluate(rfm_t *r, bd_ctx *c, int with_event) {
         orders += st.b[i].orders;
         sum += st.b[i].sum;
     }
-    sum = round6(sum);
+    sum = bdp_round6(sum);
     long long age = now > st.last ? now - st.last : 0;
     int rs = 1;
     long long r_drops = -1;   /* when R next drops, if it can */
@@ -379,10 +300,10 @@ static int evaluate(rfm_t *r, bd_ctx *c, int with_event) {
         }
     int fs = score_up((double)orders, r->frequency);
     int ms = score_up(sum, r->monetary);
-    set_num(h, c, "rfm_r", rs);
-    set_num(h, c, "rfm_f", fs);
-    set_num(h, c, "rfm_m", ms);
-    set_str(h, c, "rfm_segment", segment(rs, fs));
+    bdp_set_num(h, c, "rfm_r", rs);
+    bdp_set_num(h, c, "rfm_f", fs);
+    bdp_set_num(h, c, "rfm_m", ms);
+    bdp_set_str(h, c, "rfm_segment", segment(rs, fs));
 
     long long due = r_drops;
     if (st.n > 0 && (due < 0 || leaves_at(r, st.b[0].day) < due)) due = leaves_at(r, st.b[0].day);
@@ -394,36 +315,26 @@ static int evaluate(rfm_t *r, bd_ctx *c, int with_event) {
 /* --- the plugin ------------------------------------------------------------- */
 
 static int rfm_init(const bd_host *host, const char *config_json, void **self, char *err, size_t errlen) {
-    if (!host || host->api_version != BD_PLUGIN_API_VERSION)
-        return fail(err, errlen, "host speaks plugin API %d, this plugin %d", host ? host->api_version : -1,
-                    BD_PLUGIN_API_VERSION);
-    cJSON *root = NULL;
-    if (config_json && *config_json) {
-        root = cJSON_Parse(config_json);
-        if (!root) return fail(err, errlen, "config is not valid JSON");
-    }
-    if (root && !cJSON_IsNull(root) && !cJSON_IsObject(root)) {
-        cJSON_Delete(root);
-        return fail(err, errlen, "config must be a mapping");
-    }
+    cJSON *root;
+    if (bdp_config_root(host, config_json, &root, err, errlen)) return -1;
     rfm_t *r = calloc(1, sizeof *r);
     if (!r) {
         cJSON_Delete(root);
-        return fail(err, errlen, "out of memory");
+        return bdp_fail(err, errlen, "out of memory");
     }
     r->host = host;
-    int rc = parse_config(r, cJSON_IsObject(root) ? root : NULL, err, errlen);
+    int rc = parse_config(r, root, err, errlen);
     cJSON_Delete(root);
     if (rc != 0) {
         rfm_free(r);
         return -1;
     }
-    logf_(host, BD_LOG_INFO, "config",
-          "events=%d amount=%s window=%s recency_ms=%lld,%lld,%lld,%lld frequency=%g,%g,%g,%g "
-          "monetary=%g,%g,%g,%g",
-          r->nevents, r->amount, r->window_text, r->recency[0], r->recency[1], r->recency[2], r->recency[3],
-          r->frequency[0], r->frequency[1], r->frequency[2], r->frequency[3], r->monetary[0], r->monetary[1],
-          r->monetary[2], r->monetary[3]);
+    bdp_log(host, BD_LOG_INFO, "rfm", "config",
+            "events=%d amount=%s window=%s recency_ms=%lld,%lld,%lld,%lld frequency=%g,%g,%g,%g "
+            "monetary=%g,%g,%g,%g",
+            r->nevents, r->amount, r->window_text, r->recency[0], r->recency[1], r->recency[2], r->recency[3],
+            r->frequency[0], r->frequency[1], r->frequency[2], r->frequency[3], r->monetary[0], r->monetary[1],
+            r->monetary[2], r->monetary[3]);
     *self = r;
     return 0;
 }

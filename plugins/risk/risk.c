@@ -55,7 +55,7 @@
  * Events emitted: none.
  * Functions: risk_rank(level) -> low 0, medium 1, high 2; missing otherwise
  *   (stateless). */
-#include "../benefitd_plugin.h"
+#include "../plugin_util.h"
 
 #include <math.h>
 #include <stdarg.h>
@@ -64,7 +64,6 @@
 #include <string.h>
 #include <cjson/cJSON.h>
 
-#define MAX_EVENTS 64
 #define MAX_BLOCKED 16
 #define STATE_TRAIT "_risk"
 
@@ -99,59 +98,6 @@ typedef struct risk {
 
 /* --- small helpers --------------------------------------------------------- */
 
-static int fail(char *err, size_t errlen, const char *fmt, ...) {
-    if (err && errlen) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err, errlen, fmt, ap);
-        va_end(ap);
-    }
-    return -1;
-}
-
-static char *dupstr(const char *s) {
-    size_t n = strlen(s) + 1;
-    char *d = malloc(n);
-    if (d) memcpy(d, s, n);
-    return d;
-}
-
-static int as_int(double x, long long *out) {
-    if (!isfinite(x) || x < -1e15 || x > 1e15) return 0;
-    *out = (long long)x;
-    return 1;
-}
-
-static void logf_(const bd_host *h, int level, const char *fmt, ...) {
-    char buf[1024];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(buf, sizeof buf, fmt, ap);
-    va_end(ap);
-    h->log(level, "risk", "risk_decision", buf);
-}
-
-static void set_num(const bd_host *h, bd_ctx *c, const char *name, double x) {
-    bd_value o = h->trait_get(c, name);
-    if (o.kind == BD_NUM && o.num == x) return;
-    bd_value v = {.kind = BD_NUM, .num = x};
-    h->trait_set(c, name, v);
-}
-
-static void set_str(const bd_host *h, bd_ctx *c, const char *name, const char *s) {
-    bd_value o = h->trait_get(c, name);
-    if (o.kind == BD_STR && o.str && strcmp(o.str, s) == 0) return;
-    bd_value v = {.kind = BD_STR, .str = s};
-    h->trait_set(c, name, v);
-}
-
-static void clear_trait(const bd_host *h, bd_ctx *c, const char *name) {
-    bd_value o = h->trait_get(c, name);
-    if (o.kind == BD_MISSING || o.kind == BD_NULL) return;
-    bd_value v = {.kind = BD_NULL};
-    h->trait_set(c, name, v);
-}
-
 static int level_of(bd_value v) {
     if (v.kind != BD_STR || !v.str) return -1;
     for (int i = LOW; i <= HIGH; i++)
@@ -170,21 +116,19 @@ static const char *text_of(bd_value v, char *buf, size_t n) {
 
 /* --- config ----------------------------------------------------------------- */
 
+#define RISK_LOG(h, level, ...) bdp_log(h, level, "risk", "risk_decision", __VA_ARGS__)
+
+static const char *const REDEMPTION_DEFAULTS[] = {"Coupon Redeemed", "Benefit Redeemed"};
 static const char *const KNOWN_KEYS[] = {"accounts_per_device", "accounts_per_ip", "redemptions_per_device",
                                          "redemption_events", "device", "ip", "hold", "block", NULL};
 
-static const cJSON *opt(const cJSON *root, const char *key) {
-    const cJSON *j = root ? cJSON_GetObjectItemCaseSensitive(root, key) : NULL;
-    return j && !cJSON_IsNull(j) ? j : NULL;
-}
-
 static int cfg_count(const cJSON *obj, const char *check, const char *key, long long def, long long *out, char *err,
                      size_t errlen) {
-    const cJSON *j = opt(obj, key);
+    const cJSON *j = bdp_opt(obj, key);
     *out = def;
     if (!j) return 0;
-    if (!cJSON_IsNumber(j) || !as_int(j->valuedouble, out) || (double)*out != j->valuedouble || *out < 1)
-        return fail(err, errlen, "%s.%s: must be an integer >= 1", check, key);
+    if (!cJSON_IsNumber(j) || !bdp_as_int(j->valuedouble, out) || (double)*out != j->valuedouble || *out < 1)
+        return bdp_fail(err, errlen, "%s.%s: must be an integer >= 1", check, key);
     return 0;
 }
 
@@ -194,84 +138,58 @@ static int cfg_check(risk_t *r, const cJSON *root, int i, char *err, size_t errl
     const cJSON *j = root ? cJSON_GetObjectItemCaseSensitive(root, name) : NULL;
     if (j && cJSON_IsNull(j)) return 0;   /* disabled */
     if (j && !cJSON_IsObject(j))
-        return fail(err, errlen, "%s: must be a mapping {window, medium, high} or null (disabled)", name);
+        return bdp_fail(err, errlen, "%s: must be a mapping {window, medium, high} or null (disabled)", name);
     for (const cJSON *k = j ? j->child : NULL; k; k = k->next)
         if (strcmp(k->string, "window") && strcmp(k->string, "medium") && strcmp(k->string, "high"))
-            return fail(err, errlen, "%s: unknown key '%s' (known: window, medium, high)", name, k->string);
-    const cJSON *w = opt(j, "window");
+            return bdp_fail(err, errlen, "%s: unknown key '%s' (known: window, medium, high)", name, k->string);
+    const cJSON *w = bdp_opt(j, "window");
     const char *wt = CHECK_DEFAULTS[i].window;
-    if (w && !cJSON_IsString(w)) return fail(err, errlen, "%s.window: must be a duration such as \"%s\"", name, wt);
+    if (w && !cJSON_IsString(w)) return bdp_fail(err, errlen, "%s.window: must be a duration such as \"%s\"", name, wt);
     if (w) wt = w->valuestring;
     ck->window_ms = r->host->parse_duration_ms(wt);
     if (ck->window_ms <= 0)
-        return fail(err, errlen, "%s.window: \"%s\" is not a duration above 0 (use e.g. \"%s\")", name, wt,
+        return bdp_fail(err, errlen, "%s.window: \"%s\" is not a duration above 0 (use e.g. \"%s\")", name, wt,
                     CHECK_DEFAULTS[i].window);
     snprintf(ck->window_text, sizeof ck->window_text, "%s", wt);
     if (cfg_count(j, name, "medium", CHECK_DEFAULTS[i].medium, &ck->medium, err, errlen)) return -1;
     if (cfg_count(j, name, "high", CHECK_DEFAULTS[i].high, &ck->high, err, errlen)) return -1;
     if (ck->medium > ck->high)
-        return fail(err, errlen, "%s: medium (%lld) must not exceed high (%lld)", name, ck->medium, ck->high);
+        return bdp_fail(err, errlen, "%s: medium (%lld) must not exceed high (%lld)", name, ck->medium, ck->high);
     ck->enabled = 1;
     return 0;
 }
 
-static int cfg_events(const cJSON *root, const char *key, char ***out, int *n, char *err, size_t errlen) {
-    static const char *const defs[] = {"Coupon Redeemed", "Benefit Redeemed"};
-    const cJSON *j = opt(root, key);
-    int count = !j ? 2 : cJSON_IsString(j) ? 1 : cJSON_IsArray(j) ? cJSON_GetArraySize(j) : -1;
-    if (count < 0) return fail(err, errlen, "%s: must be an event name or a list of event names", key);
-    if (count == 0) return fail(err, errlen, "%s: must name at least one event", key);
-    if (count > MAX_EVENTS) return fail(err, errlen, "%s: at most %d events", key, MAX_EVENTS);
-    char **v = calloc((size_t)count, sizeof *v);
-    if (!v) return fail(err, errlen, "out of memory");
-    *out = v;
-    *n = count;
-    for (int i = 0; i < count; i++) {
-        const cJSON *it = !j ? NULL : cJSON_IsString(j) ? j : cJSON_GetArrayItem(j, i);
-        const char *s = it ? (cJSON_IsString(it) ? it->valuestring : NULL) : defs[i];
-        if (!s || !*s) return fail(err, errlen, "%s: entry %d is not an event name", key, i + 1);
-        if (!(v[i] = dupstr(s))) return fail(err, errlen, "out of memory");
-    }
-    return 0;
-}
-
 static int cfg_path(const cJSON *root, const char *key, const char *def, char **out, char *err, size_t errlen) {
-    const cJSON *j = opt(root, key);
+    const cJSON *j = bdp_opt(root, key);
     if (j && (!cJSON_IsString(j) || !*j->valuestring))
-        return fail(err, errlen, "%s: must be a path such as %s", key, def);
-    if (!(*out = dupstr(j ? j->valuestring : def))) return fail(err, errlen, "out of memory");
+        return bdp_fail(err, errlen, "%s: must be a path such as %s", key, def);
+    if (!(*out = bdp_dupstr(j ? j->valuestring : def))) return bdp_fail(err, errlen, "out of memory");
     return 0;
 }
 
 static int parse_config(risk_t *r, const cJSON *root, char *err, size_t errlen) {
-    for (const cJSON *k = root ? root->child : NULL; k; k = k->next) {
-        int known = 0;
-        for (int i = 0; KNOWN_KEYS[i]; i++) known |= strcmp(k->string, KNOWN_KEYS[i]) == 0;
-        if (!known)
-            return fail(err, errlen,
-                        "unknown key '%s' (known: accounts_per_device, accounts_per_ip, redemptions_per_device, "
-                        "redemption_events, device, ip, hold, block)",
-                        k->string);
-    }
+    if (bdp_check_keys(root, KNOWN_KEYS, err, errlen)) return -1;
     for (int i = 0; i < NCHECKS; i++)
         if (cfg_check(r, root, i, err, errlen)) return -1;
-    if (cfg_events(root, "redemption_events", &r->redemption_events, &r->nredemption, err, errlen)) return -1;
+    if (bdp_cfg_events(root, "redemption_events", REDEMPTION_DEFAULTS, 2, &r->redemption_events, &r->nredemption,
+                       err, errlen))
+        return -1;
     if (cfg_path(root, "device", "context.device.id", &r->device_path, err, errlen)) return -1;
     if (cfg_path(root, "ip", "context.ip", &r->ip_path, err, errlen)) return -1;
-    const cJSON *j = opt(root, "hold");
+    const cJSON *j = bdp_opt(root, "hold");
     const char *ht = "24h";
-    if (j && !cJSON_IsString(j)) return fail(err, errlen, "hold: must be a duration such as \"24h\"");
+    if (j && !cJSON_IsString(j)) return bdp_fail(err, errlen, "hold: must be a duration such as \"24h\"");
     if (j) ht = j->valuestring;
     r->hold_ms = r->host->parse_duration_ms(ht);
-    if (r->hold_ms < 0) return fail(err, errlen, "hold: \"%s\" is not a duration (use e.g. \"24h\")", ht);
+    if (r->hold_ms < 0) return bdp_fail(err, errlen, "hold: \"%s\" is not a duration (use e.g. \"24h\")", ht);
     snprintf(r->hold_text, sizeof r->hold_text, "%s", ht);
-    j = opt(root, "block");
+    j = bdp_opt(root, "block");
     r->block_level = HIGH;
     if (j) {
         r->block_level = -1;
         for (int i = MEDIUM; i <= NEVER && cJSON_IsString(j); i++)
             if (strcmp(j->valuestring, LEVEL_NAMES[i]) == 0) r->block_level = i;
-        if (r->block_level < 0) return fail(err, errlen, "block: must be medium, high or never");
+        if (r->block_level < 0) return bdp_fail(err, errlen, "block: must be medium, high or never");
     }
     return 0;
 }
@@ -297,7 +215,7 @@ static void blocked_load(blocked_t *b, const char *text) {
     cJSON *j = cJSON_Parse(text);
     const cJSON *arr = cJSON_GetObjectItemCaseSensitive(j, "blocked");
     for (const cJSON *e = cJSON_IsArray(arr) ? arr->child : NULL; e && b->n < MAX_BLOCKED; e = e->next)
-        if (cJSON_IsString(e) && (b->item[b->n] = dupstr(e->valuestring)) != NULL) b->n++;
+        if (cJSON_IsString(e) && (b->item[b->n] = bdp_dupstr(e->valuestring)) != NULL) b->n++;
     cJSON_Delete(j);
 }
 
@@ -308,7 +226,7 @@ static int blocked_has(const blocked_t *b, const char *item) {
 }
 
 static void blocked_add(blocked_t *b, const char *item) {
-    char *d = dupstr(item);
+    char *d = bdp_dupstr(item);
     if (!d) return;
     if (b->n == MAX_BLOCKED) {         /* forget the oldest: at worst it is blocked again */
         free(b->item[0]);
@@ -330,7 +248,7 @@ static void blocked_save(const bd_host *h, bd_ctx *c, blocked_t *b) {
         cJSON *j = cJSON_CreateObject(), *arr = cJSON_AddArrayToObject(j, "blocked");
         for (int i = 0; arr && i < b->n; i++) cJSON_AddItemToArray(arr, cJSON_CreateString(b->item[i]));
         char *text = arr ? cJSON_PrintUnformatted(j) : NULL;
-        if (text) set_str(h, c, STATE_TRAIT, text);
+        if (text) bdp_set_str(h, c, STATE_TRAIT, text);
         free(text);
         cJSON_Delete(j);
     }
@@ -369,10 +287,10 @@ static int in_list(char *const *list, int n, const char *name) {
 /* Lowers the member to level `to` (below the stored one). */
 static void lower(const risk_t *r, bd_ctx *c, int from, int to) {
     const bd_host *h = r->host;
-    set_str(h, c, "risk", LEVEL_NAMES[to]);
-    if (to == LOW) clear_trait(h, c, "risk_reason");
-    logf_(h, BD_LOG_INFO, "user=%s level=%s previous=%s hold=%s", h->user_id(c), LEVEL_NAMES[to], LEVEL_NAMES[from],
-          r->hold_text);
+    bdp_set_str(h, c, "risk", LEVEL_NAMES[to]);
+    if (to == LOW) bdp_clear_trait(h, c, "risk_reason");
+    RISK_LOG(h, BD_LOG_INFO, "user=%s level=%s previous=%s hold=%s", h->user_id(c), LEVEL_NAMES[to], LEVEL_NAMES[from],
+             r->hold_text);
 }
 
 static int risk_on_event(void *self, bd_ctx *c) {
@@ -427,17 +345,17 @@ static int risk_on_event(void *self, bd_ctx *c) {
     if (prev < 0) prev = LOW;
     long long prev_at = 0;
     bd_value av = h->trait_get(c, "risk_at");
-    int held = av.kind == BD_NUM && as_int(av.num, &prev_at) && now < prev_at + r->hold_ms;
+    int held = av.kind == BD_NUM && bdp_as_int(av.num, &prev_at) && now < prev_at + r->hold_ms;
 
     int level = cur > prev || !held ? cur : prev;
     int raised = level > prev;
     char reason[768] = "";
     if (best >= 0) hit_reason(r, best, &hits[best], reason, sizeof reason);
     if (level < prev) lower(r, c, prev, level);
-    else if (level != prev || !had_level) set_str(h, c, "risk", LEVEL_NAMES[level]);
+    else if (level != prev || !had_level) bdp_set_str(h, c, "risk", LEVEL_NAMES[level]);
     if (cur > LOW && cur == level) {   /* fresh evidence for the level: raised, confirmed or lowered to it */
-        set_num(h, c, "risk_at", (double)now);
-        set_str(h, c, "risk_reason", reason);
+        bdp_set_num(h, c, "risk_at", (double)now);
+        bdp_set_str(h, c, "risk_reason", reason);
         prev_at = now;
     }
 
@@ -481,13 +399,13 @@ static int risk_on_event(void *self, bd_ctx *c) {
             off += (size_t)snprintf(extra + off, sizeof extra - off, " blocked=%s:%s", CHECK_KINDS[i], hits[i].key);
         if (user_blocked_now && lines == 0 && off < sizeof extra)
             snprintf(extra + off, sizeof extra - off, " blocked_user=%s", user);
-        logf_(h, BD_LOG_WARN, "user=%s level=%s check=%s key=%s count=%lld threshold=%lld window=%s%s", user,
-              LEVEL_NAMES[hits[i].level], CHECK_NAMES[i], hits[i].key, hits[i].n, hits[i].threshold,
-              r->ck[i].window_text, extra);
+        RISK_LOG(h, BD_LOG_WARN, "user=%s level=%s check=%s key=%s count=%lld threshold=%lld window=%s%s", user,
+                 LEVEL_NAMES[hits[i].level], CHECK_NAMES[i], hits[i].key, hits[i].n, hits[i].threshold,
+                 r->ck[i].window_text, extra);
         lines++;
     }
     if (user_blocked_now && lines == 0)
-        logf_(h, BD_LOG_WARN, "user=%s level=%s blocked_user=%s", user, LEVEL_NAMES[level], user);
+        RISK_LOG(h, BD_LOG_WARN, "user=%s level=%s blocked_user=%s", user, LEVEL_NAMES[level], user);
     blocked_save(h, c, &b);
 
     if (level > LOW && prev_at + r->hold_ms > now) h->revisit_at(c, prev_at + r->hold_ms);
@@ -502,7 +420,7 @@ static int risk_on_revisit(void *self, bd_ctx *c) {
     int prev = level_of(h->trait_get(c, "risk"));
     if (prev <= LOW) return 0;
     bd_value av = h->trait_get(c, "risk_at");
-    if (av.kind == BD_NUM && as_int(av.num, &at) && now < at + r->hold_ms) {
+    if (av.kind == BD_NUM && bdp_as_int(av.num, &at) && now < at + r->hold_ms) {
         h->revisit_at(c, at + r->hold_ms);
         return 0;
     }
@@ -519,25 +437,15 @@ static int risk_on_revisit(void *self, bd_ctx *c) {
 /* --- the plugin ------------------------------------------------------------- */
 
 static int risk_init(const bd_host *host, const char *config_json, void **self, char *err, size_t errlen) {
-    if (!host || host->api_version != BD_PLUGIN_API_VERSION)
-        return fail(err, errlen, "host speaks plugin API %d, this plugin %d", host ? host->api_version : -1,
-                    BD_PLUGIN_API_VERSION);
-    cJSON *root = NULL;
-    if (config_json && *config_json) {
-        root = cJSON_Parse(config_json);
-        if (!root) return fail(err, errlen, "config is not valid JSON");
-    }
-    if (root && !cJSON_IsNull(root) && !cJSON_IsObject(root)) {
-        cJSON_Delete(root);
-        return fail(err, errlen, "config must be a mapping");
-    }
+    cJSON *root;
+    if (bdp_config_root(host, config_json, &root, err, errlen)) return -1;
     risk_t *r = calloc(1, sizeof *r);
     if (!r) {
         cJSON_Delete(root);
-        return fail(err, errlen, "out of memory");
+        return bdp_fail(err, errlen, "out of memory");
     }
     r->host = host;
-    int rc = parse_config(r, cJSON_IsObject(root) ? root : NULL, err, errlen);
+    int rc = parse_config(r, root, err, errlen);
     cJSON_Delete(root);
     if (rc != 0) {
         risk_free(r);

@@ -63,7 +63,7 @@
  * Log lines (plugin=tiers): config (INFO, at init), tier_changed and
  *   tier_warning (INFO), amount_ignored (DEBUG), state_reset (WARN: a
  *   private state that does not parse is dropped). */
-#include "../benefitd_plugin.h"
+#include "../plugin_util.h"
 
 #include <math.h>
 #include <stdarg.h>
@@ -72,9 +72,8 @@
 #include <string.h>
 #include <cjson/cJSON.h>
 
-#define DAY_MS 86400000LL
+#define DAY_MS BDP_DAY_MS
 #define MAX_LEVELS 32
-#define MAX_EVENTS 64
 #define STATE_TRAIT "_tiers"
 
 typedef struct level {
@@ -102,178 +101,89 @@ static const tiers_t *g_active;
 
 /* --- small helpers --------------------------------------------------------- */
 
-static int fail(char *err, size_t errlen, const char *fmt, ...) {
-    if (err && errlen) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err, errlen, fmt, ap);
-        va_end(ap);
-    }
-    return -1;
-}
-
-static char *dupstr(const char *s) {
-    size_t n = strlen(s) + 1;
-    char *d = malloc(n);
-    if (d) memcpy(d, s, n);
-    return d;
-}
-
-static double round6(double x) { return round(x * 1e6) / 1e6; }
-
-/* A number read back from a trait or the state as a time or day; 0 when out of range. */
-static int as_int(double x, long long *out) {
-    if (!isfinite(x) || x < -1e15 || x > 1e15) return 0;
-    *out = (long long)x;
-    return 1;
-}
-
-static long long day_of(long long ms) { return ms >= 0 ? ms / DAY_MS : -((-ms + DAY_MS - 1) / DAY_MS); }
-
-static void logf_(const bd_host *h, int level, const char *event, const char *fmt, ...) {
-    char buf[768];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(buf, sizeof buf, fmt, ap);
-    va_end(ap);
-    h->log(level, "tiers", event, buf);
-}
-
-static void set_num(const bd_host *h, bd_ctx *c, const char *name, double x) {
-    bd_value o = h->trait_get(c, name);
-    if (o.kind == BD_NUM && o.num == x) return;
-    bd_value v = {.kind = BD_NUM, .num = x};
-    h->trait_set(c, name, v);
-}
-
-static void set_str(const bd_host *h, bd_ctx *c, const char *name, const char *s) {
-    bd_value o = h->trait_get(c, name);
-    if (o.kind == BD_STR && o.str && strcmp(o.str, s) == 0) return;
-    bd_value v = {.kind = BD_STR, .str = s};
-    h->trait_set(c, name, v);
-}
-
-static void clear_trait(const bd_host *h, bd_ctx *c, const char *name) {
-    bd_value o = h->trait_get(c, name);
-    if (o.kind == BD_MISSING || o.kind == BD_NULL) return;
-    bd_value v = {.kind = BD_NULL};
-    h->trait_set(c, name, v);
-}
-
 /* --- config ----------------------------------------------------------------- */
 
+static const char *const DEFAULT_EVENTS[] = {"Order Completed"};
 static const char *const KNOWN_KEYS[] = {"measure", "events", "amount", "window", "levels", "keep_ratio", "grace",
                                          NULL};
 
-/* The value of key, or NULL when absent or null (the default applies). */
-static const cJSON *opt(const cJSON *root, const char *key) {
-    const cJSON *j = root ? cJSON_GetObjectItemCaseSensitive(root, key) : NULL;
-    return j && !cJSON_IsNull(j) ? j : NULL;
-}
-
 static int cfg_duration(const bd_host *h, const cJSON *root, const char *key, const char *def, int allow_zero,
                         long long *out, char *text, size_t textlen, char *err, size_t errlen) {
-    const cJSON *j = opt(root, key);
+    const cJSON *j = bdp_opt(root, key);
     const char *s = def;
     if (j) {
-        if (!cJSON_IsString(j)) return fail(err, errlen, "%s: must be a duration such as \"%s\"", key, def);
+        if (!cJSON_IsString(j)) return bdp_fail(err, errlen, "%s: must be a duration such as \"%s\"", key, def);
         s = j->valuestring;
     }
     long long ms = h->parse_duration_ms(s);
-    if (ms < 0) return fail(err, errlen, "%s: \"%s\" is not a duration (use e.g. \"%s\")", key, s, def);
-    if (ms == 0 && !allow_zero) return fail(err, errlen, "%s: must be longer than 0", key);
+    if (ms < 0) return bdp_fail(err, errlen, "%s: \"%s\" is not a duration (use e.g. \"%s\")", key, s, def);
+    if (ms == 0 && !allow_zero) return bdp_fail(err, errlen, "%s: must be longer than 0", key);
     *out = ms;
     snprintf(text, textlen, "%s", s);
     return 0;
 }
 
-static int cfg_events(const cJSON *root, const char *key, const char *def, char ***out, int *n, char *err,
-                      size_t errlen) {
-    const cJSON *j = opt(root, key);
-    int count = !j || cJSON_IsString(j) ? 1 : cJSON_IsArray(j) ? cJSON_GetArraySize(j) : -1;
-    if (count < 0) return fail(err, errlen, "%s: must be an event name or a list of event names", key);
-    if (count == 0) return fail(err, errlen, "%s: must name at least one event", key);
-    if (count > MAX_EVENTS) return fail(err, errlen, "%s: at most %d events", key, MAX_EVENTS);
-    char **v = calloc((size_t)count, sizeof *v);
-    if (!v) return fail(err, errlen, "out of memory");
-    *out = v;
-    *n = count;
-    for (int i = 0; i < count; i++) {
-        const cJSON *it = !j ? NULL : cJSON_IsString(j) ? j : cJSON_GetArrayItem(j, i);
-        const char *s = it ? (cJSON_IsString(it) ? it->valuestring : NULL) : def;
-        if (!s || !*s) return fail(err, errlen, "%s: entry %d is not an event name", key, i + 1);
-        if (!(v[i] = dupstr(s))) return fail(err, errlen, "out of memory");
-    }
-    return 0;
-}
-
 static int cfg_levels(tiers_t *t, const cJSON *root, char *err, size_t errlen) {
-    const cJSON *j = opt(root, "levels");
-    if (!j) return fail(err, errlen, "levels: required (a list of {name, threshold}, the first threshold 0)");
+    const cJSON *j = bdp_opt(root, "levels");
+    if (!j) return bdp_fail(err, errlen, "levels: required (a list of {name, threshold}, the first threshold 0)");
     if (!cJSON_IsArray(j) || cJSON_GetArraySize(j) == 0)
-        return fail(err, errlen, "levels: must be a non-empty list of {name, threshold}");
+        return bdp_fail(err, errlen, "levels: must be a non-empty list of {name, threshold}");
     int n = cJSON_GetArraySize(j);
-    if (n > MAX_LEVELS) return fail(err, errlen, "levels: at most %d levels", MAX_LEVELS);
+    if (n > MAX_LEVELS) return bdp_fail(err, errlen, "levels: at most %d levels", MAX_LEVELS);
     t->levels = calloc((size_t)n, sizeof *t->levels);
-    if (!t->levels) return fail(err, errlen, "out of memory");
+    if (!t->levels) return bdp_fail(err, errlen, "out of memory");
     t->nlevels = n;
     for (int i = 0; i < n; i++) {
         const cJSON *lv = cJSON_GetArrayItem(j, i);
-        if (!cJSON_IsObject(lv)) return fail(err, errlen, "levels[%d]: must be a mapping {name, threshold}", i);
+        if (!cJSON_IsObject(lv)) return bdp_fail(err, errlen, "levels[%d]: must be a mapping {name, threshold}", i);
         for (const cJSON *k = lv->child; k; k = k->next)
             if (strcmp(k->string, "name") != 0 && strcmp(k->string, "threshold") != 0)
-                return fail(err, errlen, "levels[%d]: unknown key '%s' (known: name, threshold)", i, k->string);
+                return bdp_fail(err, errlen, "levels[%d]: unknown key '%s' (known: name, threshold)", i, k->string);
         const cJSON *name = cJSON_GetObjectItemCaseSensitive(lv, "name");
         const cJSON *thr = cJSON_GetObjectItemCaseSensitive(lv, "threshold");
         if (!cJSON_IsString(name) || !*name->valuestring)
-            return fail(err, errlen, "levels[%d]: name must be a non-empty string", i);
+            return bdp_fail(err, errlen, "levels[%d]: name must be a non-empty string", i);
         if (!cJSON_IsNumber(thr) || !isfinite(thr->valuedouble) || thr->valuedouble < 0)
-            return fail(err, errlen, "levels[%d] (%s): threshold must be a number >= 0", i, name->valuestring);
+            return bdp_fail(err, errlen, "levels[%d] (%s): threshold must be a number >= 0", i, name->valuestring);
         for (int k = 0; k < i; k++)
             if (strcmp(t->levels[k].name, name->valuestring) == 0)
-                return fail(err, errlen, "levels: duplicate name '%s'", name->valuestring);
-        if (!(t->levels[i].name = dupstr(name->valuestring))) return fail(err, errlen, "out of memory");
+                return bdp_fail(err, errlen, "levels: duplicate name '%s'", name->valuestring);
+        if (!(t->levels[i].name = bdp_dupstr(name->valuestring))) return bdp_fail(err, errlen, "out of memory");
         t->levels[i].threshold = thr->valuedouble;
         if (i == 0 && thr->valuedouble != 0)
-            return fail(err, errlen, "levels: the first level's threshold must be 0 (%s has %g)", name->valuestring,
+            return bdp_fail(err, errlen, "levels: the first level's threshold must be 0 (%s has %g)", name->valuestring,
                         thr->valuedouble);
         if (i > 0 && !(thr->valuedouble > t->levels[i - 1].threshold))
-            return fail(err, errlen, "levels: thresholds must ascend (%s %g, then %s %g)", t->levels[i - 1].name,
+            return bdp_fail(err, errlen, "levels: thresholds must ascend (%s %g, then %s %g)", t->levels[i - 1].name,
                         t->levels[i - 1].threshold, name->valuestring, thr->valuedouble);
     }
     return 0;
 }
 
 static int parse_config(tiers_t *t, const cJSON *root, char *err, size_t errlen) {
-    for (const cJSON *k = root ? root->child : NULL; k; k = k->next) {
-        int known = 0;
-        for (int i = 0; KNOWN_KEYS[i]; i++) known |= strcmp(k->string, KNOWN_KEYS[i]) == 0;
-        if (!known)
-            return fail(err, errlen,
-                        "unknown key '%s' (known: measure, events, amount, window, levels, keep_ratio, grace)",
-                        k->string);
-    }
-    const cJSON *j = opt(root, "measure");
+    if (bdp_check_keys(root, KNOWN_KEYS, err, errlen)) return -1;
+    const cJSON *j = bdp_opt(root, "measure");
     t->measure = "spend";
     if (j) {
         if (!cJSON_IsString(j) || (strcmp(j->valuestring, "spend") && strcmp(j->valuestring, "points")))
-            return fail(err, errlen, "measure: must be spend or points");
+            return bdp_fail(err, errlen, "measure: must be spend or points");
         t->measure = strcmp(j->valuestring, "spend") == 0 ? "spend" : "points";
     }
-    if (cfg_events(root, "events", "Order Completed", &t->events, &t->nevents, err, errlen)) return -1;
-    j = opt(root, "amount");
+    if (bdp_cfg_events(root, "events", DEFAULT_EVENTS, 1, &t->events, &t->nevents, err, errlen)) return -1;
+    j = bdp_opt(root, "amount");
     if (j && (!cJSON_IsString(j) || !*j->valuestring))
-        return fail(err, errlen, "amount: must be a path such as properties.total");
-    if (!(t->amount = dupstr(j ? j->valuestring : "properties.total"))) return fail(err, errlen, "out of memory");
+        return bdp_fail(err, errlen, "amount: must be a path such as properties.total");
+    if (!(t->amount = bdp_dupstr(j ? j->valuestring : "properties.total")))
+        return bdp_fail(err, errlen, "out of memory");
     if (cfg_duration(t->host, root, "window", "365d", 0, &t->window_ms, t->window_text, sizeof t->window_text, err,
                      errlen))
         return -1;
     if (cfg_levels(t, root, err, errlen)) return -1;
-    j = opt(root, "keep_ratio");
+    j = bdp_opt(root, "keep_ratio");
     t->keep_ratio = 0.8;
     if (j) {
         if (!cJSON_IsNumber(j) || !(j->valuedouble > 0 && j->valuedouble <= 1))
-            return fail(err, errlen, "keep_ratio: must be a number with 0 < keep_ratio <= 1");
+            return bdp_fail(err, errlen, "keep_ratio: must be a number with 0 < keep_ratio <= 1");
         t->keep_ratio = j->valuedouble;
     }
     return cfg_duration(t->host, root, "grace", "30d", 1, &t->grace_ms, t->grace_text, sizeof t->grace_text, err,
@@ -306,7 +216,7 @@ static int state_add(state_t *s, long long day, double amount) {
     int i = 0;
     while (i < s->n && s->b[i].day < day) i++;
     if (i < s->n && s->b[i].day == day) {
-        s->b[i].sum = round6(s->b[i].sum + amount);
+        s->b[i].sum = bdp_round6(s->b[i].sum + amount);
         return 0;
     }
     if (s->n == s->cap) {
@@ -318,7 +228,7 @@ static int state_add(state_t *s, long long day, double amount) {
     }
     memmove(&s->b[i + 1], &s->b[i], (size_t)(s->n - i) * sizeof *s->b);
     s->b[i].day = day;
-    s->b[i].sum = round6(amount);
+    s->b[i].sum = bdp_round6(amount);
     s->n++;
     return 0;
 }
@@ -334,7 +244,7 @@ static int state_load(state_t *s, const char *text) {
     for (const cJSON *e = rc == 0 ? b->child : NULL; e; e = e->next) {
         const cJSON *d = cJSON_GetArrayItem(e, 0), *v = cJSON_GetArrayItem(e, 1);
         long long day;
-        if (!cJSON_IsArray(e) || !cJSON_IsNumber(d) || !as_int(d->valuedouble, &day) || !cJSON_IsNumber(v) ||
+        if (!cJSON_IsArray(e) || !cJSON_IsNumber(d) || !bdp_as_int(d->valuedouble, &day) || !cJSON_IsNumber(v) ||
             !isfinite(v->valuedouble) || v->valuedouble < 0 || state_add(s, day, v->valuedouble) != 0) {
             rc = -1;
             break;
@@ -367,7 +277,7 @@ static int in_events(const tiers_t *t, const char *name) {
     return 0;
 }
 
-static double keep_of(const tiers_t *t, int level) { return round6(t->keep_ratio * t->levels[level].threshold); }
+static double keep_of(const tiers_t *t, int level) { return bdp_round6(t->keep_ratio * t->levels[level].threshold); }
 
 static int level_index(const tiers_t *t, bd_value v) {
     if (v.kind != BD_STR || !v.str) return -1;
@@ -379,7 +289,7 @@ static int level_index(const tiers_t *t, bd_value v) {
 static void emit_json(const bd_host *h, bd_ctx *c, const char *event, cJSON *props, const char *tag) {
     char *text = props ? cJSON_PrintUnformatted(props) : NULL;
     if (text) h->emit(c, event, text, tag);
-    else logf_(h, BD_LOG_ERROR, "emit_failed", "user=%s event=\"%s\" out of memory", h->user_id(c), event);
+    else bdp_log(h, BD_LOG_ERROR, "tiers", "emit_failed", "user=%s event=\"%s\" out of memory", h->user_id(c), event);
     free(text);
     cJSON_Delete(props);
 }
@@ -387,9 +297,9 @@ static void emit_json(const bd_host *h, bd_ctx *c, const char *event, cJSON *pro
 static void change_tier(const tiers_t *t, bd_ctx *c, int from, int to, double m, long long now) {
     const bd_host *h = t->host;
     const char *dir = to > from ? "up" : "down";
-    set_str(h, c, "tier", t->levels[to].name);
-    set_num(h, c, "tier_since", (double)now);
-    clear_trait(h, c, "tier_warned_at");
+    bdp_set_str(h, c, "tier", t->levels[to].name);
+    bdp_set_num(h, c, "tier_since", (double)now);
+    bdp_clear_trait(h, c, "tier_warned_at");
     cJSON *p = cJSON_CreateObject();
     cJSON_AddStringToObject(p, "from", t->levels[from].name);
     cJSON_AddStringToObject(p, "to", t->levels[to].name);
@@ -398,13 +308,13 @@ static void change_tier(const tiers_t *t, bd_ctx *c, int from, int to, double m,
     char tag[256];
     snprintf(tag, sizeof tag, "tier:%s>%s:%lld", t->levels[from].name, t->levels[to].name, now);
     emit_json(h, c, "Tier Changed", p, tag);
-    logf_(h, BD_LOG_INFO, "tier_changed", "user=%s from=%s to=%s direction=%s %s=%.15g", h->user_id(c),
-          t->levels[from].name, t->levels[to].name, dir, t->measure, m);
+    bdp_log(h, BD_LOG_INFO, "tiers", "tier_changed", "user=%s from=%s to=%s direction=%s %s=%.15g", h->user_id(c),
+            t->levels[from].name, t->levels[to].name, dir, t->measure, m);
 }
 
 static void warn_tier(const tiers_t *t, bd_ctx *c, int tier, double m, long long now) {
     const bd_host *h = t->host;
-    set_num(h, c, "tier_warned_at", (double)now);
+    bdp_set_num(h, c, "tier_warned_at", (double)now);
     cJSON *p = cJSON_CreateObject();
     cJSON_AddStringToObject(p, "tier", t->levels[tier].name);
     cJSON_AddNumberToObject(p, "measure", m);
@@ -413,8 +323,8 @@ static void warn_tier(const tiers_t *t, bd_ctx *c, int tier, double m, long long
     char tag[256];
     snprintf(tag, sizeof tag, "tierwarn:%s:%lld", t->levels[tier].name, now);
     emit_json(h, c, "Tier Warning", p, tag);
-    logf_(h, BD_LOG_INFO, "tier_warning", "user=%s tier=%s %s=%.15g keep=%.15g downgrade_at=%lld", h->user_id(c),
-          t->levels[tier].name, t->measure, m, keep_of(t, tier), now + t->grace_ms);
+    bdp_log(h, BD_LOG_INFO, "tiers", "tier_warning", "user=%s tier=%s %s=%.15g keep=%.15g downgrade_at=%lld",
+            h->user_id(c), t->levels[tier].name, t->measure, m, keep_of(t, tier), now + t->grace_ms);
 }
 
 static int evaluate(tiers_t *t, bd_ctx *c, int with_event) {
@@ -425,16 +335,17 @@ static int evaluate(tiers_t *t, bd_ctx *c, int with_event) {
     bd_value sv = h->trait_get(c, STATE_TRAIT);
     const char *old_text = sv.kind == BD_STR ? sv.str : NULL;
     if (old_text && state_load(&st, old_text) != 0)
-        logf_(h, BD_LOG_WARN, "state_reset", "user=%s %s does not parse; starting afresh", user, STATE_TRAIT);
+        bdp_log(h, BD_LOG_WARN, "tiers", "state_reset", "user=%s %s does not parse; starting afresh", user,
+                STATE_TRAIT);
 
     if (with_event && in_events(t, h->event_name(c))) {
         bd_value a = h->event_get(c, t->amount);
         long long ts = h->event_time_ms(c);
         if (ts <= 0) ts = now;
         if (a.kind != BD_NUM || !isfinite(a.num) || a.num < 0)
-            logf_(h, BD_LOG_DEBUG, "amount_ignored", "user=%s event=\"%s\" path=%s", user, h->event_name(c),
-                  t->amount);
-        else if (leaves_at(t, day_of(ts)) > now && state_add(&st, day_of(ts), a.num) != 0) {
+            bdp_log(h, BD_LOG_DEBUG, "tiers", "amount_ignored", "user=%s event=\"%s\" path=%s", user, h->event_name(c),
+                    t->amount);
+        else if (leaves_at(t, bdp_day_of(ts)) > now && state_add(&st, bdp_day_of(ts), a.num) != 0) {
             free(st.b);
             return -1;
         }
@@ -446,14 +357,14 @@ static int evaluate(tiers_t *t, bd_ctx *c, int with_event) {
     st.n -= keep_from;
     double m = 0;
     for (int i = 0; i < st.n; i++) m += st.b[i].sum;
-    m = round6(m);
+    m = bdp_round6(m);
     if (st.n > 0 || old_text) {
         char *text = state_text(&st);
         if (!text) {
             free(st.b);
             return -1;
         }
-        if (!old_text || strcmp(old_text, text) != 0) set_str(h, c, STATE_TRAIT, text);
+        if (!old_text || strcmp(old_text, text) != 0) bdp_set_str(h, c, STATE_TRAIT, text);
         free(text);
     }
 
@@ -461,15 +372,15 @@ static int evaluate(tiers_t *t, bd_ctx *c, int with_event) {
     if (tier < 0) {
         bd_value tv = h->trait_get(c, "tier");
         if (tv.kind == BD_STR)
-            logf_(h, BD_LOG_WARN, "tier_unknown", "user=%s tier=\"%s\" is not a level; set to %s", user, tv.str,
-                  t->levels[0].name);
+            bdp_log(h, BD_LOG_WARN, "tiers", "tier_unknown", "user=%s tier=\"%s\" is not a level; set to %s", user,
+                    tv.str, t->levels[0].name);
         tier = 0;
-        set_str(h, c, "tier", t->levels[0].name);
-        set_num(h, c, "tier_since", (double)now);
+        bdp_set_str(h, c, "tier", t->levels[0].name);
+        bdp_set_num(h, c, "tier_since", (double)now);
     }
     bd_value wv = h->trait_get(c, "tier_warned_at");
     long long warned_at = 0;
-    int warned = wv.kind == BD_NUM && as_int(wv.num, &warned_at);
+    int warned = wv.kind == BD_NUM && bdp_as_int(wv.num, &warned_at);
     int target = 0;
     for (int i = 0; i < t->nlevels; i++)
         if (t->levels[i].threshold <= m) target = i;
@@ -479,7 +390,7 @@ static int evaluate(tiers_t *t, bd_ctx *c, int with_event) {
         tier = target;
         warned = 0;
     } else if (m >= keep_of(t, tier)) {
-        if (warned) clear_trait(h, c, "tier_warned_at");
+        if (warned) bdp_clear_trait(h, c, "tier_warned_at");
         warned = 0;
     } else if (!warned) {
         warn_tier(t, c, tier, m, now);
@@ -492,7 +403,7 @@ static int evaluate(tiers_t *t, bd_ctx *c, int with_event) {
         tier = to;
         warned = 0;
     }
-    set_num(h, c, "tier_measure", m);
+    bdp_set_num(h, c, "tier_measure", m);
 
     if (tier > 0 || warned) {
         long long due = warned ? warned_at + t->grace_ms : st.n > 0 ? leaves_at(t, st.b[0].day) : -1;
@@ -505,25 +416,15 @@ static int evaluate(tiers_t *t, bd_ctx *c, int with_event) {
 /* --- the plugin ------------------------------------------------------------- */
 
 static int tiers_init(const bd_host *host, const char *config_json, void **self, char *err, size_t errlen) {
-    if (!host || host->api_version != BD_PLUGIN_API_VERSION)
-        return fail(err, errlen, "host speaks plugin API %d, this plugin %d", host ? host->api_version : -1,
-                    BD_PLUGIN_API_VERSION);
-    cJSON *root = NULL;
-    if (config_json && *config_json) {
-        root = cJSON_Parse(config_json);
-        if (!root) return fail(err, errlen, "config is not valid JSON");
-    }
-    if (root && !cJSON_IsNull(root) && !cJSON_IsObject(root)) {
-        cJSON_Delete(root);
-        return fail(err, errlen, "config must be a mapping");
-    }
+    cJSON *root;
+    if (bdp_config_root(host, config_json, &root, err, errlen)) return -1;
     tiers_t *t = calloc(1, sizeof *t);
     if (!t) {
         cJSON_Delete(root);
-        return fail(err, errlen, "out of memory");
+        return bdp_fail(err, errlen, "out of memory");
     }
     t->host = host;
-    int rc = parse_config(t, cJSON_IsObject(root) ? root : NULL, err, errlen);
+    int rc = parse_config(t, root, err, errlen);
     cJSON_Delete(root);
     if (rc != 0) {
         tiers_free(t);
@@ -534,8 +435,8 @@ static int tiers_init(const bd_host *host, const char *config_json, void **self,
     for (int i = 0; i < t->nlevels && off < sizeof lv; i++)
         off += (size_t)snprintf(lv + off, sizeof lv - off, "%s%s:%g", i ? "," : "", t->levels[i].name,
                                 t->levels[i].threshold);
-    logf_(host, BD_LOG_INFO, "config", "measure=%s window=%s levels=%s keep_ratio=%g grace=%s", t->measure,
-          t->window_text, lv, t->keep_ratio, t->grace_text);
+    bdp_log(host, BD_LOG_INFO, "tiers", "config", "measure=%s window=%s levels=%s keep_ratio=%g grace=%s", t->measure,
+            t->window_text, lv, t->keep_ratio, t->grace_text);
     g_active = t;
     *self = t;
     return 0;
