@@ -129,6 +129,57 @@ static inline int bdp_cfg_events(const cJSON *root, const char *key, const char 
     return 0;
 }
 
+/* Daily buckets of a rolling window, ascending by UTC day: the private
+ * state of the plugins that sum events over a window (count and sum per
+ * day, not per event, so the state stays small). A bucket of day d counts
+ * while now < (d + 1) * 1d + window. */
+typedef struct bdp_bucket {
+    long long day;
+    long long count;
+    double sum;
+} bdp_bucket;
+
+typedef struct bdp_buckets {
+    bdp_bucket *b;
+    int n, cap;
+} bdp_buckets;
+
+static inline long long bdp_bucket_leaves_at(long long day, long long window_ms) {
+    return (day + 1) * BDP_DAY_MS + window_ms;
+}
+
+/* Adds count and sum to day's bucket (made in order when new). 0 or -1 (memory). */
+static inline int bdp_buckets_add(bdp_buckets *s, long long day, long long count, double sum) {
+    int i = 0;
+    while (i < s->n && s->b[i].day < day) i++;
+    if (i < s->n && s->b[i].day == day) {
+        s->b[i].count += count;
+        s->b[i].sum = bdp_round6(s->b[i].sum + sum);
+        return 0;
+    }
+    if (s->n == s->cap) {
+        int cap = s->cap ? s->cap * 2 : 8;
+        bdp_bucket *nb = realloc(s->b, (size_t)cap * sizeof *nb);
+        if (!nb) return -1;
+        s->b = nb;
+        s->cap = cap;
+    }
+    memmove(&s->b[i + 1], &s->b[i], (size_t)(s->n - i) * sizeof *s->b);
+    s->b[i].day = day;
+    s->b[i].count = count;
+    s->b[i].sum = bdp_round6(sum);
+    s->n++;
+    return 0;
+}
+
+/* Drops the buckets that have left the window at now. */
+static inline void bdp_buckets_expire(bdp_buckets *s, long long window_ms, long long now) {
+    int drop = 0;
+    while (drop < s->n && bdp_bucket_leaves_at(s->b[drop].day, window_ms) <= now) drop++;
+    if (drop > 0) memmove(s->b, s->b + drop, (size_t)(s->n - drop) * sizeof *s->b);
+    s->n -= drop;
+}
+
 /* init's first steps: the host's API version, then the config JSON, which
  * must be a mapping (or empty/null: every default). *root is the object or
  * NULL; the caller cJSON_Deletes it. */

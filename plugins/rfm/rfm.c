@@ -140,43 +140,13 @@ static void rfm_free(rfm_t *r) {
 
 /* --- private state ---------------------------------------------------------- */
 
-typedef struct bucket {
-    long long day;
-    long long orders;
-    double sum;
-} bucket_t;
-
 typedef struct state {
     int has_last;
     long long last;          /* event time of the latest order */
-    bucket_t *b;
-    int n, cap;
+    bdp_buckets days;        /* count = orders that day */
 } state_t;
 
-static int state_add(state_t *s, long long day, long long orders, double sum) {
-    int i = 0;
-    while (i < s->n && s->b[i].day < day) i++;
-    if (i < s->n && s->b[i].day == day) {
-        s->b[i].orders += orders;
-        s->b[i].sum = bdp_round6(s->b[i].sum + sum);
-        return 0;
-    }
-    if (s->n == s->cap) {
-        int cap = s->cap ? s->cap * 2 : 8;
-        bucket_t *nb = realloc(s->b, (size_t)cap * sizeof *nb);
-        if (!nb) return -1;
-        s->b = nb;
-        s->cap = cap;
-    }
-    memmove(&s->b[i + 1], &s->b[i], (size_t)(s->n - i) * sizeof *s->b);
-    s->b[i].day = day;
-    s->b[i].orders = orders;
-    s->b[i].sum = bdp_round6(sum);
-    s->n++;
-    return 0;
-}
-
-static long long leaves_at(const rfm_t *r, long long day) { return (day + 1) * DAY_MS + r->window_ms; }
+static long long leaves_at(const rfm_t *r, long long day) { return bdp_bucket_leaves_at(day, r->window_ms); }
 
 static int state_load(state_t *s, const char *text) {
     cJSON *j = cJSON_Parse(text);
@@ -189,14 +159,14 @@ static int state_load(state_t *s, const char *text) {
         long long day, orders;
         if (!cJSON_IsArray(e) || !cJSON_IsNumber(d) || !bdp_as_int(d->valuedouble, &day) || !cJSON_IsNumber(o) ||
             !bdp_as_int(o->valuedouble, &orders) || orders < 0 || !cJSON_IsNumber(v) || !isfinite(v->valuedouble) ||
-            v->valuedouble < 0 || state_add(s, day, orders, v->valuedouble) != 0) {
+            v->valuedouble < 0 || bdp_buckets_add(&s->days, day, orders, v->valuedouble) != 0) {
             rc = -1;
             break;
         }
     }
     cJSON_Delete(j);
     if (rc != 0) {
-        s->n = 0;
+        s->days.n = 0;
         s->has_last = 0;
     }
     return rc;
@@ -206,11 +176,11 @@ static char *state_text(const state_t *s) {
     cJSON *j = cJSON_CreateObject();
     if (s->has_last) cJSON_AddNumberToObject(j, "last", (double)s->last);
     cJSON *b = cJSON_AddArrayToObject(j, "b");
-    for (int i = 0; b && i < s->n; i++) {
+    for (int i = 0; b && i < s->days.n; i++) {
         cJSON *e = cJSON_CreateArray();
-        cJSON_AddItemToArray(e, cJSON_CreateNumber((double)s->b[i].day));
-        cJSON_AddItemToArray(e, cJSON_CreateNumber((double)s->b[i].orders));
-        cJSON_AddItemToArray(e, cJSON_CreateNumber(s->b[i].sum));
+        cJSON_AddItemToArray(e, cJSON_CreateNumber((double)s->days.b[i].day));
+        cJSON_AddItemToArray(e, cJSON_CreateNumber((double)s->days.b[i].count));
+        cJSON_AddItemToArray(e, cJSON_CreateNumber(s->days.b[i].sum));
         cJSON_AddItemToArray(b, e);
     }
     char *text = b ? cJSON_PrintUnformatted(j) : NULL;
@@ -260,34 +230,31 @@ static int evaluate(rfm_t *r, bd_ctx *c, int with_event) {
         if (a.kind == BD_NUM && isfinite(a.num) && a.num >= 0) amount = a.num;
         else bdp_log(h, BD_LOG_DEBUG, "rfm", "amount_ignored", "user=%s event=\"%s\" path=%s", user,
                      h->event_name(c), r->amount);
-        if (leaves_at(r, bdp_day_of(ts)) > now && state_add(&st, bdp_day_of(ts), 1, amount) != 0) {
-            free(st.b);
+        if (leaves_at(r, bdp_day_of(ts)) > now && bdp_buckets_add(&st.days, bdp_day_of(ts), 1, amount) != 0) {
+            free(st.days.b);
             return -1;
         }
     }
-    int drop = 0;
-    while (drop < st.n && leaves_at(r, st.b[drop].day) <= now) drop++;
-    if (drop > 0) memmove(st.b, st.b + drop, (size_t)(st.n - drop) * sizeof *st.b);
-    st.n -= drop;
+    bdp_buckets_expire(&st.days, r->window_ms, now);
     if (st.has_last || old_text) {
         char *text = state_text(&st);
         if (!text) {
-            free(st.b);
+            free(st.days.b);
             return -1;
         }
         if (!old_text || strcmp(old_text, text) != 0) bdp_set_str(h, c, STATE_TRAIT, text);
         free(text);
     }
     if (!st.has_last) {   /* never ordered: nothing to say */
-        free(st.b);
+        free(st.days.b);
         return 0;
     }
 
     long long orders = 0;
     double sum = 0;
-    for (int i = 0; i < st.n; i++) {
-        orders += st.b[i].orders;
-        sum += st.b[i].sum;
+    for (int i = 0; i < st.days.n; i++) {
+        orders += st.days.b[i].count;
+        sum += st.days.b[i].sum;
     }
     sum = bdp_round6(sum);
     long long age = now > st.last ? now - st.last : 0;
@@ -306,9 +273,9 @@ static int evaluate(rfm_t *r, bd_ctx *c, int with_event) {
     bdp_set_str(h, c, "rfm_segment", segment(rs, fs));
 
     long long due = r_drops;
-    if (st.n > 0 && (due < 0 || leaves_at(r, st.b[0].day) < due)) due = leaves_at(r, st.b[0].day);
+    if (st.days.n > 0 && (due < 0 || leaves_at(r, st.days.b[0].day) < due)) due = leaves_at(r, st.days.b[0].day);
     if (due > now) h->revisit_at(c, due);
-    free(st.b);
+    free(st.days.b);
     return 0;
 }
 

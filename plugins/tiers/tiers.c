@@ -72,7 +72,6 @@
 #include <string.h>
 #include <cjson/cJSON.h>
 
-#define DAY_MS BDP_DAY_MS
 #define MAX_LEVELS 32
 #define STATE_TRAIT "_tiers"
 
@@ -202,39 +201,10 @@ static void tiers_free(tiers_t *t) {
 
 /* --- private state: daily buckets ------------------------------------------ */
 
-typedef struct bucket {
-    long long day;
-    double sum;
-} bucket_t;
-
-typedef struct state {
-    bucket_t *b;
-    int n, cap;
-} state_t;
-
-static int state_add(state_t *s, long long day, double amount) {
-    int i = 0;
-    while (i < s->n && s->b[i].day < day) i++;
-    if (i < s->n && s->b[i].day == day) {
-        s->b[i].sum = bdp_round6(s->b[i].sum + amount);
-        return 0;
-    }
-    if (s->n == s->cap) {
-        int cap = s->cap ? s->cap * 2 : 8;
-        bucket_t *nb = realloc(s->b, (size_t)cap * sizeof *nb);
-        if (!nb) return -1;
-        s->b = nb;
-        s->cap = cap;
-    }
-    memmove(&s->b[i + 1], &s->b[i], (size_t)(s->n - i) * sizeof *s->b);
-    s->b[i].day = day;
-    s->b[i].sum = bdp_round6(amount);
-    s->n++;
-    return 0;
-}
+typedef bdp_buckets state_t;   /* count unused: amounts only */
 
 /* When the bucket of day leaves the window (see the header comment). */
-static long long leaves_at(const tiers_t *t, long long day) { return (day + 1) * DAY_MS + t->window_ms; }
+static long long leaves_at(const tiers_t *t, long long day) { return bdp_bucket_leaves_at(day, t->window_ms); }
 
 /* 0, or -1 when the text is not a state (the caller starts afresh). */
 static int state_load(state_t *s, const char *text) {
@@ -245,7 +215,7 @@ static int state_load(state_t *s, const char *text) {
         const cJSON *d = cJSON_GetArrayItem(e, 0), *v = cJSON_GetArrayItem(e, 1);
         long long day;
         if (!cJSON_IsArray(e) || !cJSON_IsNumber(d) || !bdp_as_int(d->valuedouble, &day) || !cJSON_IsNumber(v) ||
-            !isfinite(v->valuedouble) || v->valuedouble < 0 || state_add(s, day, v->valuedouble) != 0) {
+            !isfinite(v->valuedouble) || v->valuedouble < 0 || bdp_buckets_add(s, day, 0, v->valuedouble) != 0) {
             rc = -1;
             break;
         }
@@ -345,16 +315,13 @@ static int evaluate(tiers_t *t, bd_ctx *c, int with_event) {
         if (a.kind != BD_NUM || !isfinite(a.num) || a.num < 0)
             bdp_log(h, BD_LOG_DEBUG, "tiers", "amount_ignored", "user=%s event=\"%s\" path=%s", user, h->event_name(c),
                     t->amount);
-        else if (leaves_at(t, bdp_day_of(ts)) > now && state_add(&st, bdp_day_of(ts), a.num) != 0) {
+        else if (leaves_at(t, bdp_day_of(ts)) > now && bdp_buckets_add(&st, bdp_day_of(ts), 0, a.num) != 0) {
             free(st.b);
             return -1;
         }
     }
     /* Drop the buckets that have left the window; sum the rest. */
-    int keep_from = 0;
-    while (keep_from < st.n && leaves_at(t, st.b[keep_from].day) <= now) keep_from++;
-    if (keep_from > 0) memmove(st.b, st.b + keep_from, (size_t)(st.n - keep_from) * sizeof *st.b);
-    st.n -= keep_from;
+    bdp_buckets_expire(&st, t->window_ms, now);
     double m = 0;
     for (int i = 0; i < st.n; i++) m += st.b[i].sum;
     m = bdp_round6(m);
