@@ -60,6 +60,7 @@ typedef struct inact {
 typedef struct recent {
     char *field, *rule, *variant;
     int64_t ms;
+    long long window;         /* the rule's attribution window when recorded */
 } recent_t;
 
 typedef struct member {
@@ -143,6 +144,7 @@ struct store {
     strbuf skey;
     /* the closed loop: the attribution window (0 = off), the guards */
     long long loop_window;
+    const ruleset_t *rs;      /* the rules of the call in progress (rule_attribution_ms) */
     smap redeemed;            /* "MEMBER\x1fGID": P{u:ID}:redeemed:GID */
     smap conv;                /* "MEMBER\x1fGID": P{u:ID}:conv:GID; "RULE\x1fVARIANT\x1fMEMBER": :conv set */
 };
@@ -450,9 +452,10 @@ static recent_t *recent_find(member_t *m, const char *field) {
     return NULL;
 }
 
-/* HSET P{u:ID}:recent field "rule RS variant RS ms" (what the Lua does; the
- * trim of old fields is not needed here: every read checks the age). */
-static void recent_set(member_t *m, const char *field, const char *rule, const char *variant, int64_t ms) {
+/* HSET P{u:ID}:recent field "rule RS variant RS ms RS window" (what the Lua
+ * does; the trim of old fields is not needed here: every read checks the age). */
+static void recent_set(member_t *m, const char *field, const char *rule, const char *variant, int64_t ms,
+                       long long window) {
     recent_t *r = recent_find(m, field);
     if (!r) {
         m->rec = xrealloc(m->rec, (m->nrec + 1) * sizeof *m->rec);
@@ -465,6 +468,7 @@ static void recent_set(member_t *m, const char *field, const char *rule, const c
     r->rule = xstrdup(rule);
     r->variant = xstrdup(variant && *variant ? variant : "-");
     r->ms = ms;
+    r->window = window;
 }
 
 /* A holdout decision at `at` assigns the member to the rule's holdout arm:
@@ -475,8 +479,8 @@ static void loop_holdout(store_t *s, const char *rule, const char *variant, cons
     sb_reset(&s->key);
     sb_printf(&s->key, "h:%s", rule);
     recent_t *r = recent_find(m, s->key.s);
-    if (r && r->ms > at - s->loop_window) return;
-    recent_set(m, s->key.s, rule, variant, at);
+    if (r && r->ms > at - r->window) return;
+    recent_set(m, s->key.s, rule, variant, at, rule_attribution_ms(s->rs ? ruleset_find(s->rs, rule) : NULL, s->loop_window));
 }
 
 /* A decision that granted nothing, by reason; a holdout also counts its member once. */
@@ -656,7 +660,9 @@ static void grant(store_t *s, const greq *q, store_out_cb cb, void *ud) {
     int64_t deliver = policy_quiet_until(&s->quiet, q->tz ? q->tz : s->tz, s->quiet_start, s->quiet_end, q->at);
     stat_add(s, q->rule_id, q->variant, "granted", 1);
     if (deliver > q->at) stat_add(s, q->rule_id, q->variant, "quiet hours", 1);
-    if (s->loop_window) recent_set(member_get(s, q->target), q->grant_id, q->rule_id, q->variant, q->at);
+    if (s->loop_window)
+        recent_set(member_get(s, q->target), q->grant_id, q->rule_id, q->variant, q->at,
+                   rule_attribution_ms(r, s->loop_window));
     o.deliver_after = deliver;
     for (size_t i = 0; i < nchk; i++) {
         lim_add(lim_get(s, chk[i].key.s), q->at, chk[i].period);
@@ -895,7 +901,7 @@ static void loop(store_t *s, const intent_t *in) {
     if (in->loop_kind == 'r') {
         recent_t *r = in->grant_id && *in->grant_id && strncmp(in->grant_id, "h:", 2) ? recent_find(m, in->grant_id)
                                                                                          : NULL;
-        if (!r || r->ms <= in->ts - in->within_ms - LOOP_MARGIN_MS) {
+        if (!r || r->ms <= in->ts - r->window - LOOP_MARGIN_MS) {
             stat_add(s, "", "-", "redemption_unknown", 1);
             return;
         }
@@ -904,7 +910,7 @@ static void loop(store_t *s, const intent_t *in) {
     }
     for (size_t i = 0; i < m->nrec; i++) {
         const recent_t *r = &m->rec[i];
-        if (r->ms <= in->ts - in->within_ms || r->ms > in->ts) continue;
+        if (r->ms <= in->ts - r->window || r->ms > in->ts) continue;
         int first = !strncmp(r->field, "h:", 2) ? guard_nx(s, &s->conv, r->rule, r->variant, in->user)
                                                 : guard_nx(s, &s->conv, in->user, r->field, NULL);
         if (first) stat_add(s, r->rule, r->variant, "converted", 1);
@@ -912,6 +918,7 @@ static void loop(store_t *s, const intent_t *in) {
 }
 
 void store_apply(store_t *s, const ruleset_t *rs, const intent_t *in, store_out_cb cb, void *ud) {
+    s->rs = rs;
     if (in->kind == INTENT_LOOP) {
         loop(s, in);
         return;
@@ -993,6 +1000,7 @@ static void fire_inact(store_t *s, const ruleset_t *rs, engine_t *eng, member_t 
 }
 
 void store_advance(store_t *s, const ruleset_t *rs, engine_t *eng, int64_t now, store_out_cb cb, void *ud) {
+    s->rs = rs;
     /* The store's clock never goes back. A timer armed by a late event can be
      * due before it: overdue, it fires at the next advance, at its due time. */
     if (s->advanced && now < s->now) now = s->now;

@@ -72,14 +72,20 @@
     "  p.variant, p.lw, p.keep = nx(), tonumber(nx()), tonumber(nx())\n" \
     "  return p\n" \
     "end\n" \
-    /* The closed loop's recent hash of a member (docs/policy.md): fields \
-     * older than keep are trimmed on each write; the key lives keep. */ \
-    "local function recent_trim(rk, at, keep)\n" \
+    /* The closed loop's recent hash of a member (docs/policy.md): a field \
+     * is "rule RS variant RS ms RS window" (window: its rule's attribution \
+     * window; dflt for a field written before windows were per rule). Fields \
+     * older than their window + margin are trimmed on each write; the key \
+     * lives as long as its longest-lived field. */ \
+    "local function recent_trim(rk, at, margin, dflt)\n" \
     "  local all = redis.call('HGETALL', rk)\n" \
     "  for k = 1, #all, 2 do\n" \
-    "    local f = parts(all[k + 1], 3)\n" \
-    "    if (tonumber(f[3]) or 0) <= at - keep then redis.call('HDEL', rk, all[k]) end\n" \
+    "    local f = parts(all[k + 1], 4)\n" \
+    "    if (tonumber(f[3]) or 0) <= at - (tonumber(f[4]) or dflt) - margin then redis.call('HDEL', rk, all[k]) end\n" \
     "  end\n" \
+    "end\n" \
+    "local function recent_expire(rk, keep)\n" \
+    "  if redis.call('PTTL', rk) < keep then redis.call('PEXPIRE', rk, keep) end\n" \
     "end\n" \
     /* Read-only checks: the blocklist, then each limit (grants inside \
      * (at - period, +inf)), then the budgets. Returns the reason or nil. */ \
@@ -146,9 +152,9 @@
     "  if p then pol_spend(p, code) end\n" \
     "  if p and p.lw > 0 then\n" \
     "    local rk = p.P .. '{u:' .. p.target .. '}:recent'\n" \
-    "    recent_trim(rk, p.at, p.keep)\n" \
-    "    redis.call('HSET', rk, p.gid, p.rule .. RS .. p.variant .. RS .. string.format('%d', p.at))\n" \
-    "    redis.call('PEXPIRE', rk, p.keep)\n" \
+    "    recent_trim(rk, p.at, p.keep - p.lw, p.lw)\n" \
+    "    redis.call('HSET', rk, p.gid, p.rule .. RS .. p.variant .. RS .. string.format('%d', p.at) .. RS .. string.format('%d', p.lw))\n" \
+    "    recent_expire(rk, p.keep)\n" \
     "  end\n" \
     "  if p and p.skey ~= '' then\n" \
     "    redis.call('HINCRBY', p.skey, 'granted', 1)\n" \
@@ -264,41 +270,44 @@ static const char LUA_INACT[] = LUA_PRELUDE
  * fired wait, cancelled, already pending, dropped waits, triggered), as
  * (op, key, field) triples: 'h' HINCRBY key field 1, 's' SADD key field,
  * 'r' a holdout assignment into the recent hash key: field is
- * "h:RULE RS variant RS at RS window RS keep" (kept while one inside the
- * window stands). */
+ * "h:RULE RS variant RS at RS window RS keep", window being the rule's
+ * attribution window (kept while one inside its window stands). */
 static const char LUA_STATS[] = LUA_PRELUDE
     "for k = 1, #ARGV, 3 do\n"
     "  if ARGV[k] == 'h' then redis.call('HINCRBY', ARGV[k + 1], ARGV[k + 2], 1)\n"
     "  elseif ARGV[k] == 'r' then\n"
     "    local rk, f = ARGV[k + 1], parts(ARGV[k + 2], 5)\n"
     "    local at, lw, keep = tonumber(f[3]), tonumber(f[4]), tonumber(f[5])\n"
-    "    recent_trim(rk, at, keep)\n"
+    "    recent_trim(rk, at, keep - lw, lw)\n"
     "    local cur = redis.call('HGET', rk, f[1])\n"
-    "    if not cur or tonumber(parts(cur, 3)[3]) <= at - lw then\n"
-    "      redis.call('HSET', rk, f[1], string.sub(f[1], 3) .. RS .. f[2] .. RS .. f[3])\n"
+    "    local c = cur and parts(cur, 4)\n"
+    "    if not c or tonumber(c[3]) <= at - (tonumber(c[4]) or lw) then\n"
+    "      redis.call('HSET', rk, f[1], string.sub(f[1], 3) .. RS .. f[2] .. RS .. f[3] .. RS .. f[4])\n"
     "    end\n"
-    "    redis.call('PEXPIRE', rk, keep)\n"
+    "    recent_expire(rk, keep)\n"
     "  else redis.call('SADD', ARGV[k + 1], ARGV[k + 2]) end\n"
     "end\n"
     "return {7}\n";
 
 /* LOOP: a redemption ('r': the grant id looked up in the member's recent
  * hash, counted once per grant id by SET NX) or a conversion ('c': every
- * grant / holdout assignment of the member inside the window, counted once
- * per grant id (SET NX) or per holdout member (SADD :conv)). Arguments:
- * kind, prefix, member, ts, window, keep, grant id. */
+ * grant / holdout assignment of the member inside its rule's window, counted
+ * once per grant id (SET NX) or per holdout member (SADD :conv)). Arguments:
+ * kind, prefix, member, ts, window, keep, grant id; window is the default
+ * for a field that carries none, keep - window the margin. */
 static const char LUA_LOOP[] = LUA_PRELUDE
     "local kind, P, user, ts, lw, keep, gid = nx(), nx(), nx(), tonumber(nx()), tonumber(nx()), tonumber(nx()), nx()\n"
     "local M = P .. '{u:' .. user .. '}:'\n"
     "local rk = M .. 'recent'\n"
     "if kind == 'r' then\n"
     "  local v = gid ~= '' and string.sub(gid, 1, 2) ~= 'h:' and redis.call('HGET', rk, gid)\n"
-    "  local f = v and parts(v, 3)\n"
-    "  if not f or tonumber(f[3]) <= ts - keep then\n"
+    "  local f = v and parts(v, 4)\n"
+    "  local fk = f and (tonumber(f[4]) or lw) + keep - lw\n"
+    "  if not f or tonumber(f[3]) <= ts - fk then\n"
     "    redis.call('HINCRBY', P .. 'loop:stats', 'redemption_unknown', 1)\n"
     "    return {10, 0}\n"
     "  end\n"
-    "  if redis.call('SET', M .. 'redeemed:' .. gid, '1', 'NX', 'PX', keep) then\n"
+    "  if redis.call('SET', M .. 'redeemed:' .. gid, '1', 'NX', 'PX', fk) then\n"
     "    redis.call('HINCRBY', P .. 'stats:' .. f[1] .. ':' .. f[2], 'redeemed', 1)\n"
     "    return {10, 1}\n"
     "  end\n"
@@ -306,12 +315,12 @@ static const char LUA_LOOP[] = LUA_PRELUDE
     "end\n"
     "local n, all = 0, redis.call('HGETALL', rk)\n"
     "for k = 1, #all, 2 do\n"
-    "  local f = parts(all[k + 1], 3)\n"
-    "  local ms = tonumber(f[3]) or 0\n"
-    "  if ms > ts - lw and ms <= ts then\n"
+    "  local f = parts(all[k + 1], 4)\n"
+    "  local ms, w = tonumber(f[3]) or 0, tonumber(f[4]) or lw\n"
+    "  if ms > ts - w and ms <= ts then\n"
     "    local skey, first = P .. 'stats:' .. f[1] .. ':' .. f[2]\n"
     "    if string.sub(all[k], 1, 2) == 'h:' then first = redis.call('SADD', skey .. ':conv', user) == 1\n"
-    "    else first = redis.call('SET', M .. 'conv:' .. all[k], '1', 'NX', 'PX', keep) end\n"
+    "    else first = redis.call('SET', M .. 'conv:' .. all[k], '1', 'NX', 'PX', w + keep - lw) end\n"
     "    if first then redis.call('HINCRBY', skey, 'converted', 1); n = n + 1 end\n"
     "  end\n"
     "end\n"
@@ -455,10 +464,11 @@ static void stat_reason(redis_store_t *st, const char *rule, const char *variant
         a_str(&st->sb, user);
         if (st->cfg->loop_window_ms > 0) {
             /* the holdout assignment, for the closed loop's conversions */
+            long long w = rule_attribution_ms(ruleset_find(*st->rules, rule), st->cfg->loop_window_ms);
             a_str(&st->sb, "r");
             k_member(st, &st->sb, user, "recent", NULL);
             a_fmt(&st->sb, "h:%s\x1e%s\x1e%lld\x1e%lld\x1e%lld", rule, variant && *variant ? variant : "-",
-                  (long long)at, st->cfg->loop_window_ms, st->cfg->loop_window_ms + LOOP_MARGIN_MS);
+                  (long long)at, w, w + LOOP_MARGIN_MS);
         }
     }
     stat_add(st, rule, variant, reason);
@@ -647,8 +657,9 @@ static void add_policy(redis_store_t *st, argv_b *a, const rule_t *r, const char
     a_ll(a, st->cfg->fcap_period_ms);
     k_stats(st, a, r->id, variant, NULL);
     a_str(a, variant && *variant ? variant : "-");
-    a_ll(a, st->cfg->loop_window_ms);
-    a_ll(a, st->cfg->loop_window_ms + LOOP_MARGIN_MS);
+    long long w = rule_attribution_ms(r, st->cfg->loop_window_ms);
+    a_ll(a, w);
+    a_ll(a, w + LOOP_MARGIN_MS);
 }
 
 /* The issue block (LUA_PRELUDE's issue()) for a decision whose moment has

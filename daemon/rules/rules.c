@@ -56,7 +56,7 @@ typedef struct loader {
 
 static const char *const RULE_KEYS[] = {"id", "description", "enabled", "mode", "priority", "group",
                                         "active", "audience", "trigger", "wait", "cancel_on", "grant",
-                                        "limits", "variants", NULL};
+                                        "limits", "variants", "attribution_window", NULL};
 static const char *const TRIGGER_KEYS[] = {"event", "where", "count", "within", "inactive_for", "events", NULL};
 static const char *const GRANT_KEYS[] = {"benefit", "sku", "value", "expires_in", "channel",
                                          "message", "to", "pool", NULL};
@@ -520,6 +520,13 @@ static void parse_rule(loader *L, const ynode *m) {
         if (yn_duration(n, L->file, "wait", &ms, L->d) == 0) r->wait_ms = ms;
     }
     if ((n = yn_get(m, "cancel_on"))) parse_names(L, n, "cancel_on", &r->cancel_on, &r->n_cancel_on);
+    if ((n = yn_get(m, "attribution_window"))) {
+        long long ms;
+        if (yn_duration(n, L->file, "attribution_window", &ms, L->d) == 0) {
+            if (ms <= 0) err_at(L, n, "'attribution_window' must be longer than 0");
+            else r->attribution_ms = ms;
+        }
+    }
     if ((n = yn_get(m, "grant"))) parse_grant(L, n, &r->grant, 1);
     else err_at(L, m, "missing required key 'grant'");
     if ((n = yn_get(m, "limits"))) parse_limits(L, n, r);

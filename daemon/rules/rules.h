@@ -61,7 +61,14 @@ typedef struct rule {
     long long budget, daily_budget;   /* 0 = unlimited */
     variant_t *variants; size_t n_variants;
     int total_weight;
+    long long attribution_ms; /* closed loop: this rule's attribution window; 0 = loop.attribution_window */
 } rule_t;
+
+/* The attribution window of r's grants and holdout assignments: its own, else
+ * the daemon-wide one (dflt). dflt 0 (the loop is off) wins over both. */
+static inline long long rule_attribution_ms(const rule_t *r, long long dflt) {
+    return dflt > 0 && r && r->attribution_ms > 0 ? r->attribution_ms : dflt;
+}
 
 typedef struct rule_list {
     const rule_t **rules;     /* sorted by priority, highest first, then id */

@@ -242,6 +242,49 @@ class StatsTest(IntegrationTest):
         text = self.stats_cli()
         self.assertIn("redemptions of unknown grants: 2", text)
 
+    def test_per_rule_attribution_window(self):
+        """attribution_window per rule: a grant converts within its own
+        rule's window. Live windows run on the wall clock, so the short one is
+        2 s and the orders come 4 s after the grants; replay, on the events'
+        times, gives the same table."""
+        self.env.write_rules({
+            "fast.yaml": "id: fast\nattribution_window: 2s\ntrigger: {event: Signed Up}\n"
+                         "grant: {benefit: coupon, sku: F, value: 1, channel: email}\n",
+            "slow.yaml": "id: slow\ntrigger: {event: Signed Up}\n"
+                         "grant: {benefit: coupon, sku: S, value: 1, channel: email}\n"})
+        self.env.write_config(channels={}, extra="loop: {attribution_window: 7d}\n")
+        self.env.start_daemon()
+        t0 = now_ms()
+        n = 10
+        signups = [{"type": "track", "event": "Signed Up", "userId": "a%02d" % u, "messageId": "as-%d" % u,
+                    "timestamp": iso(t0)} for u in range(n)]
+        p1 = self.env.dir / "signups.jsonl"
+        p1.write_text("".join(json.dumps(e) + "\n" for e in signups))
+        self.env.kafka.produce(p1)
+        c = self.env.client()
+        wait_for(lambda: len(read_grants(c)) == 2 * n, 30, "the grants")
+        rec = c.hgetall("bd:{u:a00}:recent")
+        self.assertEqual(sorted(v.split("\x1e")[3] for v in rec.values()), ["2000", str(7 * 86400000)])
+        time.sleep(max(0.0, 4.0 - (now_ms() - t0) / 1000.0))
+        t1 = now_ms()
+        orders = [{"type": "track", "event": "Order Completed", "userId": "a%02d" % u, "messageId": "ao-%d" % u,
+                   "timestamp": iso(t1)} for u in range(n)]
+        p2 = self.env.dir / "orders.jsonl"
+        p2.write_text("".join(json.dumps(e) + "\n" for e in orders))
+        self.env.kafka.produce(p2)
+        self.env.wait_all_committed()
+        got = {(x["rule"], x["variant"]): x for x in json.loads(self.stats_cli("--json"))["rules"]}
+        self.assertEqual(got[("slow", None)]["converted"], n)
+        self.assertEqual(got[("fast", None)]["converted"], 0)
+        both = self.env.dir / "both.jsonl"
+        both.write_text(p1.read_text() + p2.read_text())
+        r = subprocess.run([str(BENEFITD), "replay", "--rules", str(self.env.rules_dir), "--config",
+                            str(self.env.config_path), "--stats", "--json", str(both)],
+                           capture_output=True, text=True, timeout=60)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        want = [json.loads(x) for x in r.stdout.splitlines() if x.startswith('{"rules"')][0]
+        self.assertEqual(json.loads(self.stats_cli("--json")), want)
+
 
 if __name__ == "__main__":
     unittest.main(verbosity=2)

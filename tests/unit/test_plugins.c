@@ -138,8 +138,7 @@ static void test_enrich_runs_plugins(void **state) {
     const char *rules = "id: on-second\n"
                         "trigger: {event: Second Event}\n"
                         "audience: double_it(user.seen) == 4\n"
-                        "grant: {benefit: points, value: \"double_it(properties.n)\"}\n"
-                        "---\n";
+                        "grant: {benefit: points, value: \"double_it(properties.n)\"}\n";
     ruleset_t *rs = ruleset_load_string_ex("r.yaml", rules, strlen(rules), "UTC", RULES_ALLOW_TIME, &d);
     if (!rs) diag_print(&d, stderr);
     assert_non_null(rs);

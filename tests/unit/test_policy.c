@@ -583,6 +583,52 @@ static void test_loop_holdout_conversions(void **state) {
     world_free(&w);
 }
 
+/* attribution_window per rule: each grant and holdout assignment converts
+ * within its own rule's window (the loop's window is the default); a
+ * redemption counts within that window plus the margin. */
+static void test_loop_attribution_per_rule(void **state) {
+    world w;
+    world_init(&w,
+               "rules:\n"
+               "  - id: fast\n    attribution_window: 1d\n    trigger: {event: Signed Up}\n"
+               "    grant: {benefit: coupon, sku: F, value: 1}\n"
+               "    variants: [{name: on, weight: 1}, {name: off, weight: 1, holdout: true}]\n"
+               "  - id: slow\n    trigger: {event: Signed Up}\n    grant: {benefit: coupon, sku: S, value: 1}\n",
+               "UTC");
+    assert_int_equal(ruleset_count(w.rs), 2);
+    assert_int_equal(ruleset_find(w.rs, "fast")->attribution_ms, DAY);
+    assert_int_equal(rule_attribution_ms(ruleset_find(w.rs, "fast"), 7 * DAY), DAY);
+    assert_int_equal(rule_attribution_ms(ruleset_find(w.rs, "slow"), 7 * DAY), 7 * DAY);
+    assert_int_equal(rule_attribution_ms(ruleset_find(w.rs, "fast"), 0), 0); /* the loop off wins */
+    loop_on(&w);
+    char u[16], m[16];
+    for (int i = 0; i < 20; i++) {
+        snprintf(u, sizeof u, "u%d", i);
+        snprintf(m, sizeof m, "s%d", i);
+        track(&w, "Signed Up", u, m, T0, NULL);
+    }
+    /* half the members order 2 days later: outside fast's 1d, inside slow's 7d */
+    for (int i = 0; i < 20; i += 2) {
+        snprintf(u, sizeof u, "u%d", i);
+        snprintf(m, sizeof m, "o%d", i);
+        track(&w, "Order Completed", u, m, T0 + 2 * DAY, NULL);
+    }
+    assert_int_equal(loop_stat(&w, "fast/on/converted"), 0);
+    assert_int_equal(loop_stat(&w, "fast/off/converted"), 0);
+    assert_int_equal(loop_stat(&w, "slow/-/converted"), 10);
+    /* the other half orders within the day: both rules convert */
+    for (int i = 1; i < 20; i += 2) {
+        snprintf(u, sizeof u, "u%d", i);
+        snprintf(m, sizeof m, "p%d", i);
+        track(&w, "Order Completed", u, m, T0 + DAY - 1, NULL);
+    }
+    long long on = loop_stat(&w, "fast/on/converted"), off = loop_stat(&w, "fast/off/converted");
+    assert_int_equal(on + off, 10);
+    assert_true(on > 0 && off > 0);
+    assert_int_equal(loop_stat(&w, "slow/-/converted"), 20);
+    world_free(&w);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_per_user),    cmocka_unit_test(test_per_device_and_ip),
@@ -592,7 +638,7 @@ int main(void) {
         cmocka_unit_test(test_frequency_cap), cmocka_unit_test(test_quiet_hours),
         cmocka_unit_test(test_reasons_counted),
         cmocka_unit_test(test_loop_redemption_once), cmocka_unit_test(test_loop_conversion_window),
-        cmocka_unit_test(test_loop_holdout_conversions),
+        cmocka_unit_test(test_loop_holdout_conversions), cmocka_unit_test(test_loop_attribution_per_rule),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
