@@ -430,17 +430,13 @@ static void event_tz(engine_t *e, const event_t *ev) {
     const cJSON *v = ev->context ? cJSON_GetObjectItemCaseSensitive(ev->context, "timezone") : NULL;
     if (!cJSON_IsString(v) || !v->valuestring || !*v->valuestring || strlen(v->valuestring) >= sizeof e->tz) return;
     const char *z = v->valuestring;
-    if (!strcmp(z, e->tz_good)) {
-        memcpy(e->tz, z, strlen(z) + 1);
-        return;
+    size_t n = strlen(z);
+    size_t slot = (size_t)(hash64(z, n, 0x7a) & (sizeof e->tz_cache / sizeof e->tz_cache[0] - 1));
+    if (e->tz_cache[slot].ok == 0 || strcmp(e->tz_cache[slot].name, z) != 0) {
+        memcpy(e->tz_cache[slot].name, z, n + 1);
+        e->tz_cache[slot].ok = policy_tz_ok(z) ? 1 : -1;
     }
-    if (!strcmp(z, e->tz_bad)) return;
-    if (policy_tz_ok(z)) {
-        snprintf(e->tz_good, sizeof e->tz_good, "%s", z);
-        memcpy(e->tz, z, strlen(z) + 1);
-    } else {
-        snprintf(e->tz_bad, sizeof e->tz_bad, "%s", z);
-    }
+    if (e->tz_cache[slot].ok > 0) memcpy(e->tz, z, n + 1);
 }
 
 void engine_run(engine_t *e, const ruleset_t *rs, const event_t *ev, const bd_clock_t *clk, intent_cb cb, void *ud) {

@@ -53,7 +53,10 @@ typedef struct engine {
     char fire_grant_id[40];                  /* engine_decide_inactivity's grant id */
     char device[160], ip[160];               /* the event's limit subjects (policy.h) */
     char tz[64];                             /* the event's context.timezone if a known zone, else "" */
-    char tz_good[64], tz_bad[64];            /* the last zone names found valid / invalid */
+    /* Verdicts on zone names (policy_tz_ok stats a zoneinfo file): a
+     * direct-mapped cache, so a stream of members from a few hundred zones
+     * costs no system call per event. */
+    struct { char name[64]; signed char ok; } tz_cache[256];
     /* the closed loop (engine_set_loop; not owned) */
     char *const *loop_redeem; size_t n_loop_redeem;
     char *const *loop_convert; size_t n_loop_convert;
