@@ -11,6 +11,7 @@
 
 typedef struct event {
     cJSON *root;              /* owned: the whole parsed message */
+    void *arena;              /* owned: where root's nodes live (decode.c); NULL: root is heap */
     const char *type;         /* "track" | "identify" (points into root) */
     const char *name;         /* track: event name; identify: "identify" */
     const char *user_id;      /* userId, else anonymousId */

@@ -104,6 +104,13 @@ static void test_rejects(void **state) {
                   "bad timestamp -1e+300");
     expect_reason("{\"type\":\"track\",\"event\":\"E\",\"userId\":\"u1\",\"timestamp\":253402300800000}",
                   "bad timestamp 2.53402e+14");
+    /* the prescan's 8-byte steps inside strings stop at every byte they must see:
+     * bad UTF-8, an escaped quote and a closing quote after long ASCII runs */
+    expect_reason("{\"type\":\"track\",\"event\":\"X\",\"userId\":\"abcdefghijklmnopqrstuvwxyz0123\xff\"}",
+                  "invalid UTF-8");
+    expect_reason("{\"a\":\"abcdefghijklmnop\\\"[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[\"}", "no type");
+    expect_reason("{\"a\":\"abcdefghijklmnopq\",\"b\":[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]}",
+                  "nested too deep");
     event_t ev;
     char reason[128];
     assert_int_equal(decode("{\"type\":\"track\",\"event\":\"E\",\"userId\":\"u1\",\"timestamp\":253402300799999}",
