@@ -171,6 +171,14 @@ typedef struct fetch {
     int inflight;
 } fetch;
 
+/* A write command list for WRITE_LUA. */
+typedef struct wcmds {
+    const char **argv;
+    size_t *lens;
+    char **owned;
+    size_t n, cap, nowned;
+} wcmds;
+
 struct daemon_state {
     config_t cfg;
     struct event_base *base;
@@ -212,9 +220,13 @@ struct daemon_state {
     uint64_t profile_loads, profile_writes, revisits_done, plugin_events, plugin_blocks;
     metric_counter_t *m_profile_loads, *m_profile_writes, *m_revisits, *m_plugin_blocks;
     metric_gauge_t *m_profile_cached, *m_profile_bytes, *m_queue;
+    struct wcmds wbatch;          /* profile/blocklist/revisit writes of this batch (wbatch_flush) */
+    offset_token_t **wbatch_toks;
+    size_t wbatch_ntoks, wbatch_captoks;
 };
 
 static int poller_reap(poller *p);
+static void wbatch_flush(daemon_state *d);
 
 /* Events waiting for profiles before reading stops (resumes at half). */
 #define PROFILE_QUEUE_MAX 4096
@@ -635,6 +647,7 @@ static void on_intent(void *ud, const event_t *ev, const intent_t *in) {
 static void on_batch_end(void *ud) {
     daemon_state *d = ud;
     redis_store_flush(d->store);
+    wbatch_flush(d);
 }
 
 static void dead_letter(daemon_state *d, const rd_kafka_message_t *m, const char *reason) {
@@ -667,13 +680,6 @@ static poller *find_poller(daemon_state *d, const char *topic, int32_t partition
 
 /* ---- profiles and plugins (enrich.h, docs/profiles.md) ------------------------ */
 
-/* A write command list for WRITE_LUA. */
-typedef struct wcmds {
-    const char **argv;
-    size_t *lens;
-    char **owned;
-    size_t n, cap, nowned;
-} wcmds;
 
 static void wc_arg(wcmds *w, const char *s, size_t len, int own) {
     if (w->n == w->cap) {
@@ -712,25 +718,56 @@ static void wc_free(wcmds *w) {
     free(w->lens);
 }
 
-static void on_write_ack(void *ud, const redisReply *r) {
-    ack_ctx *a = ud;
-    if (a->tok) kafka_source_release(a->tok);
+/* Profile, blocklist and revisit writes are batched like touches: the
+ * commands of a Kafka batch's events go as one script call at its end (a
+ * script call costs Redis several times its commands), each event's offset
+ * held until that call is acknowledged. Flushed before any profile read, so
+ * a read never overtakes a write; a batch of writes stays in event order. */
+#define WBATCH_MAX_ARGS 4096
+
+typedef struct wbatch_ack {
+    daemon_state *d;
+    offset_token_t **toks;
+    size_t n;
+} wbatch_ack;
+
+static void on_wbatch_ack(void *ud, const redisReply *r) {
+    wbatch_ack *a = ud;
+    for (size_t i = 0; i < a->n; i++) kafka_source_release(a->toks[i]);
     daemon_state *d = a->d;
+    free(a->toks);
     free(a);
     update_backpressure(d);
 }
 
-/* Sends the commands as one atomic call, holding tok (may be NULL) until
- * Redis acknowledges it. */
-static void wc_send(daemon_state *d, wcmds *w, offset_token_t *tok) {
+static void wbatch_flush(daemon_state *d) {
+    wcmds *w = &d->wbatch;
     if (w->n == 0) return;
-    ack_ctx *a = xcalloc(1, sizeof *a);
+    wbatch_ack *a = xcalloc(1, sizeof *a);
     a->d = d;
-    a->tok = tok;
-    if (tok) kafka_source_hold(tok);
-    redis_sink_eval(d->sink, d->write_script, (int)w->n, w->argv, w->lens, on_write_ack, a);
+    a->toks = d->wbatch_toks;
+    a->n = d->wbatch_ntoks;
+    d->wbatch_toks = NULL;
+    d->wbatch_ntoks = d->wbatch_captoks = 0;
+    redis_sink_eval(d->sink, d->write_script, (int)w->n, w->argv, w->lens, on_wbatch_ack, a);
+    for (size_t i = 0; i < w->nowned; i++) free(w->owned[i]);
+    w->n = w->nowned = 0;
     d->profile_writes++;
     metrics_counter_inc(d->m_profile_writes, 1);
+}
+
+/* The commands just appended to d->wbatch belong to tok's event (NULL: no
+ * message, a revisit): its offset waits for them. */
+static void wbatch_commit(daemon_state *d, offset_token_t *tok) {
+    if (tok) {
+        if (d->wbatch_ntoks == d->wbatch_captoks) {
+            d->wbatch_captoks = d->wbatch_captoks ? d->wbatch_captoks * 2 : 64;
+            d->wbatch_toks = xrealloc(d->wbatch_toks, d->wbatch_captoks * sizeof *d->wbatch_toks);
+        }
+        kafka_source_hold(tok);
+        d->wbatch_toks[d->wbatch_ntoks++] = tok;
+    }
+    if (d->wbatch.n >= WBATCH_MAX_ARGS) wbatch_flush(d);
 }
 
 static void profile_key(daemon_state *d, const char *user, strbuf *out) {
@@ -738,36 +775,88 @@ static void profile_key(daemon_state *d, const char *user, strbuf *out) {
     sb_printf(out, "%s{u:%s}:profile", d->cfg.key_prefix, user);
 }
 
-static void write_traits(daemon_state *d, const char *user, const cJSON *traits) {
-    wcmds w = {0};
-    strbuf k;
-    sb_init(&k);
-    profile_key(d, user, &k);
-    for (const cJSON *t = traits->child; t; t = t->next) {
-        if (!t->string || !t->string[0]) continue;
-        char *v = cJSON_PrintUnformatted(t);
-        if (!v) continue;
-        wc_cmd(&w, 4, "HSET", k.s, t->string, v);
-        free(v);
-    }
-    wc_send(d, &w, d->cur_tok);
-    wc_free(&w);
-    sb_free(&k);
+/* One HSET (and one HDEL) per profile however many traits changed: a
+ * command's argument count goes first in WRITE_LUA's list, so it is
+ * patched in once the fields are known. */
+typedef struct hset_b {
+    wcmds *w;
+    size_t count_at;     /* index of HSET's argument count */
+    int nset;
+    char **dels;
+    size_t ndels;
+} hset_b;
+
+static void hset_begin(hset_b *h, wcmds *w, const char *key) {
+    memset(h, 0, sizeof *h);
+    h->w = w;
+    h->count_at = w->n;
+    wc_arg(w, "", 0, 0); /* the count, patched by hset_end */
+    wc_arg(w, "HSET", 4, 0);
+    wc_arg(w, key, strlen(key), 1);
 }
 
-typedef struct dirty_ctx { wcmds *w; const char *key; } dirty_ctx;
-
-static void dirty_cb(void *ud, const char *name, const cJSON *v) {
-    dirty_ctx *c = ud;
+static void hset_field(hset_b *h, const char *name, const cJSON *v) {
     if (!v) {
-        wc_cmd(c->w, 3, "HDEL", c->key, name);
+        h->dels = xrealloc(h->dels, (h->ndels + 1) * sizeof *h->dels);
+        h->dels[h->ndels++] = xstrdup(name);
         return;
     }
     char *t = cJSON_PrintUnformatted(v);
     if (!t) return;
-    wc_cmd(c->w, 4, "HSET", c->key, name, t);
+    wc_arg(h->w, name, strlen(name), 1);
+    wc_arg(h->w, t, strlen(t), 1);
     free(t);
+    h->nset++;
 }
+
+static void hset_end(hset_b *h) {
+    wcmds *w = h->w;
+    const char *key = w->argv[h->count_at + 2];
+    if (h->nset) {
+        char num[16];
+        snprintf(num, sizeof num, "%d", 2 + 2 * h->nset);
+        char *c = xstrdup(num);
+        w->owned[w->nowned++] = c;
+        w->argv[h->count_at] = c;
+        w->lens[h->count_at] = strlen(c);
+    }
+    if (h->ndels) {
+        char num[16];
+        snprintf(num, sizeof num, "%zu", 2 + h->ndels);
+        wc_arg(w, num, strlen(num), 1);
+        wc_arg(w, "HDEL", 4, 0);
+        wc_arg(w, key, strlen(key), 0); /* the HSET's copy, owned by the batch */
+        for (size_t i = 0; i < h->ndels; i++) {
+            wc_arg(w, h->dels[i], strlen(h->dels[i]), 1);
+            free(h->dels[i]);
+        }
+    }
+    if (!h->nset) {
+        /* no field set: drop the HSET (count, name, key) in front of any HDEL */
+        size_t drop = 3;
+        memmove(&w->argv[h->count_at], &w->argv[h->count_at + drop], (w->n - h->count_at - drop) * sizeof *w->argv);
+        memmove(&w->lens[h->count_at], &w->lens[h->count_at + drop], (w->n - h->count_at - drop) * sizeof *w->lens);
+        w->n -= drop;
+    }
+    free(h->dels);
+}
+
+static void write_traits(daemon_state *d, const char *user, const cJSON *traits) {
+    wcmds *w = &d->wbatch;
+    size_t before = w->n;
+    strbuf k;
+    sb_init(&k);
+    profile_key(d, user, &k);
+    hset_b h;
+    hset_begin(&h, w, k.s);
+    for (const cJSON *t = traits->child; t; t = t->next)
+        if (t->string && t->string[0]) hset_field(&h, t->string, t);
+    hset_end(&h);
+    if (w->n > before) wbatch_commit(d, d->cur_tok);
+    sb_free(&k);
+}
+
+static void dirty_cb(void *ud, const char *name, const cJSON *v) { hset_field(ud, name, v); }
 
 /* After a member's decision: the plugins' requests and the profile's
  * changes, as one write sent after the decision's own writes (so a crash
@@ -775,7 +864,8 @@ static void dirty_cb(void *ud, const char *name, const cJSON *v) {
  * claimed already, nothing doubles). zremif: a revisit that ran. */
 static void after_plugins(daemon_state *d, profile_t *p, plugin_run_t *run, const char *topic, int32_t partition,
                           offset_token_t *tok, const char *zremif_member, int64_t zremif_due) {
-    wcmds w = {0};
+    wcmds *w = &d->wbatch;
+    size_t before = w->n;
     strbuf k, rk;
     sb_init(&k);
     sb_init(&rk);
@@ -783,13 +873,13 @@ static void after_plugins(daemon_state *d, profile_t *p, plugin_run_t *run, cons
     if (zremif_member) {
         char due[24];
         snprintf(due, sizeof due, "%lld", (long long)zremif_due);
-        wc_cmd(&w, 4, "ZREMIF", rk.s, zremif_member, due);
+        wc_cmd(w, 4, "ZREMIF", rk.s, zremif_member, due);
     }
     for (size_t i = 0; i < run->n_blocks; i++) {
         const blocked_t *b = &run->blocks[i];
         sb_reset(&k);
         sb_printf(&k, "%sblock:%s", d->cfg.key_prefix, b->kind);
-        wc_cmd(&w, 3, "SADD", k.s, b->id);
+        wc_cmd(w, 3, "SADD", k.s, b->id);
         d->plugin_blocks++;
         metrics_counter_inc(d->m_plugin_blocks, 1);
         log_warn("plugin_block", "kind=%s id=%s user=%s reason=\"%s\"", b->kind, b->id, p->user, b->reason);
@@ -798,18 +888,21 @@ static void after_plugins(daemon_state *d, profile_t *p, plugin_run_t *run, cons
         sb_reset(&k);
         sb_printf(&k, "%s\x1f%s", run->revisits[i].plugin, p->user);
         if (run->revisits[i].due_ms < 0) {
-            wc_cmd(&w, 3, "ZREM", rk.s, k.s);
+            wc_cmd(w, 3, "ZREM", rk.s, k.s);
         } else {
             char due[24];
             snprintf(due, sizeof due, "%lld", (long long)run->revisits[i].due_ms);
-            wc_cmd(&w, 4, "ZADD", rk.s, due, k.s);
+            wc_cmd(w, 4, "ZADD", rk.s, due, k.s);
         }
     }
     profile_key(d, p->user, &k);
-    dirty_ctx dc = {&w, k.s};
-    profile_take_dirty(p, dirty_cb, &dc);
-    wc_send(d, &w, tok);
-    wc_free(&w);
+    hset_b h;
+    hset_begin(&h, w, k.s);
+    profile_take_dirty(p, dirty_cb, &h);
+    hset_end(&h);
+    if (w->n > before) wbatch_commit(d, tok);
+    /* a block must be in Redis before the grant step of any later event */
+    if (run->n_blocks) wbatch_flush(d);
     sb_free(&k);
     sb_free(&rk);
     d->plugin_events += run->n_emits;
@@ -895,6 +988,8 @@ static void drain_queue(daemon_state *d) {
         }
         pend_free(q);
     }
+    /* called from Redis replies too, outside any Kafka batch */
+    wbatch_flush(d);
     update_backpressure(d);
 }
 
@@ -935,6 +1030,7 @@ static void on_profile(void *ud, const redisReply *r) {
 }
 
 static void fetch_send(daemon_state *d, fetch *f) {
+    wbatch_flush(d); /* a read must see every write before it */
     strbuf k;
     sb_init(&k);
     profile_key(d, f->p->user, &k);
@@ -1395,6 +1491,7 @@ static void stop_cb(evutil_socket_t sig, short what, void *arg) {
     log_info("stopping", "signal=%d inflight=%zu", (int)sig, redis_sink_inflight(d->sink));
     kafka_source_stop_reading(d->src);
     redis_store_flush(d->store); /* nothing batched waits: the drain counts it in flight */
+    wbatch_flush(d);
     d->stop_deadline_us = now_mono_us() + d->cfg.shutdown_timeout_ms * 1000;
     struct timeval tv = {0, 20000};
     event_add(d->drain_ev, &tv);
@@ -1522,6 +1619,9 @@ out:
         d->fetches = f->next;
         free(f);
     }
+    /* writes never sent: their offsets were not stored either */
+    wc_free(&d->wbatch);
+    free(d->wbatch_toks);
     if (d->rules) ruleset_free(d->rules);
     enrich_free(&d->en);   /* after the rules: their expressions may call plugin functions */
     engine_free(&d->engine);

@@ -224,8 +224,18 @@ static const char LUA_CANCEL[] = LUA_PRELUDE
 /* TOUCHES: the TOUCH intents of a batch of events, as (last-seen set, ts,
  * member) triples, one per inactivity rule an event feeds. GT: never back, so
  * the order of the triples does not matter and a resend changes nothing. */
+/* One ZADD GT per key, not per triple: a call from Lua costs Redis more
+ * than the work of one element, and a batch's touches fall on a few keys
+ * (one per partition and inactivity rule). GT is applied element by element,
+ * in order, so the result is that of one call per triple. */
 static const char LUA_TOUCHES[] =
-    "for k = 1, #ARGV, 3 do redis.call('ZADD', ARGV[k], 'GT', ARGV[k + 1], ARGV[k + 2]) end\n"
+    "local by, order = {}, {}\n"
+    "for k = 1, #ARGV, 3 do\n"
+    "  local t = by[ARGV[k]]\n"
+    "  if not t then t = {'ZADD', ARGV[k], 'GT'}; by[ARGV[k]] = t; order[#order + 1] = ARGV[k] end\n"
+    "  t[#t + 1] = ARGV[k + 1]; t[#t + 1] = ARGV[k + 2]\n"
+    "end\n"
+    "for _, key in ipairs(order) do redis.call(unpack(by[key])) end\n"
     "return {7}\n";
 
 /* FIRE a due wait: waits, wait key, gid, timers, timer member, mode ('g' or
@@ -273,9 +283,18 @@ static const char LUA_INACT[] = LUA_PRELUDE
  * "h:RULE RS variant RS at RS window RS keep", window being the rule's
  * attribution window (kept while one inside its window stands). */
 static const char LUA_STATS[] = LUA_PRELUDE
+    /* counters are summed first: one HINCRBY per (key, field) of the batch */
+    "local sums, order = {}, {}\n"
     "for k = 1, #ARGV, 3 do\n"
-    "  if ARGV[k] == 'h' then redis.call('HINCRBY', ARGV[k + 1], ARGV[k + 2], 1)\n"
-    "  elseif ARGV[k] == 'r' then\n"
+    "  if ARGV[k] == 'h' then\n"
+    "    local id = ARGV[k + 1] .. RS .. ARGV[k + 2]\n"
+    "    if not sums[id] then sums[id] = 0; order[#order + 1] = {ARGV[k + 1], ARGV[k + 2], id} end\n"
+    "    sums[id] = sums[id] + 1\n"
+    "  end\n"
+    "end\n"
+    "for _, o in ipairs(order) do redis.call('HINCRBY', o[1], o[2], sums[o[3]]) end\n"
+    "for k = 1, #ARGV, 3 do\n"
+    "  if ARGV[k] == 'r' then\n"
     "    local rk, f = ARGV[k + 1], parts(ARGV[k + 2], 5)\n"
     "    local at, lw, keep = tonumber(f[3]), tonumber(f[4]), tonumber(f[5])\n"
     "    recent_trim(rk, at, keep - lw, lw)\n"
@@ -285,7 +304,7 @@ static const char LUA_STATS[] = LUA_PRELUDE
     "      redis.call('HSET', rk, f[1], string.sub(f[1], 3) .. RS .. f[2] .. RS .. f[3] .. RS .. f[4])\n"
     "    end\n"
     "    recent_expire(rk, keep)\n"
-    "  else redis.call('SADD', ARGV[k + 1], ARGV[k + 2]) end\n"
+    "  elseif ARGV[k] == 's' then redis.call('SADD', ARGV[k + 1], ARGV[k + 2]) end\n"
     "end\n"
     "return {7}\n";
 
