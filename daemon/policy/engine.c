@@ -189,6 +189,7 @@ typedef struct rule_dec {
     size_t cut;
     long long expires_in;
     char grant_id[40];
+    const char *group_claim;  /* the group this grant competes for in the grant step (see groups) */
 } rule_dec;
 
 /* Builds the open grant record into e->rec (everything but expires_at's value
@@ -257,14 +258,33 @@ static const char *build_grant(engine_t *e, rule_dec *d, const event_t *ev, cons
     return NULL;
 }
 
-/* Groups already taken by this event; rules sharing a group see each other in
- * priority order because the per-event list is sorted that way. */
+/* Groups of this event; rules sharing a group see each other in priority
+ * order because the per-event list is sorted that way.
+ *
+ * A group goes to the first rule that would grant, but a plain immediate
+ * grant (an event trigger with no wait, neither holdout nor shadow) only
+ * *claims* it: whether it really grants is known in the grant step (a
+ * limit, a budget, an empty pool, the blocklist may suppress it). So the
+ * group's later plain grants are sent too, in priority order, and the store's
+ * grant step lets the first one that passes policy take the group (an
+ * atomic group claim per trigger, docs/policy.md "Groups"): the runner-up
+ * is granted when the winner runs out. Decisions that are not plain grants
+ * (a wait, a holdout or shadow, which stand for a grant) take the group
+ * outright, here, as before; after a claim they are `group lost`. */
 #define MAX_GROUPS 64
 
 typedef struct groups {
-    const char *taken[MAX_GROUPS];
+    const char *taken[MAX_GROUPS];    /* decided here: later rules are `group lost` */
     size_t n;
+    const char *claimed[MAX_GROUPS];  /* claimed by a plain grant: later plain grants compete in the store */
+    size_t nclaimed;
 } groups;
+
+static int group_in(const char *const *v, size_t n, const char *group) {
+    for (size_t k = 0; k < n; k++)
+        if (strcmp(v[k], group) == 0) return 1;
+    return 0;
+}
 
 /* The stateless policy of one rule for one trigger. occurrence names the
  * trigger for the grant id. g may be NULL (no group exclusivity: inactivity
@@ -280,11 +300,11 @@ static void decide_rule(engine_t *e, rule_dec *d, const rule_t *r, const event_t
     d->channel = PICK(channel, NULL);
     if (!d->channel) d->channel = "default";
 
+    /* a plain immediate grant: competes for the group in the grant step */
+    int plain = r->kind == TRIG_EVENT && r->wait_ms == 0 && !r->shadow && !(v && v->holdout);
     int group_lost = 0;
-    if (g && r->group) {
-        for (size_t k = 0; k < g->n; k++)
-            if (strcmp(g->taken[k], r->group) == 0) group_lost = 1;
-    }
+    if (g && r->group)
+        group_lost = group_in(g->taken, g->n, r->group) || (!plain && group_in(g->claimed, g->nclaimed, r->group));
     if ((r->active_from_ms && now_ms < r->active_from_ms) || (r->active_until_ms && now_ms >= r->active_until_ms))
         d->reason = "not active";
     else if (r->audience && !expr_test(r->audience, ctx))
@@ -303,8 +323,15 @@ static void decide_rule(engine_t *e, rule_dec *d, const rule_t *r, const event_t
      * receive the runner-up benefit and the comparison would be void. A count
      * rule takes no slot: whether this event lifts its window to N is known
      * only to the store (docs/time.md, "Groups"). */
-    if (g && r->group && !group_lost && g->n < MAX_GROUPS && r->kind != TRIG_COUNT && (!d->reason || d->soft))
-        g->taken[g->n++] = r->group;
+    if (g && r->group && !group_lost && r->kind != TRIG_COUNT && (!d->reason || d->soft)) {
+        if (plain && !d->reason) {
+            d->group_claim = r->group;
+            if (!group_in(g->claimed, g->nclaimed, r->group) && g->nclaimed < MAX_GROUPS)
+                g->claimed[g->nclaimed++] = r->group;
+        } else if (g->n < MAX_GROUPS) {
+            g->taken[g->n++] = r->group;
+        }
+    }
 }
 
 void engine_decide(engine_t *e, const ruleset_t *rs, const event_t *ev, int64_t now_ms, decision_cb cb, void *ud) {
@@ -409,6 +436,8 @@ static void fill_intent(engine_t *e, intent_t *in, const rule_dec *d, const even
     in->pool = d->have_rec ? d->pool : NULL;
     in->tz = e->tz[0] ? e->tz : NULL;
     in->variant = d->v ? d->v->name : NULL;
+    in->group = d->group_claim;
+    in->group_occ = ev->message_id;
     if (r->kind == TRIG_COUNT) {
         in->kind = INTENT_COUNT_GRANT;
         in->occurrence = ev->message_id;

@@ -77,6 +77,11 @@ typedef struct intent {
     /* The variant picked for the member (NULL: the rule has none): the
      * stats are kept per rule and variant. */
     const char *variant;
+    /* GRANT of a rule in a group (engine.c "groups"): the grant step takes
+     * the group for this trigger (group_occ, its message id) unless another
+     * rule's grant took it first; NULL: no group competition. */
+    const char *group;
+    const char *group_occ;
 
     /* COUNT_GRANT */
     const char *occurrence;    /* the event's message_id: a redelivered event counts once */

@@ -146,6 +146,7 @@ struct store {
     long long loop_window;
     const ruleset_t *rs;      /* the rules of the call in progress (rule_attribution_ms) */
     smap redeemed;            /* "MEMBER\x1fGID": P{u:ID}:redeemed:GID */
+    smap groups;              /* "MEMBER\x1fGROUP\x1fMSGID" -> grant id: P{u:ID}:grp:GROUP:MSGID */
     smap conv;                /* "MEMBER\x1fGID": P{u:ID}:conv:GID; "RULE\x1fVARIANT\x1fMEMBER": :conv set */
 };
 
@@ -379,6 +380,7 @@ void store_free(store_t *s) {
     smap_free(&s->stats, lim_free);
     smap_free(&s->held, NULL);
     smap_free(&s->redeemed, NULL);
+    smap_free(&s->groups, free);
     smap_free(&s->conv, NULL);
     sb_free(&s->skey);
     free(s);
@@ -542,6 +544,7 @@ typedef struct greq {
     size_t xlen;
     const char *device, *ip, *pool;
     const char *tz, *variant;
+    const char *group, *group_occ;   /* the group claim of this trigger (state.h), or NULL */
     int64_t at;
 } greq;
 
@@ -601,8 +604,17 @@ static void grant(store_t *s, const greq *q, store_out_cb cb, void *ud) {
         return;
     }
     const char *why = NULL;
-    if (blocked(s, "user", q->target) || (strcmp(q->user, q->target) && blocked(s, "user", q->user)) ||
-        blocked(s, "device", q->device) || blocked(s, "ip", q->ip))
+    /* the group of this trigger, taken by another rule's grant: the runner-up
+     * only grants when the winner did not (engine.c "groups") */
+    void **gslot = NULL;
+    if (q->group) {
+        sb_reset(&s->skey);
+        sb_printf(&s->skey, "%s\x1f%s\x1f%s", q->user, q->group, q->group_occ ? q->group_occ : "");
+        gslot = smap_slot(&s->groups, s->skey.s, 1);
+        if (*gslot && strcmp(*gslot, q->grant_id) != 0) why = "group lost";
+    }
+    if (!why && (blocked(s, "user", q->target) || (strcmp(q->user, q->target) && blocked(s, "user", q->user)) ||
+                 blocked(s, "device", q->device) || blocked(s, "ip", q->ip)))
         why = "blocklist";
     lcheck chk[4];
     size_t nchk = 0;
@@ -654,6 +666,7 @@ static void grant(store_t *s, const greq *q, store_out_cb cb, void *ud) {
         return;
     }
     claim(s, q->grant_id);
+    if (gslot && !*gslot) *gslot = xstrdup(q->grant_id);
     /* Quiet hours delay delivery, never the decision: granted, counted, and
      * deliver_after = the end of the quiet period (the member's zone if the
      * trigger carried one, else the configured zone). */
@@ -764,7 +777,7 @@ static void issue(store_t *s, member_t *m, const intent_t *in, int64_t at, store
                   .target = in->target_user, .channel = in->channel, .rec = in->rec, .len = in->rec_len,
                   .cut = in->rec_cut, .expires_in = in->expires_in_ms, .xbody = in->xbody, .xlen = in->xbody_len,
                   .device = in->device, .ip = in->ip, .pool = in->pool, .tz = in->tz, .variant = in->variant,
-                  .at = at};
+                  .group = in->group, .group_occ = in->group_occ, .at = at};
         grant(s, &q, cb, ud);
     }
 }

@@ -69,7 +69,7 @@
     "  p.lu, p.pu, p.ld, p.pd, p.li, p.pi = tonumber(nx()), tonumber(nx()), tonumber(nx()), tonumber(nx()), tonumber(nx()), tonumber(nx())\n" \
     "  p.budget, p.daily, p.day = tonumber(nx()), tonumber(nx()), nx()\n" \
     "  p.fc, p.fp, p.skey = tonumber(nx()), tonumber(nx()), nx()\n" \
-    "  p.variant, p.lw, p.keep = nx(), tonumber(nx()), tonumber(nx())\n" \
+    "  p.variant, p.lw, p.keep, p.grp = nx(), tonumber(nx()), tonumber(nx()), nx()\n" \
     "  return p\n" \
     "end\n" \
     /* The closed loop's recent hash of a member (docs/policy.md): a field \
@@ -134,6 +134,11 @@
     "end\n" \
     "local function push(claim, ttl, queue, kind, maxlen, json, p)\n" \
     "  if redis.call('EXISTS', claim) == 1 then return {0} end\n" \
+    /* the trigger's group, taken by another rule's grant (engine.c "groups") */ \
+    "  if p and p.grp ~= '' then\n" \
+    "    local g = redis.call('GET', p.grp)\n" \
+    "    if g and g ~= p.gid then return supp(p, 'group lost') end\n" \
+    "  end\n" \
     "  if p then\n" \
     "    local why = pol_check(p)\n" \
     "    if why then return supp(p, why) end\n" \
@@ -161,6 +166,7 @@
     "    local ia, da = string.match(json, '\"issued_at\":\"([^\"]*)\",\"deliver_after\":\"([^\"]*)\"}$')\n" \
     "    if ia and ia ~= da then redis.call('HINCRBY', p.skey, 'quiet hours', 1) end\n" \
     "  end\n" \
+    "  if p and p.grp ~= '' then redis.call('SET', p.grp, p.gid, 'PX', ttl) end\n" \
     "  redis.call('SET', claim, '1', 'PX', ttl)\n" \
     "  return {1}\n" \
     "end\n" \
@@ -649,7 +655,7 @@ static void k_seen(redis_store_t *st, argv_b *a, const char *topic, int32_t part
  * FIRE: the script takes them from the wait's body). */
 static void add_policy(redis_store_t *st, argv_b *a, const rule_t *r, const char *variant, const char *gid,
                        const char *user, const char *target, const char *dev, const char *ip, const char *pool,
-                       int64_t at) {
+                       const char *group, const char *group_occ, int64_t at) {
     char iso[32];
     format_iso8601_ms(at, iso, sizeof iso);
     a_str(a, "1");
@@ -679,6 +685,9 @@ static void add_policy(redis_store_t *st, argv_b *a, const rule_t *r, const char
     long long w = rule_attribution_ms(r, st->cfg->loop_window_ms);
     a_ll(a, w);
     a_ll(a, w + LOOP_MARGIN_MS);
+    /* the trigger's group claim (engine.c "groups"), in the trigger member's slot */
+    if (group) a_fmt(a, "%s{u:%s}:grp:%s:%s", st->cfg->key_prefix, user, group, group_occ ? group_occ : "");
+    else a_str(a, "");
 }
 
 /* The issue block (LUA_PRELUDE's issue()) for a decision whose moment has
@@ -712,7 +721,7 @@ static void add_issue(redis_store_t *st, argv_b *a, const intent_t *in, int64_t 
     a_add(a, st->json.s ? st->json.s : "", st->json.len);
     if (!waits) {
         add_policy(st, a, in->rule, in->variant, in->grant_id, in->user, in->target_user, in->device ? in->device : "",
-                   in->ip ? in->ip : "", in->pool ? in->pool : "", at);
+                   in->ip ? in->ip : "", in->pool ? in->pool : "", in->group, in->group_occ, at);
         return;
     }
     k_member(st, a, in->user, "waits", NULL);
@@ -969,7 +978,7 @@ static void fire_timers(round_t *r, const redisReply *rep) {
         int64_t due = sc->type == REDIS_REPLY_STRING ? (int64_t)strtod(sc->str, NULL) : r->now;
         st->send_at = due;
         if (why) a_str(&a, "0");
-        else add_policy(st, &a, rl, variant, gid, user, "", "", "", "", due);
+        else add_policy(st, &a, rl, variant, gid, user, "", "", "", "", NULL, NULL, due);
         a_send_x(st, &a, S_FIRE, on_fire_reply, st, rule, variant, user, why);
     }
 }

@@ -185,6 +185,38 @@ class PolicyTest(IntegrationTest):
         wait_for(lambda: len(read_grants(self.env.client())) == 3, 10, "the third grant")
         self.assertIn("T-3", [g["benefit"]["code"] for g in read_grants(self.env.client())])
 
+    def test_d_group_falls_back_when_the_winner_runs_out(self):
+        """A group goes to the first rule whose grant passes policy: once the
+        top rule's budget is spent, the runner-up grants; never both for one
+        trigger. Live equals replay, grant for grant."""
+        self.setup_rules({"g.yaml": "rules:\n"
+                                    "  - {id: top, group: g, priority: 20, trigger: {event: Order Completed},\n"
+                                    "     limits: {budget: 5}, grant: {benefit: coupon, sku: TOP, value: 20, channel: email}}\n"
+                                    "  - {id: next, group: g, priority: 10, trigger: {event: Order Completed},\n"
+                                    "     grant: {benefit: coupon, sku: NEXT, value: 5, channel: email}}\n"})
+        t0 = now_ms() - 60000
+        # one member: its events are decided in order, so which order drew
+        # the last of the budget is the same live and in replay
+        events = [order("solo", "g-%02d" % i, t0 + i * 10) for i in range(12)]
+        path = self.events_file(events)
+        rep = replay(self.env.rules_dir, path, config=self.env.config_path, explain=True)
+        self.assertEqual(rep.rc, 0, rep.stderr)
+        by_rule = {}
+        for g in rep.grants:
+            by_rule[g["rule"]] = by_rule.get(g["rule"], 0) + 1
+        self.assertEqual(by_rule, {"top": 5, "next": 7})
+        self.env.start_daemon()
+        self.env.kafka.produce(path)
+        self.env.wait_all_committed()
+        c = self.env.client()
+        live = [g for g in read_grants(c)]
+        self.assertGrantsMatchReplay(live, rep.grants)
+        per_trigger = {}
+        for g in live:
+            per_trigger.setdefault(g["trigger"]["message_id"], []).append(g["rule"])
+        self.assertTrue(all(len(v) == 1 for v in per_trigger.values()), per_trigger)
+        self.assertEqual(c.get("bd:budget:top"), "5")
+
 
 if __name__ == "__main__":
     unittest.main(verbosity=2)

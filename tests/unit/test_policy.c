@@ -185,6 +185,46 @@ static void test_budget(void **state) {
     world_free(&w);
 }
 
+/* A group goes to the first rule whose grant passes policy: when the top
+ * rule's budget runs out, the runner-up grants (once per trigger, also on
+ * redelivery), and a winner that grants leaves the runner-up `group lost`. */
+static void test_group_fallback(void **state) {
+    world w;
+    world_init(&w,
+               "rules:\n"
+               "  - {id: top, group: g, priority: 20, trigger: {event: Order Completed},\n"
+               "     limits: {budget: 2}, grant: {benefit: coupon, sku: TOP, value: 20}}\n"
+               "  - {id: next, group: g, priority: 10, trigger: {event: Order Completed},\n"
+               "     grant: {benefit: coupon, sku: NEXT, value: 5}}\n",
+               "UTC");
+    char u[16];
+    for (int i = 0; i < 4; i++) {
+        snprintf(u, sizeof u, "u%d", i);
+        size_t before = w.n;
+        order(&w, u, u, T0 + i * HOUR, NULL, NULL);
+        assert_int_equal(w.n - before, 2);
+        if (i < 2) {
+            /* top grants; next loses the group in the grant step */
+            assert_int_equal(w.o[before].kind, OUT_GRANT);
+            assert_string_equal(w.o[before + 1].reason, "group lost");
+        } else {
+            /* top is out of budget: next takes the group */
+            assert_string_equal(w.o[before].reason, "budget");
+            assert_int_equal(w.o[before + 1].kind, OUT_GRANT);
+        }
+    }
+    /* a redelivered trigger: nothing new, the group stays with its grant */
+    size_t before = w.n;
+    order(&w, "u3", "u3", T0 + 3 * HOUR, NULL, NULL);
+    assert_string_equal(w.o[before].reason, "group lost"); /* next holds the group now */
+    assert_int_equal(w.o[before + 1].kind, OUT_REPEAT);
+    before = w.n;
+    order(&w, "u1", "u1", T0 + 1 * HOUR, NULL, NULL);
+    assert_int_equal(w.o[before].kind, OUT_REPEAT);
+    assert_string_equal(w.o[before + 1].reason, "group lost");
+    world_free(&w);
+}
+
 /* Asia/Tokyo is UTC+9: the local day turns at 15:00 UTC. */
 static void test_daily_budget_local_midnight(void **state) {
     world w;
@@ -633,6 +673,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_per_user),    cmocka_unit_test(test_per_device_and_ip),
         cmocka_unit_test(test_budget),      cmocka_unit_test(test_daily_budget_local_midnight),
+        cmocka_unit_test(test_group_fallback),
         cmocka_unit_test(test_pool),        cmocka_unit_test(test_blocklist),
         cmocka_unit_test(test_wait_checked_at_fire), cmocka_unit_test(test_subject),
         cmocka_unit_test(test_frequency_cap), cmocka_unit_test(test_quiet_hours),
