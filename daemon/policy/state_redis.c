@@ -78,6 +78,9 @@
      * older than their window + margin are trimmed on each write; the key \
      * lives as long as its longest-lived field. */ \
     "local function recent_trim(rk, at, margin, dflt)\n" \
+    /* every read checks a field's age, so trimming only bounds memory: \
+     * a member's few fields are left to the key's TTL */ \
+    "  if redis.call('HLEN', rk) <= 16 then return end\n" \
     "  local all = redis.call('HGETALL', rk)\n" \
     "  for k = 1, #all, 2 do\n" \
     "    local f = parts(all[k + 1], 4)\n" \
@@ -99,10 +102,11 @@
     "  if p.budget > 0 then p.bkey = p.P .. 'budget:' .. p.rule end\n" \
     "  if p.daily > 0 then p.dkey = p.P .. 'budget:' .. p.rule .. ':' .. p.day end\n" \
     "  local B = p.P .. 'block:'\n" \
-    "  if redis.call('SISMEMBER', B .. 'user', p.target) == 1\n" \
+    /* most deployments block nobody: one EXISTS spares the four lookups */ \
+    "  if redis.call('EXISTS', B .. 'user', B .. 'device', B .. 'ip') > 0 and (redis.call('SISMEMBER', B .. 'user', p.target) == 1\n" \
     "     or (p.user ~= p.target and redis.call('SISMEMBER', B .. 'user', p.user) == 1)\n" \
     "     or (p.dev ~= '' and redis.call('SISMEMBER', B .. 'device', p.dev) == 1)\n" \
-    "     or (p.ip ~= '' and redis.call('SISMEMBER', B .. 'ip', p.ip) == 1) then return 'blocklist' end\n" \
+    "     or (p.ip ~= '' and redis.call('SISMEMBER', B .. 'ip', p.ip) == 1)) then return 'blocklist' end\n" \
     "  for _, c in ipairs(p.checks) do\n" \
     "    if redis.call('ZCOUNT', c[1], '(' .. string.format('%d', p.at - c[3]), '+inf') >= c[2] then return c[4] end\n" \
     "  end\n" \
