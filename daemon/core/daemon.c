@@ -207,7 +207,7 @@ struct daemon_state {
     offset_token_t *cur_tok;
     const char *cur_topic;
     int32_t cur_partition;
-    uint64_t events_ok, events_dead, grants_sent, grants_pushed, grants_repeat, suppressed, reloads;
+    uint64_t events_ok, events_dead, grants_sent, grants_pushed, grants_repeat, grants_refused, suppressed, reloads;
     uint64_t state_writes, scheduled, already_pending, cancelled, count_progress;
     /* profiles and plugins (enrich.h) */
     enrich_t en;
@@ -568,6 +568,8 @@ static void on_intent_ack(void *ud, rs_outcome k, long long n, const char *reaso
         break;
     case RS_EXPLAINED: {
         d->suppressed++;
+        /* a grant step that policy (or the group claim) refused */
+        if (a->kind == INTENT_GRANT) d->grants_refused++;
         /* the reason the store gives (a policy reason of the grant step, or
          * the intent's own); the rule cache may have been rebuilt since the
          * intent, so the child is looked up by label */
@@ -1452,13 +1454,14 @@ static void log_stats(daemon_state *d) {
     redis_sink_stats(d->sink, &acked, &repeats, &reconnects);
     rs_stats_t t;
     redis_store_stats(d->store, &t);
-    log_info("stats", "consumed=%llu decoded=%llu dead_letter=%llu grants=%llu pushed=%llu repeats=%llu suppressed=%llu "
+    log_info("stats", "consumed=%llu decoded=%llu dead_letter=%llu grants=%llu pushed=%llu repeats=%llu refused=%llu "
+             "suppressed=%llu "
              "inflight=%zu redis_reconnects=%llu scheduled=%llu already_pending=%llu cancelled=%llu "
              "timers_fired=%llu timer_repeats=%llu waits_dropped=%llu inactivity_fired=%llu read_holds=%llu",
              (unsigned long long)kafka_source_consumed(d->src), (unsigned long long)d->events_ok,
              (unsigned long long)d->events_dead, (unsigned long long)d->grants_sent,
              (unsigned long long)d->grants_pushed, (unsigned long long)d->grants_repeat,
-             (unsigned long long)d->suppressed, redis_sink_inflight(d->sink), (unsigned long long)reconnects,
+             (unsigned long long)d->grants_refused, (unsigned long long)d->suppressed, redis_sink_inflight(d->sink), (unsigned long long)reconnects,
              (unsigned long long)d->scheduled, (unsigned long long)d->already_pending,
              (unsigned long long)d->cancelled, (unsigned long long)t.fired, (unsigned long long)t.fired_repeats,
              (unsigned long long)t.dropped, (unsigned long long)t.inact_fired, (unsigned long long)d->read_holds);
