@@ -175,8 +175,8 @@ typedef struct fetch {
 typedef struct wcmds {
     const char **argv;
     size_t *lens;
-    char **owned;
-    size_t n, cap, nowned;
+    char **owned;             /* copies the arguments point into; may outnumber them (hset_end) */
+    size_t n, cap, nowned, capowned;
 } wcmds;
 
 struct daemon_state {
@@ -683,18 +683,23 @@ static poller *find_poller(daemon_state *d, const char *topic, int32_t partition
 /* ---- profiles and plugins (enrich.h, docs/profiles.md) ------------------------ */
 
 
+/* Keeps c (malloc'd) until the batch is sent. */
+static char *wc_own(wcmds *w, char *c) {
+    if (w->nowned == w->capowned) {
+        w->capowned = w->capowned ? w->capowned * 2 : 16;
+        w->owned = xrealloc(w->owned, w->capowned * sizeof *w->owned);
+    }
+    w->owned[w->nowned++] = c;
+    return c;
+}
+
 static void wc_arg(wcmds *w, const char *s, size_t len, int own) {
     if (w->n == w->cap) {
         w->cap = w->cap ? w->cap * 2 : 16;
         w->argv = xrealloc(w->argv, w->cap * sizeof *w->argv);
         w->lens = xrealloc(w->lens, w->cap * sizeof *w->lens);
-        w->owned = xrealloc(w->owned, w->cap * sizeof *w->owned);
     }
-    if (own) {
-        char *c = xstrndup(s, len);
-        w->owned[w->nowned++] = c;
-        s = c;
-    }
+    if (own) s = wc_own(w, xstrndup(s, len));
     w->argv[w->n] = s;
     w->lens[w->n] = len;
     w->n++;
@@ -817,8 +822,7 @@ static void hset_end(hset_b *h) {
     if (h->nset) {
         char num[16];
         snprintf(num, sizeof num, "%d", 2 + 2 * h->nset);
-        char *c = xstrdup(num);
-        w->owned[w->nowned++] = c;
+        char *c = wc_own(w, xstrdup(num));
         w->argv[h->count_at] = c;
         w->lens[h->count_at] = strlen(c);
     }
