@@ -32,30 +32,50 @@ static inline int string_special8(const unsigned char *p) {
     return ((v | ((q - ones) & ~q) | ((b - ones) & ~b)) & highs) != 0;
 }
 
-/* One pass over the raw bytes before cJSON sees them: rejects invalid UTF-8
- * and nesting deeper than max_depth, so hostile input is refused cheaply and
- * never reaches cJSON's recursion. Returns NULL or a static reason. */
-static const char *prescan(const unsigned char *p, size_t n, int max_depth) {
-    int depth = 0, in_str = 0;
+/* Whether all n bytes are ASCII: almost every event is, and then there is no
+ * UTF-8 to validate (8 bytes a step). */
+static int all_ascii(const unsigned char *p, size_t n) {
+    uint64_t acc = 0;
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        uint64_t v;
+        memcpy(&v, p + i, 8);
+        acc |= v;
+    }
+    for (; i < n; i++) acc |= p[i];
+    return (acc & 0x8080808080808080ULL) == 0;
+}
+
+/* Rejects invalid UTF-8 (overlong forms, surrogates, past U+10FFFF).
+ * Returns NULL or a static reason. */
+static const char *check_utf8(const unsigned char *p, size_t n) {
     for (size_t i = 0; i < n; i++) {
         unsigned char c = p[i];
-        if (c >= 0x80) {
-            size_t extra;
-            unsigned min;
-            unsigned cp;
-            if ((c & 0xe0) == 0xc0) { extra = 1; min = 0x80; cp = c & 0x1f; }
-            else if ((c & 0xf0) == 0xe0) { extra = 2; min = 0x800; cp = c & 0x0f; }
-            else if ((c & 0xf8) == 0xf0) { extra = 3; min = 0x10000; cp = c & 0x07; }
-            else return "invalid UTF-8";
-            if (i + extra >= n) return "invalid UTF-8";
-            for (size_t k = 1; k <= extra; k++) {
-                if ((p[i + k] & 0xc0) != 0x80) return "invalid UTF-8";
-                cp = (cp << 6) | (p[i + k] & 0x3f);
-            }
-            if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff)) return "invalid UTF-8";
-            i += extra;
-            continue;
+        if (c < 0x80) continue;
+        size_t extra;
+        unsigned min, cp;
+        if ((c & 0xe0) == 0xc0) { extra = 1; min = 0x80; cp = c & 0x1f; }
+        else if ((c & 0xf0) == 0xe0) { extra = 2; min = 0x800; cp = c & 0x0f; }
+        else if ((c & 0xf8) == 0xf0) { extra = 3; min = 0x10000; cp = c & 0x07; }
+        else return "invalid UTF-8";
+        if (i + extra >= n) return "invalid UTF-8";
+        for (size_t k = 1; k <= extra; k++) {
+            if ((p[i + k] & 0xc0) != 0x80) return "invalid UTF-8";
+            cp = (cp << 6) | (p[i + k] & 0x3f);
         }
+        if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff)) return "invalid UTF-8";
+        i += extra;
+    }
+    return NULL;
+}
+
+/* The deepest nesting of the raw text (brackets inside strings do not
+ * count), stopping early past max_depth. Only run on text cJSON refused, so
+ * that hostile nesting is named as such rather than as "not JSON". */
+static int text_depth(const unsigned char *p, size_t n, int max_depth) {
+    int depth = 0, deepest = 0, in_str = 0;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = p[i];
         if (in_str) {
             /* most of a message is plain ASCII inside strings: 8 bytes a step */
             if (c != '\\' && c != '"') {
@@ -63,15 +83,25 @@ static const char *prescan(const unsigned char *p, size_t n, int max_depth) {
                 continue;
             }
             if (c == '\\') i++;
-            else if (c == '"') in_str = 0;
+            else in_str = 0;
             continue;
         }
         if (c == '"') in_str = 1;
         else if (c == '{' || c == '[') {
-            if (++depth > max_depth) return "nested too deep";
+            if (++depth > deepest && (deepest = depth) > max_depth) break;
         } else if (c == '}' || c == ']') depth--;
     }
-    return NULL;
+    return deepest;
+}
+
+/* Whether a parsed tree nests deeper than max_depth (the root container is
+ * level 1). cJSON itself stops at CJSON_NESTING_LIMIT, so this recursion is
+ * bounded; the walk visits nodes, not bytes: a few dozen per event. */
+static int tree_too_deep(const cJSON *n, int depth, int max_depth) {
+    if (depth > max_depth) return 1;
+    for (const cJSON *c = n->child; c; c = c->next)
+        if ((c->type & (cJSON_Array | cJSON_Object)) && tree_too_deep(c, depth + 1, max_depth)) return 1;
+    return 0;
 }
 
 /* Looks up a dotted path ("meta.user.id") in an object. */
@@ -91,6 +121,33 @@ static cJSON *get_path(cJSON *root, const char *path) {
         p += len + (dot ? 1 : 0);
     }
     return cur;
+}
+
+enum { F_TYPE, F_EVENT, F_USER, F_ANON, F_MID, F_TS, F_PROPS, F_CTX, F_TRAITS, F_N };
+
+/* The envelope's fields, each the first match as get_path finds it: the
+ * top-level names in one pass over the root's members (each lookup was a
+ * scan of its own, with a strcmp per member), dotted paths by get_path. */
+static void envelope_fields(const decode_map_t *m, cJSON *root, cJSON *out[F_N]) {
+    const char *path[F_N] = {m->type, m->event, m->user_id, m->anonymous_id, m->message_id,
+                             m->timestamp, m->properties, m->context, m->traits};
+    int top[F_N], n_top = 0;
+    for (int f = 0; f < F_N; f++) {
+        out[f] = NULL;
+        if (path[f] && *path[f] && strchr(path[f], '.')) out[f] = get_path(root, path[f]);
+        else if (path[f] && *path[f]) top[n_top++] = f;
+    }
+    for (cJSON *c = root->child; c && n_top; c = c->next) {
+        if (!c->string) continue;
+        for (int k = 0; k < n_top; k++) {
+            int f = top[k];
+            if (strcmp(c->string, path[f]) == 0) {
+                out[f] = c;
+                top[k] = top[--n_top]; /* found: later members of that name do not count */
+                k--;
+            }
+        }
+    }
 }
 
 static const char *nonempty_string(const cJSON *j) {
@@ -175,18 +232,30 @@ int decode_event(const decoder_t *d, const char *buf, size_t len, int64_t now_ms
     ev->offset = -1;
     if (len > d->max_bytes) FAIL("too large: %zu bytes (limit %zu)", len, d->max_bytes);
     if (len == 0) FAIL("empty message");
-    const char *bad = prescan((const unsigned char *)buf, len, d->max_depth);
-    if (bad) FAIL("%s", bad);
+    /* Validation is split around the parse rather than done in a pass of its
+     * own: a whole-message ASCII test (UTF-8 checked only when it fails), the
+     * depth from the tree (from the text only when cJSON refused it). */
+    const unsigned char *ubuf = (const unsigned char *)buf;
+    if (!all_ascii(ubuf, len)) {
+        const char *bad = check_utf8(ubuf, len);
+        if (bad) FAIL("%s", bad);
+    }
     /* cJSON stops at the end of the first value; anything but whitespace
      * after it means the message is not one JSON document. */
     const char *end = NULL;
     ev->root = parse_in_arena(ev, buf, len, &end);
-    if (!ev->root) FAIL("not JSON");
+    if (!ev->root) {
+        if (text_depth(ubuf, len, d->max_depth) > d->max_depth) FAIL("nested too deep");
+        FAIL("not JSON");
+    }
+    if (tree_too_deep(ev->root, 1, d->max_depth)) FAIL("nested too deep");
     while (end && end < buf + len && (*end == ' ' || *end == '\t' || *end == '\r' || *end == '\n')) end++;
     if (end && end < buf + len) FAIL("not JSON: trailing data");
     if (!cJSON_IsObject(ev->root)) FAIL("not a JSON object");
 
-    cJSON *t = get_path(ev->root, d->map.type);
+    cJSON *fld[F_N];
+    envelope_fields(&d->map, ev->root, fld);
+    cJSON *t = fld[F_TYPE];
     const char *type = nonempty_string(t);
     if (!type && !t) type = d->map.default_type;
     if (!type) FAIL("no type");
@@ -194,15 +263,15 @@ int decode_event(const decoder_t *d, const char *buf, size_t len, int64_t now_ms
     ev->type = strcmp(type, "track") == 0 ? "track" : "identify";
 
     if (ev->type[0] == 't') {
-        ev->name = nonempty_string(get_path(ev->root, d->map.event));
+        ev->name = nonempty_string(fld[F_EVENT]);
         if (!ev->name) FAIL("no event name");
         if (strlen(ev->name) > 256) FAIL("event name too long");
     } else {
         ev->name = "identify";
     }
 
-    cJSON *uid = get_path(ev->root, d->map.user_id);
-    if (!nonempty_string(uid) && !cJSON_IsNumber(uid)) uid = get_path(ev->root, d->map.anonymous_id);
+    cJSON *uid = fld[F_USER];
+    if (!nonempty_string(uid) && !cJSON_IsNumber(uid)) uid = fld[F_ANON];
     if (nonempty_string(uid)) {
         ev->user_id = uid->valuestring;
     } else if (cJSON_IsNumber(uid)) {
@@ -219,7 +288,7 @@ int decode_event(const decoder_t *d, const char *buf, size_t len, int64_t now_ms
     }
     if (strlen(ev->user_id) > 256) FAIL("user id too long");
 
-    const char *mid = nonempty_string(get_path(ev->root, d->map.message_id));
+    const char *mid = nonempty_string(fld[F_MID]);
     if (mid && strlen(mid) < sizeof ev->message_id) {
         memcpy(ev->message_id, mid, strlen(mid) + 1);
     } else if (mid) {
@@ -231,7 +300,7 @@ int decode_event(const decoder_t *d, const char *buf, size_t len, int64_t now_ms
                  (unsigned long long)hash64(buf, len, 1), (unsigned long long)hash64(buf, len, 2));
     }
 
-    cJSON *ts = get_path(ev->root, d->map.timestamp);
+    cJSON *ts = fld[F_TS];
     if (!ts || cJSON_IsNull(ts)) {
         ev->ts_ms = now_ms;
     } else if (cJSON_IsNumber(ts)) {
@@ -246,11 +315,11 @@ int decode_event(const decoder_t *d, const char *buf, size_t len, int64_t now_ms
         FAIL("bad timestamp");
     }
 
-    const cJSON *props = get_path(ev->root, d->map.properties);
+    const cJSON *props = fld[F_PROPS];
     ev->properties = cJSON_IsObject(props) ? props : NULL;
-    const cJSON *ctx = get_path(ev->root, d->map.context);
+    const cJSON *ctx = fld[F_CTX];
     ev->context = cJSON_IsObject(ctx) ? ctx : NULL;
-    const cJSON *traits = get_path(ev->root, d->map.traits);
+    const cJSON *traits = fld[F_TRAITS];
     if (!cJSON_IsObject(traits) && ev->context) traits = cJSON_GetObjectItemCaseSensitive(ev->context, "traits");
     ev->traits = cJSON_IsObject(traits) ? traits : NULL;
     return 0;
