@@ -36,6 +36,15 @@ static const char CLAIM_PUSH_LUA[] =
 
 #define MAX_SCRIPTS 16
 
+/* Consecutive script calls leave as one EVALSHA of the batch script (the
+ * scripts' bodies as functions, run in order): an EVALSHA costs Redis a few
+ * microseconds of its own and the daemon a command to format and a reply to
+ * parse, and most scripts do less than that. At most this many calls or
+ * BATCH_MAX_BYTES of arguments per batch, so one batch keeps Redis busy for
+ * a few milliseconds at most. */
+#define BATCH_MAX_CALLS 128
+#define BATCH_MAX_BYTES (1 << 20)
+
 typedef struct write_req {
     struct write_req *next, *prev;
     int argc;
@@ -48,7 +57,16 @@ typedef struct write_req {
     void *ud;
     uint64_t sent_gen;     /* connection generation it was last sent on; 0 = not sent */
     int64_t sent_us;       /* monotonic time of the last send, for the latency observer */
+    int nkeys;             /* scripts: how many of the arguments after numkeys are keys */
 } write_req;
+
+/* One EVALSHA of the batch script: its calls are n consecutive requests of
+ * the queue from first (replies come in order, and a request leaves the queue
+ * only by its reply, so the run stays whole until this reply). */
+typedef struct batch_req {
+    write_req *first;
+    int n;
+} batch_req;
 
 struct redis_sink {
     struct event_base *base;
@@ -56,10 +74,14 @@ struct redis_sink {
     redisAsyncContext *ac;
     int ready;             /* connected, authenticated, every script loaded */
     uint64_t gen;          /* bumped on every new connection */
-    char *lua[MAX_SCRIPTS];
-    char sha[MAX_SCRIPTS][41];
+    char *lua[MAX_SCRIPTS + 1];    /* the last one is the batch script */
+    char sha[MAX_SCRIPTS + 1][41];
     int n_scripts, n_loaded;
+    int batch_script;              /* its index, once built (at start) */
     write_req *head, *tail;
+    write_req *unsent;             /* the first request not yet sent on this connection; all after it too */
+    struct event *flush_ev;        /* sends what the current callbacks queued, as batches */
+    int flush_armed;
     size_t inflight;
     struct event *retry_ev;
     int backoff_ms;
@@ -160,6 +182,59 @@ static void on_write_reply(redisAsyncContext *ac, void *r, void *privdata) {
     }
 }
 
+/* The reply of a batch: an array with one element per call that ran, in
+ * order. The batch script stops at the first call that fails (its element is
+ * that error), so what follows it has not run: like a single failed write,
+ * that call and everything after it stay queued and are resent after
+ * reconnecting; the calls before it are acknowledged. */
+static void on_batch_reply(redisAsyncContext *ac, void *r, void *privdata) {
+    redis_sink_t *s = ac->data;
+    batch_req *b = privdata;
+    redisReply *reply = r;
+    write_req *w = b->first;
+    int n = b->n;
+    free(b);
+    if (!s) return;
+    if (!reply) return; /* every call of a batch is a write: kept for the resend */
+    size_t ok = 0;
+    const char *err = NULL;
+    if (reply->type == REDIS_REPLY_ERROR) err = reply->str;
+    else if (reply->type != REDIS_REPLY_ARRAY) err = "batch: not an array";
+    else {
+        for (ok = 0; ok < reply->elements && ok < (size_t)n; ok++)
+            if (reply->element[ok]->type == REDIS_REPLY_ERROR) {
+                err = reply->element[ok]->str;
+                break;
+            }
+        if (!err && ok < (size_t)n) err = "batch: fewer replies than calls";
+    }
+    for (size_t i = 0; i < ok; i++) {
+        write_req *next = w->next;
+        observe(s, w);
+        unlink_req(s, w);
+        s->had_error = 0;
+        s->acked++;
+        sink_ack_cb ack = w->ack;
+        sink_reply_cb rcb = w->rcb;
+        void *ud = w->ud;
+        req_free(w);
+        const redisReply *e = reply->element[i];
+        if (ack) {
+            int status = e->type == REDIS_REPLY_INTEGER ? (int)e->integer : 1;
+            if (status == 0) s->repeats++;
+            ack(ud, status);
+        } else if (rcb) {
+            rcb(ud, e);
+        }
+        w = next;
+    }
+    if (err) {
+        log_error("redis_write_error", "error=\"%.200s\" retry_ms=%d", err, s->backoff_ms);
+        s->had_error = 1;
+        if (s->ac) redisAsyncDisconnect(s->ac);
+    }
+}
+
 static void send_req(redis_sink_t *s, write_req *w) {
     if (w->script >= 0) {
         memcpy(w->argv[1], s->sha[w->script], 40);
@@ -169,6 +244,87 @@ static void send_req(redis_sink_t *s, write_req *w) {
     if (redisAsyncCommandArgv(s->ac, on_write_reply, w, w->argc, (const char **)w->argv, w->argvlen) == REDIS_OK)
         w->sent_gen = s->gen;
 }
+
+/* Whether w can ride in a batch: a script call (a write). */
+static int batchable(const redis_sink_t *s, const write_req *w) { return w->script >= 0 && s->batch_script > 0; }
+
+static void on_batch_reply(redisAsyncContext *ac, void *r, void *privdata);
+
+/* Sends the n script calls from first as one EVALSHA of the batch script:
+ * ARGV = n, then per call: script index, number of keys, number of
+ * arguments, the keys, the arguments. */
+static void send_batch(redis_sink_t *s, write_req *first, int n) {
+    if (n == 1) {
+        send_req(s, first);
+        return;
+    }
+    size_t argc = 4;
+    write_req *w = first;
+    for (int i = 0; i < n; i++, w = w->next) argc += 3 + (size_t)(w->argc - 3);
+    const char **argv = xmalloc(argc * sizeof *argv);
+    size_t *lens = xmalloc(argc * sizeof *lens);
+    char *nums = xmalloc((size_t)(1 + 3 * n) * 12);
+    char *np = nums;
+    size_t k = 0;
+#define NUM(v) do { int len_ = snprintf(np, 12, "%d", (int)(v)); argv[k] = np; lens[k++] = (size_t)len_; np += 12; } while (0)
+    argv[k] = "EVALSHA"; lens[k++] = 7;
+    argv[k] = s->sha[s->batch_script]; lens[k++] = 40;
+    argv[k] = "0"; lens[k++] = 1;
+    NUM(n);
+    int64_t now = s->lat_cb ? now_mono_us() : 0;
+    w = first;
+    for (int i = 0; i < n; i++, w = w->next) {
+        NUM(w->script);
+        NUM(w->nkeys);
+        NUM(w->argc - 3 - w->nkeys);
+        for (int a = 3; a < w->argc; a++) {
+            argv[k] = w->argv[a];
+            lens[k++] = w->argvlen[a];
+        }
+        w->sent_us = now;
+    }
+#undef NUM
+    batch_req *b = xmalloc(sizeof *b);
+    b->first = first;
+    b->n = n;
+    if (redisAsyncCommandArgv(s->ac, on_batch_reply, b, (int)k, argv, lens) == REDIS_OK) {
+        w = first;
+        for (int i = 0; i < n; i++, w = w->next) w->sent_gen = s->gen;
+    } else {
+        free(b);
+    }
+    free(argv);
+    free(lens);
+    free(nums);
+}
+
+/* Sends every request not yet sent, in order, consecutive script calls
+ * together. */
+static void flush_unsent(redis_sink_t *s) {
+    s->flush_armed = 0;
+    if (!s->ac || s->n_loaded < s->n_scripts) return; /* sent once the connection is ready */
+    write_req *w = s->unsent;
+    s->unsent = NULL;
+    while (w) {
+        if (!batchable(s, w)) {
+            write_req *next = w->next;
+            send_req(s, w);
+            w = next;
+            continue;
+        }
+        write_req *first = w;
+        int n = 0;
+        size_t bytes = 0;
+        while (w && batchable(s, w) && n < BATCH_MAX_CALLS && bytes < BATCH_MAX_BYTES) {
+            for (int a = 3; a < w->argc; a++) bytes += w->argvlen[a];
+            n++;
+            w = w->next;
+        }
+        send_batch(s, first, n);
+    }
+}
+
+static void flush_cb(evutil_socket_t fd, short what, void *arg) { flush_unsent(arg); }
 
 static void on_script_loaded(redisAsyncContext *ac, void *r, void *privdata) {
     redis_sink_t *s = ac->data;
@@ -186,11 +342,9 @@ static void on_script_loaded(redisAsyncContext *ac, void *r, void *privdata) {
     if (++s->n_loaded < s->n_scripts) return;
     if (!s->had_error) s->backoff_ms = 100;
     /* Resend, in order, everything not yet acknowledged. */
-    size_t resent = 0;
-    for (write_req *w = s->head; w; w = w->next) {
-        send_req(s, w);
-        resent++;
-    }
+    size_t resent = s->inflight;
+    s->unsent = s->head;
+    flush_unsent(s);
     log_info("redis_ready", "host=%s port=%d scripts=%d resent=%zu", s->cfg->redis_host, s->cfg->redis_port,
              s->n_scripts, resent);
     set_ready(s, 1);
@@ -230,6 +384,7 @@ static void on_disconnect(const redisAsyncContext *cac, int status) {
     if (!s) return;
     s->ac = NULL;
     for (write_req *w = s->head; w; w = w->next) w->sent_gen = 0;
+    s->unsent = s->head;
     set_ready(s, 0);
     if (s->stopping) return;
     log_warn("redis_disconnected", "error=\"%s\" pending=%zu retry_ms=%d", status == REDIS_OK ? "closed" : cac->errstr,
@@ -267,18 +422,65 @@ redis_sink_t *redis_sink_new(struct event_base *base, const config_t *cfg, sink_
     s->state_ud = state_ud;
     s->backoff_ms = 100;
     s->retry_ev = evtimer_new(base, retry_cb, s);
-    if (!s->retry_ev) { free(s); return NULL; }
+    s->flush_ev = event_new(base, -1, 0, flush_cb, s);
+    if (!s->retry_ev || !s->flush_ev) {
+        if (s->retry_ev) event_free(s->retry_ev);
+        if (s->flush_ev) event_free(s->flush_ev);
+        free(s);
+        return NULL;
+    }
     s->lua[s->n_scripts++] = xstrdup(CLAIM_PUSH_LUA);
     return s;
 }
 
 int redis_sink_add_script(redis_sink_t *s, const char *lua) {
-    if (s->n_scripts == MAX_SCRIPTS || s->ac) return -1;
+    if (s->n_scripts == MAX_SCRIPTS || s->ac || s->batch_script) return -1;
     s->lua[s->n_scripts] = xstrdup(lua);
     return s->n_scripts++;
 }
 
-void redis_sink_start(redis_sink_t *s) { connect_now(s); }
+/* The batch script: every registered script's body as a function of
+ * (KEYS, ARGV), called in turn under pcall; the first failure ends the batch
+ * (its error is the last element), so nothing after a failed call runs and
+ * the resend repeats exactly what did not happen. */
+static char *build_batch_script(const redis_sink_t *s) {
+    strbuf b;
+    sb_init(&b);
+    sb_puts(&b, "local S = {}\n");
+    for (int i = 0; i < s->n_scripts; i++) {
+        sb_printf(&b, "S[%d] = function(KEYS, ARGV)\n", i);
+        sb_puts(&b, s->lua[i]);
+        sb_puts(&b, "\nend\n");
+    }
+    sb_puts(&b, "local out, p = {}, 2\n"
+                "for c = 1, tonumber(ARGV[1]) do\n"
+                "  local idx, nk, na = tonumber(ARGV[p]), tonumber(ARGV[p + 1]), tonumber(ARGV[p + 2])\n"
+                "  p = p + 3\n"
+                "  local K, A = {}, {}\n"
+                "  for j = 1, nk do K[j] = ARGV[p]; p = p + 1 end\n"
+                "  for j = 1, na do A[j] = ARGV[p]; p = p + 1 end\n"
+                "  local ok, r = pcall(S[idx], K, A)\n"
+                "  if not ok then\n"
+                "    if type(r) == 'table' and r.err then out[c] = r else out[c] = {err = tostring(r)} end\n"
+                "    return out\n"
+                "  end\n"
+                "  if r == nil then r = false end\n"
+                "  out[c] = r\n"
+                "  if type(r) == 'table' and r.err then return out end\n"
+                "end\n"
+                "return out\n");
+    char *out = xstrndup(b.s, b.len);
+    sb_free(&b);
+    return out;
+}
+
+void redis_sink_start(redis_sink_t *s) {
+    if (!s->batch_script) {
+        s->lua[s->n_scripts] = build_batch_script(s);
+        s->batch_script = s->n_scripts++;
+    }
+    connect_now(s);
+}
 
 void redis_sink_free(redis_sink_t *s) {
     if (!s) return;
@@ -295,6 +497,7 @@ void redis_sink_free(redis_sink_t *s) {
     }
     for (int i = 0; i < s->n_scripts; i++) free(s->lua[i]);
     event_free(s->retry_ev);
+    event_free(s->flush_ev);
     free(s);
 }
 
@@ -310,12 +513,22 @@ static void req_set(write_req *w, int i, const char *p, size_t n) {
     w->argvlen[i] = n;
 }
 
+/* Script calls wait for the end of the current callbacks (the flush event
+ * runs right after them, before the loop polls again) so that they leave
+ * together; anything else leaves at once, after what waits before it. */
 static void enqueue(redis_sink_t *s, write_req *w) {
     w->prev = s->tail;
     if (s->tail) s->tail->next = w; else s->head = w;
     s->tail = w;
     s->inflight++;
-    if (s->ready && s->ac) send_req(s, w);
+    if (!s->unsent) s->unsent = w;
+    if (!s->ac || s->n_loaded < s->n_scripts) return; /* sent once the connection is ready */
+    if (!batchable(s, w)) {
+        flush_unsent(s);
+    } else if (!s->flush_armed) {
+        s->flush_armed = 1;
+        event_active(s->flush_ev, 0, 0);
+    }
 }
 
 #define SHA_PLACEHOLDER "0000000000000000000000000000000000000000" /* the sha, filled at send time */
@@ -339,6 +552,7 @@ void redis_sink_push(redis_sink_t *s, const char *claim_key, const char *queue_k
     for (int k = 0; k < nfields; k++) req_set(w, i++, fields[k], lens[k]);
     w->argc = i;
     w->script = 0;
+    w->nkeys = 2;
     w->resend = 1;
     w->ack = cb;
     w->ud = ud;
