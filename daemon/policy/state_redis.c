@@ -32,7 +32,7 @@
  * Redis runs them as they are; under Redis Cluster the member's keys would be
  * declared as KEYS and the timer set and queue hash-tagged by partition. */
 #define LUA_PRELUDE \
-    "local A, i = ARGV, 0\n" \
+    "local A, i\n" \
     "local function nx() i = i + 1; return A[i] end\n" \
     "local RS, US = '\\30', '\\31'\n" \
     "local function parts(s, n)\n" \
@@ -49,12 +49,17 @@
      * failing command stays written. So every script checks the one \
      * command that can fail (a push to a queue of the wrong type) before \
      * its first write, and push() sets the claim only after the push. */ \
+    /* once per queue and batch: nothing else runs while a batch does, and \
+     * its own pushes keep the type */ \
+    "local guarded = {}\n" \
     "local function guard(queue, kind)\n" \
+    "  if guarded[queue] == kind then return end\n" \
     "  local t = redis.call('TYPE', queue)\n" \
     "  t = t['ok'] or t\n" \
     "  if t ~= 'none' and t ~= kind then\n" \
     "    error({err = 'WRONGTYPE grant queue ' .. queue .. ' is a ' .. t .. ', not a ' .. kind})\n" \
     "  end\n" \
+    "  guarded[queue] = kind\n" \
     "end\n" \
     /* Guards the issue block that follows the arguments read so far. */ \
     "local function precheck() if A[i + 1] == 'g' then guard(A[i + 4], A[i + 5]) end end\n" \
@@ -185,12 +190,14 @@
     "  local now, due, why, cancel = tonumber(nx()), nx(), nx(), nx()\n" \
     "  local target, dev, ip, pool = nx(), nx(), nx(), nx()\n" \
     "  if redis.call('EXISTS', claim) == 1 then return {0} end\n" \
-    "  if redis.call('HEXISTS', waits, gid) == 1 then return {2} end\n" \
-    "  local all = redis.call('HGETALL', waits)\n" \
+    /* this very wait (a resend) before another pending one of the rule */ \
+    "  local all, other = redis.call('HGETALL', waits), false\n" \
     "  for k = 1, #all, 2 do\n" \
+    "    if all[k] == gid then return {2} end\n" \
     "    local w = parts(all[k + 1], 3)\n" \
-    "    if w[2] == rule and tonumber(w[1]) >= now then return {3} end\n" \
+    "    if w[2] == rule and tonumber(w[1]) >= now then other = true end\n" \
     "  end\n" \
+    "  if other then return {3} end\n" \
     "  redis.call('HSET', waits, gid, due .. RS .. rule .. RS .. cancel)\n" \
     "  redis.call('SET', wkey, timers .. RS .. tm .. RS .. queue .. RS .. kind .. RS .. maxlen .. RS .. why .. RS ..\n" \
     "    target .. RS .. dev .. RS .. ip .. RS .. pool .. RS .. json)\n" \
@@ -198,11 +205,16 @@
     "  return {2}\n" \
     "end\n"
 
+/* Every script that reads its arguments with nx() starts here: the
+ * prelude is shared by the batch, its cursor is per call. */
+#define LUA_START "A, i = ARGV, 0\n"
+static const char LUA_SHARED[] = LUA_PRELUDE;
+
 /* GRANT and SCHEDULE intents. */
-static const char LUA_ISSUE[] = LUA_PRELUDE "return issue()\n";
+static const char LUA_ISSUE[] = LUA_START "return issue()\n";
 
 /* COUNT_GRANT: key, ts, floor ("(ts-within"), ttl, N, occurrence, then an issue block. */
-static const char LUA_COUNT[] = LUA_PRELUDE
+static const char LUA_COUNT[] = LUA_START
     "local key, ts, floor, ttl, n, occ = nx(), nx(), nx(), nx(), tonumber(nx()), nx()\n"
     "precheck()\n"
     "redis.call('ZREMRANGEBYSCORE', key, '-inf', floor)\n"
@@ -215,7 +227,7 @@ static const char LUA_COUNT[] = LUA_PRELUDE
 
 /* CANCEL: waits, wait-key prefix, ts, event name. Waits due before ts have
  * fired (or are firing): never cancelled. */
-static const char LUA_CANCEL[] = LUA_PRELUDE
+static const char LUA_CANCEL[] = LUA_START
     "local waits, wpfx, ts, name = nx(), nx(), tonumber(nx()), nx()\n"
     "local out = {6}\n"
     "local all = redis.call('HGETALL', waits)\n"
@@ -253,7 +265,7 @@ static const char LUA_TOUCHES[] =
  * block of the rule as it is now (limits are checked at the grant moment);
  * its subjects come from the body (written by this build: 11 fields; a body
  * of the previous build has 7 and no subjects). */
-static const char LUA_FIRE[] = LUA_PRELUDE
+static const char LUA_FIRE[] = LUA_START
     "local waits, wkey, gid, timers, tm, mode, claim, ttl = nx(), nx(), nx(), nx(), nx(), nx(), nx(), nx()\n"
     "local p = read_pol()\n"
     "local body = redis.call('GET', wkey)\n"
@@ -276,7 +288,7 @@ static const char LUA_FIRE[] = LUA_PRELUDE
  * then an issue block. Once per silence: the marker holds the `last` that
  * fired; the member leaves the index until its next activity re-adds it, so
  * a poll reads only silences not yet fired. */
-static const char LUA_INACT[] = LUA_PRELUDE
+static const char LUA_INACT[] = LUA_START
     "local seen, user, last, marker, mttl = nx(), nx(), nx(), nx(), nx()\n"
     "precheck()\n"
     "local s = redis.call('ZSCORE', seen, user)\n"
@@ -292,7 +304,7 @@ static const char LUA_INACT[] = LUA_PRELUDE
  * 'r' a holdout assignment into the recent hash key: field is
  * "h:RULE RS variant RS at RS window RS keep", window being the rule's
  * attribution window (kept while one inside its window stands). */
-static const char LUA_STATS[] = LUA_PRELUDE
+static const char LUA_STATS[] = LUA_START
     /* counters are summed first: one HINCRBY per (key, field) of the batch */
     "local sums, order = {}, {}\n"
     "for k = 1, #ARGV, 3 do\n"
@@ -324,7 +336,7 @@ static const char LUA_STATS[] = LUA_PRELUDE
  * once per grant id (SET NX) or per holdout member (SADD :conv)). Arguments:
  * kind, prefix, member, ts, window, keep, grant id; window is the default
  * for a field that carries none, keep - window the margin. */
-static const char LUA_LOOP[] = LUA_PRELUDE
+static const char LUA_LOOP[] = LUA_START
     "local kind, P, user, ts, lw, keep, gid = nx(), nx(), nx(), tonumber(nx()), tonumber(nx()), tonumber(nx()), nx()\n"
     "local M = P .. '{u:' .. user .. '}:'\n"
     "local rk = M .. 'recent'\n"
@@ -764,6 +776,10 @@ redis_store_t *redis_store_new(redis_sink_t *sink, const config_t *cfg, ruleset_
     a_init(&st->sb);
     static const char *const lua[S_N] = {LUA_ISSUE, LUA_COUNT, LUA_CANCEL, LUA_TOUCHES, LUA_FIRE, LUA_INACT, LUA_STATS,
                                          LUA_LOOP};
+    if (redis_sink_set_prelude(sink, LUA_SHARED) != 0) {
+        redis_store_free(st);
+        return NULL;
+    }
     for (int i = 0; i < S_N; i++) {
         st->sh[i] = redis_sink_add_script(sink, lua[i]);
         if (st->sh[i] < 0) {

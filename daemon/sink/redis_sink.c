@@ -74,10 +74,12 @@ struct redis_sink {
     redisAsyncContext *ac;
     int ready;             /* connected, authenticated, every script loaded */
     uint64_t gen;          /* bumped on every new connection */
-    char *lua[MAX_SCRIPTS + 1];    /* the last one is the batch script */
-    char sha[MAX_SCRIPTS + 1][41];
-    int n_scripts, n_loaded;
-    int batch_script;              /* its index, once built (at start) */
+    char *prelude;                 /* shared by the scripts (redis_sink_set_prelude) */
+    char *lua[MAX_SCRIPTS];
+    int n_scripts;
+    char *batch_lua;               /* built at start from the prelude and the scripts */
+    char batch_sha[41];
+    int loaded;                    /* the batch script is loaded on this connection */
     write_req *head, *tail;
     write_req *unsent;             /* the first request not yet sent on this connection; all after it too */
     struct event *flush_ev;        /* sends what the current callbacks queued, as batches */
@@ -236,17 +238,13 @@ static void on_batch_reply(redisAsyncContext *ac, void *r, void *privdata) {
 }
 
 static void send_req(redis_sink_t *s, write_req *w) {
-    if (w->script >= 0) {
-        memcpy(w->argv[1], s->sha[w->script], 40);
-        w->argvlen[1] = 40;
-    }
     if (s->lat_cb) w->sent_us = now_mono_us();
     if (redisAsyncCommandArgv(s->ac, on_write_reply, w, w->argc, (const char **)w->argv, w->argvlen) == REDIS_OK)
         w->sent_gen = s->gen;
 }
 
-/* Whether w can ride in a batch: a script call (a write). */
-static int batchable(const redis_sink_t *s, const write_req *w) { return w->script >= 0 && s->batch_script > 0; }
+/* Whether w rides in a batch: every script call does (a read never). */
+static int batchable(const redis_sink_t *s, const write_req *w) { return w->script >= 0; }
 
 static void on_batch_reply(redisAsyncContext *ac, void *r, void *privdata);
 
@@ -254,10 +252,6 @@ static void on_batch_reply(redisAsyncContext *ac, void *r, void *privdata);
  * ARGV = n, then per call: script index, number of keys, number of
  * arguments, the keys, the arguments. */
 static void send_batch(redis_sink_t *s, write_req *first, int n) {
-    if (n == 1) {
-        send_req(s, first);
-        return;
-    }
     size_t argc = 4;
     write_req *w = first;
     for (int i = 0; i < n; i++, w = w->next) argc += 3 + (size_t)(w->argc - 3);
@@ -268,7 +262,7 @@ static void send_batch(redis_sink_t *s, write_req *first, int n) {
     size_t k = 0;
 #define NUM(v) do { int len_ = snprintf(np, 12, "%d", (int)(v)); argv[k] = np; lens[k++] = (size_t)len_; np += 12; } while (0)
     argv[k] = "EVALSHA"; lens[k++] = 7;
-    argv[k] = s->sha[s->batch_script]; lens[k++] = 40;
+    argv[k] = s->batch_sha; lens[k++] = 40;
     argv[k] = "0"; lens[k++] = 1;
     NUM(n);
     int64_t now = s->lat_cb ? now_mono_us() : 0;
@@ -302,7 +296,7 @@ static void send_batch(redis_sink_t *s, write_req *first, int n) {
  * together. */
 static void flush_unsent(redis_sink_t *s) {
     s->flush_armed = 0;
-    if (!s->ac || s->n_loaded < s->n_scripts) return; /* sent once the connection is ready */
+    if (!s->ac || !s->loaded) return; /* sent once the connection is ready */
     write_req *w = s->unsent;
     s->unsent = NULL;
     while (w) {
@@ -329,17 +323,15 @@ static void flush_cb(evutil_socket_t fd, short what, void *arg) { flush_unsent(a
 static void on_script_loaded(redisAsyncContext *ac, void *r, void *privdata) {
     redis_sink_t *s = ac->data;
     redisReply *reply = r;
-    int idx = (int)(intptr_t)privdata;
     if (!s || !reply) return;
     if (reply->type != REDIS_REPLY_STRING || reply->len != 40) {
-        log_error("redis_script_load_failed", "script=%d error=\"%.200s\"", idx,
-                  reply->type == REDIS_REPLY_ERROR ? reply->str : "?");
+        log_error("redis_script_load_failed", "error=\"%.200s\"", reply->type == REDIS_REPLY_ERROR ? reply->str : "?");
         redisAsyncDisconnect(ac);
         return;
     }
-    memcpy(s->sha[idx], reply->str, 40);
-    s->sha[idx][40] = '\0';
-    if (++s->n_loaded < s->n_scripts) return;
+    memcpy(s->batch_sha, reply->str, 40);
+    s->batch_sha[40] = '\0';
+    s->loaded = 1;
     if (!s->had_error) s->backoff_ms = 100;
     /* Resend, in order, everything not yet acknowledged. */
     size_t resent = s->inflight;
@@ -374,9 +366,8 @@ static void on_connect(const redisAsyncContext *cac, int status) {
         redisAsyncCommand(ac, on_setup_reply, "auth", "AUTH %s", s->cfg->redis_password);
     if (s->cfg->redis_db)
         redisAsyncCommand(ac, on_setup_reply, "select", "SELECT %d", s->cfg->redis_db);
-    s->n_loaded = 0;
-    for (int i = 0; i < s->n_scripts; i++)
-        redisAsyncCommand(ac, on_script_loaded, (void *)(intptr_t)i, "SCRIPT LOAD %s", s->lua[i]);
+    s->loaded = 0;
+    redisAsyncCommand(ac, on_script_loaded, NULL, "SCRIPT LOAD %s", s->batch_lua);
 }
 
 static void on_disconnect(const redisAsyncContext *cac, int status) {
@@ -433,8 +424,14 @@ redis_sink_t *redis_sink_new(struct event_base *base, const config_t *cfg, sink_
     return s;
 }
 
+int redis_sink_set_prelude(redis_sink_t *s, const char *lua) {
+    if (s->ac || s->batch_lua || s->prelude) return -1;
+    s->prelude = xstrdup(lua);
+    return 0;
+}
+
 int redis_sink_add_script(redis_sink_t *s, const char *lua) {
-    if (s->n_scripts == MAX_SCRIPTS || s->ac || s->batch_script) return -1;
+    if (s->n_scripts == MAX_SCRIPTS || s->ac || s->batch_lua) return -1;
     s->lua[s->n_scripts] = xstrdup(lua);
     return s->n_scripts++;
 }
@@ -446,7 +443,8 @@ int redis_sink_add_script(redis_sink_t *s, const char *lua) {
 static char *build_batch_script(const redis_sink_t *s) {
     strbuf b;
     sb_init(&b);
-    sb_puts(&b, "local S = {}\n");
+    if (s->prelude) sb_puts(&b, s->prelude);
+    sb_puts(&b, "\nlocal S = {}\n");
     for (int i = 0; i < s->n_scripts; i++) {
         sb_printf(&b, "S[%d] = function(KEYS, ARGV)\n", i);
         sb_puts(&b, s->lua[i]);
@@ -475,10 +473,7 @@ static char *build_batch_script(const redis_sink_t *s) {
 }
 
 void redis_sink_start(redis_sink_t *s) {
-    if (!s->batch_script) {
-        s->lua[s->n_scripts] = build_batch_script(s);
-        s->batch_script = s->n_scripts++;
-    }
+    if (!s->batch_lua) s->batch_lua = build_batch_script(s);
     connect_now(s);
 }
 
@@ -496,6 +491,8 @@ void redis_sink_free(redis_sink_t *s) {
         req_free(w);
     }
     for (int i = 0; i < s->n_scripts; i++) free(s->lua[i]);
+    free(s->prelude);
+    free(s->batch_lua);
     event_free(s->retry_ev);
     event_free(s->flush_ev);
     free(s);
@@ -522,7 +519,7 @@ static void enqueue(redis_sink_t *s, write_req *w) {
     s->tail = w;
     s->inflight++;
     if (!s->unsent) s->unsent = w;
-    if (!s->ac || s->n_loaded < s->n_scripts) return; /* sent once the connection is ready */
+    if (!s->ac || !s->loaded) return; /* sent once the connection is ready */
     if (!batchable(s, w)) {
         flush_unsent(s);
     } else if (!s->flush_armed) {

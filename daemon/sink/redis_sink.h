@@ -1,11 +1,16 @@
 /* redis_sink.h - the Redis side of the pipeline: hiredis async on the daemon's
  * libevent loop, one connection, every request in order.
  *
- * Writes are Lua scripts run by EVALSHA. The sink carries several scripts:
- * the built-in claim+push (script 0: SET NX PX an id and, only if the claim
- * is new, push to a stream or list) and any the caller registers before
- * starting (the Redis state store's scripts, state_redis.c). Every script is
- * loaded once per connection (SCRIPT LOAD) before anything is sent on it.
+ * Writes are Lua scripts. The sink carries several: the built-in claim+push
+ * (script 0: SET NX PX an id and, only if the claim is new, push to a stream
+ * or list) and any the caller registers before starting (the Redis state
+ * store's scripts, state_redis.c), with an optional prelude they share. They
+ * run inside one batch script, loaded once per connection (SCRIPT LOAD)
+ * before anything is sent on it: the calls queued by one pass of the event
+ * loop leave as one EVALSHA (at most 128), run in order, and the batch stops
+ * at the first call that fails. A script body sees its arguments as ARGV and
+ * KEYS (function parameters), and the prelude's locals as upvalues that live
+ * for one batch (a cache there holds for the batch only).
  *
  * Writes are kept until Redis acknowledges them: on a disconnect they are
  * resent, in order, after reconnecting (with backoff), so a write script must
@@ -36,8 +41,12 @@ typedef void (*sink_reply_cb)(void *ud, const redisReply *reply);
 typedef void (*sink_state_cb)(void *ud, int ready);
 
 redis_sink_t *redis_sink_new(struct event_base *base, const config_t *cfg, sink_state_cb state_cb, void *state_ud);
-/* Registers a Lua script (copied); returns its handle for redis_sink_eval.
- * Only before redis_sink_start. Handle 0 is the built-in claim+push. */
+/* Sets the Lua text that precedes every script in the batch (copied): shared
+ * helpers, defined once per batch. Only before redis_sink_start; 0 or -1. */
+int redis_sink_set_prelude(redis_sink_t *s, const char *lua);
+/* Registers a Lua script body (copied); returns its handle for
+ * redis_sink_eval. Only before redis_sink_start. Handle 0 is the built-in
+ * claim+push. */
 int redis_sink_add_script(redis_sink_t *s, const char *lua);
 /* Starts connecting; returns at once. */
 void redis_sink_start(redis_sink_t *s);
@@ -50,8 +59,8 @@ void redis_sink_push(redis_sink_t *s, const char *claim_key, const char *queue_k
                      long long maxlen, long long ttl_ms, int nfields, const char *const *fields,
                      const size_t *lens, sink_ack_cb cb, void *ud);
 
-/* Queues one EVALSHA of a registered script with numkeys 0 and these
- * arguments (copied): a write, held and resent until acknowledged. */
+/* Queues one call of a registered script with these arguments (copied) as
+ * ARGV and no KEYS: a write, held and resent until acknowledged. */
 void redis_sink_eval(redis_sink_t *s, int script, int nargs, const char *const *args, const size_t *lens,
                      sink_reply_cb cb, void *ud);
 /* Queues one read-only command (copied). Not resent: cb(ud, NULL) when the
