@@ -139,9 +139,13 @@ static void envelope_fields(const decode_map_t *m, cJSON *root, cJSON *out[F_N])
     }
     for (cJSON *c = root->child; c && n_top; c = c->next) {
         if (!c->string) continue;
+        /* the first two bytes settle almost every pair without a call (the
+         * names are non-empty, so a match on byte 0 makes byte 1 readable) */
+        const char *name = c->string;
         for (int k = 0; k < n_top; k++) {
             int f = top[k];
-            if (strcmp(c->string, path[f]) == 0) {
+            const char *want = path[f];
+            if (name[0] == want[0] && name[1] == want[1] && (!want[1] || strcmp(name + 2, want + 2) == 0)) {
                 out[f] = c;
                 top[k] = top[--n_top]; /* found: later members of that name do not count */
                 k--;
