@@ -2,6 +2,7 @@
 #include "event.h"
 #include "../core/util.h"
 
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -202,21 +203,52 @@ static void *arena_alloc(size_t n) {
  * partial tree included). */
 static void arena_release(void *p) { (void)p; }
 
+/* One chunk kept from event to event: a fresh chunk per event (and often a
+ * second when the tree outgrew the first) kept malloc busy and, as the
+ * heap grew around them, took fresh pages from the kernel. An event whose
+ * tree took several chunks leaves behind one chunk of their whole size, so
+ * the spare settles at what the largest event needs. Shared by all threads
+ * (an atomic swap; a chunk in flight is simply one more malloc). */
+static _Atomic(arena_chunk *) spare_chunk;
+
 static void arena_free_all(void *head) {
-    for (arena_chunk *c = head, *n; c; c = n) {
-        n = c->next;
-        free(c);
+    arena_chunk *c = head;
+    if (!c) return;
+    size_t total = 0, nchunks = 0;
+    for (arena_chunk *k = c; k; k = k->next) {
+        total += k->cap;
+        nchunks++;
     }
+    if (nchunks > 1) {
+        for (arena_chunk *n; c; c = n) {
+            n = c->next;
+            free(c);
+        }
+        c = malloc(sizeof *c + total);
+        if (!c) return;
+        c->cap = total;
+    }
+    c->next = NULL;
+    free(atomic_exchange(&spare_chunk, c));
 }
 
-/* The first chunk is sized from the message: a tree costs a few times its
- * text (a 64-byte node per value plus the strings). */
+/* The first chunk is the spare when it is large enough, else sized from the
+ * message: a tree costs a few times its text (a 64-byte node per value plus
+ * the strings). */
 static cJSON *parse_in_arena(event_t *ev, const char *buf, size_t len, const char **end) {
-    arena_chunk *first = malloc(sizeof *first + 4 * len + 512);
-    if (!first) return NULL;
+    size_t want = 4 * len + 512;
+    arena_chunk *first = atomic_exchange(&spare_chunk, NULL);
+    if (first && first->cap < want) {
+        free(first);
+        first = NULL;
+    }
+    if (!first) {
+        first = malloc(sizeof *first + want);
+        if (!first) return NULL;
+        first->cap = want;
+    }
     first->next = NULL;
     first->used = 0;
-    first->cap = 4 * len + 512;
     ev->arena = first;
     parse_arena = (arena_chunk **)&ev->arena;
     cJSON_Hooks hooks = {.malloc_fn = arena_alloc, .free_fn = arena_release};
