@@ -62,6 +62,27 @@ void sb_printf(strbuf *b, const char *fmt, ...) {
     va_end(ap);
     b->len += (size_t)n;
 }
+void sb_cat(strbuf *b, ...) {
+    va_list ap;
+    va_start(ap, b);
+    for (const char *s; (s = va_arg(ap, const char *)) != NULL;) sb_append(b, s, strlen(s));
+    va_end(ap);
+}
+void sb_put_i64(strbuf *b, long long v) {
+    char tmp[24], *p = tmp + sizeof tmp;
+    /* in unsigned arithmetic: -LLONG_MIN does not fit a long long */
+    unsigned long long u = v < 0 ? 0ULL - (unsigned long long)v : (unsigned long long)v;
+    do {
+        *--p = (char)('0' + u % 10);
+        u /= 10;
+    } while (u);
+    if (v < 0) *--p = '-';
+    sb_append(b, p, (size_t)(tmp + sizeof tmp - p));
+}
+void put_hex16(char *out, uint64_t v) {
+    static const char hex[] = "0123456789abcdef";
+    for (int i = 15; i >= 0; i--, v >>= 4) out[i] = hex[v & 15];
+}
 void sb_json_str(strbuf *b, const char *s, size_t n) {
     static const char hex[] = "0123456789abcdef";
     sb_grow(b, n + 2);

@@ -467,7 +467,7 @@ static lim_t *lim_get(store_t *s, const char *key);
 
 static void stat_add(store_t *s, const char *rule, const char *variant, const char *field, long long n) {
     sb_reset(&s->skey);
-    sb_printf(&s->skey, "%s\x1f%s\x1f%s", rule, variant ? variant : "-", field);
+    sb_cat(&s->skey, rule, "\x1f", variant ? variant : "-", "\x1f", field, (char *)NULL);
     void **v = smap_slot(&s->stats, s->skey.s, 1);
     if (!*v) *v = xcalloc(1, sizeof(lim_t));
     ((lim_t *)*v)->count += n;
@@ -506,7 +506,7 @@ static void loop_holdout(store_t *s, const char *rule, const char *variant, cons
     if (!s->loop_window || !user) return;
     member_t *m = member_get(s, user);
     sb_reset(&s->key);
-    sb_printf(&s->key, "h:%s", rule);
+    sb_cat(&s->key, "h:", rule, (char *)NULL);
     recent_t *r = recent_find(m, s->key.s);
     if (r && r->ms > at - r->window) return;
     recent_set(m, s->key.s, rule, variant, at, rule_attribution_ms(s->rs ? ruleset_find(s->rs, rule) : NULL, s->loop_window));
@@ -519,7 +519,7 @@ static void stat_reason(store_t *s, const char *rule, const char *variant, const
     if (strcmp(reason, "holdout")) return;
     loop_holdout(s, rule, variant, user, at);
     sb_reset(&s->skey);
-    sb_printf(&s->skey, "%s\x1f%s\x1f%s", rule, variant ? variant : "-", user);
+    sb_cat(&s->skey, rule, "\x1f", variant ? variant : "-", "\x1f", user, (char *)NULL);
     void **v = smap_slot(&s->held, s->skey.s, 1);
     if (*v) return;
     *v = (void *)1;
@@ -584,7 +584,7 @@ typedef struct lcheck {
 static int blocked(store_t *s, const char *kind, const char *v) {
     if (!v || !*v) return 0;
     sb_reset(&s->key);
-    sb_printf(&s->key, "%s:%s", kind, v);
+    sb_cat(&s->key, kind, ":", v, (char *)NULL);
     return smap_get(&s->blocks, s->key.s) != NULL;
 }
 
@@ -639,7 +639,7 @@ static void grant(store_t *s, const greq *q, store_out_cb cb, void *ud) {
     void **gslot = NULL;
     if (q->group) {
         sb_reset(&s->skey);
-        sb_printf(&s->skey, "%s\x1f%s\x1f%s", q->user, q->group, q->group_occ ? q->group_occ : "");
+        sb_cat(&s->skey, q->user, "\x1f", q->group, "\x1f", q->group_occ ? q->group_occ : "", (char *)NULL);
         gslot = smap_slot(&s->groups, s->skey.s, 1);
         if (*gslot && strcmp(*gslot, q->grant_id) != 0) why = "group lost";
     }
@@ -652,36 +652,36 @@ static void grant(store_t *s, const greq *q, store_out_cb cb, void *ud) {
     if (r && r->per_user.count) {
         chk[nchk] = (lcheck){.count = r->per_user.count, .period = r->per_user.period_ms, .reason = "limit per_user"};
         sb_init(&chk[nchk].key);
-        sb_printf(&chk[nchk++].key, "{u:%s}:lim:%s", q->target, r->id);
+        sb_cat(&chk[nchk++].key, "{u:", q->target, "}:lim:", r->id, (char *)NULL);
     }
     if (r && r->per_device.count && q->device && *q->device) {
         chk[nchk] = (lcheck){.count = r->per_device.count, .period = r->per_device.period_ms, .reason = "limit per_device"};
         sb_init(&chk[nchk].key);
-        sb_printf(&chk[nchk++].key, "lim:%s:dev:%s", r->id, q->device);
+        sb_cat(&chk[nchk++].key, "lim:", r->id, ":dev:", q->device, (char *)NULL);
     }
     if (r && r->per_ip.count && q->ip && *q->ip) {
         chk[nchk] = (lcheck){.count = r->per_ip.count, .period = r->per_ip.period_ms, .reason = "limit per_ip"};
         sb_init(&chk[nchk].key);
-        sb_printf(&chk[nchk++].key, "lim:%s:ip:%s", r->id, q->ip);
+        sb_cat(&chk[nchk++].key, "lim:", r->id, ":ip:", q->ip, (char *)NULL);
     }
     /* the daemon-wide frequency cap: grants to the recipient across all rules */
     if (s->fcap_count) {
         chk[nchk] = (lcheck){.count = s->fcap_count, .period = s->fcap_period, .reason = "frequency cap"};
         sb_init(&chk[nchk].key);
-        sb_printf(&chk[nchk++].key, "{u:%s}:fcap", q->target);
+        sb_cat(&chk[nchk++].key, "{u:", q->target, "}:fcap", (char *)NULL);
     }
     for (size_t i = 0; !why && i < nchk; i++)
         if (lim_count(lim_get(s, chk[i].key.s), q->at, chk[i].period) >= (size_t)chk[i].count) why = chk[i].reason;
     lim_t *budget = NULL, *daily = NULL;
     if (r && r->budget) {
         sb_reset(&s->key);
-        sb_printf(&s->key, "budget:%s", r->id);
+        sb_cat(&s->key, "budget:", r->id, (char *)NULL);
         budget = lim_get(s, s->key.s);
         if (!why && budget->count >= r->budget) why = "budget";
     }
     if (r && r->daily_budget) {
         sb_reset(&s->key);
-        sb_printf(&s->key, "budget:%s:%s", r->id, policy_day(&s->day, s->tz, q->at));
+        sb_cat(&s->key, "budget:", r->id, ":", policy_day(&s->day, s->tz, q->at), (char *)NULL);
         daily = lim_get(s, s->key.s);
         if (!why && daily->count >= r->daily_budget) why = "daily budget";
     }
@@ -932,7 +932,7 @@ static void touch(store_t *s, const ruleset_t *rs, const intent_t *in) {
  * state_redis.c does the same). */
 static int guard_nx(store_t *s, smap *m, const char *a, const char *b, const char *c) {
     sb_reset(&s->key);
-    sb_printf(&s->key, "%s\x1f%s%s%s", a, b, c ? "\x1f" : "", c ? c : "");
+    sb_cat(&s->key, a, "\x1f", b, c ? "\x1f" : "", c ? c : "", (char *)NULL);
     void **v = smap_slot(m, s->key.s, 1);
     if (*v) return 0;
     *v = (void *)1;

@@ -524,7 +524,7 @@ static void put_num(double n, strbuf *out, int json) {
         return;
     }
     if (n == 0) sb_putc(out, '0');  /* also -0 */
-    else if (n == floor(n) && fabs(n) <= 9007199254740992.0) sb_printf(out, "%.0f", n);
+    else if (n == floor(n) && fabs(n) <= 9007199254740992.0) sb_put_i64(out, (long long)n); /* = "%.0f" here */
     else sb_printf(out, "%.15g", n);
 }
 

@@ -96,11 +96,60 @@ static void test_iso_short_buffer(void **state) {
     }
 }
 
+static void test_sb_put_i64(void **state) {
+    (void)state;
+    static const long long v[] = {0, 1, -1, 9, 10, -10, 99, 100, 1234567890123LL, 9223372036854775807LL,
+                                  -9223372036854775807LL - 1};
+    char want[32];
+    strbuf b;
+    sb_init(&b);
+    for (size_t i = 0; i < sizeof v / sizeof v[0]; i++) {
+        sb_reset(&b);
+        sb_put_i64(&b, v[i]);
+        snprintf(want, sizeof want, "%lld", v[i]);
+        assert_string_equal(b.s, want);
+    }
+    /* what expressions print for a whole number: "%.0f" of it */
+    for (int i = 0; i < 200000; i++) {
+        double n = (double)((int64_t)(next_rand() >> (i % 64)) % 9007199254740993LL);
+        if (i & 1) n = -n;
+        sb_reset(&b);
+        sb_put_i64(&b, (long long)n);
+        snprintf(want, sizeof want, "%.0f", n);
+        if (n == 0) snprintf(want, sizeof want, "0");
+        assert_string_equal(b.s, want);
+    }
+    sb_free(&b);
+}
+
+static void test_put_hex16_and_sb_cat(void **state) {
+    (void)state;
+    char got[17], want[17];
+    for (int i = 0; i < 100000; i++) {
+        uint64_t v = i < 3 ? (uint64_t[]){0, 1, UINT64_MAX}[i] : next_rand() >> (i % 64);
+        put_hex16(got, v);
+        got[16] = '\0';
+        snprintf(want, sizeof want, "%016llx", (unsigned long long)v);
+        assert_string_equal(got, want);
+    }
+    strbuf b;
+    sb_init(&b);
+    sb_cat(&b, "", (char *)NULL);
+    assert_non_null(b.s);
+    assert_string_equal(b.s, "");
+    sb_cat(&b, "{u:", "m1", "}:lim:", "r\x1f", "", "x", (char *)NULL);
+    assert_string_equal(b.s, "{u:m1}:lim:r\x1fx");
+    assert_int_equal(b.len, strlen("{u:m1}:lim:r\x1fx"));
+    sb_free(&b);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_iso_edges),
         cmocka_unit_test(test_iso_random),
         cmocka_unit_test(test_iso_short_buffer),
+        cmocka_unit_test(test_sb_put_i64),
+        cmocka_unit_test(test_put_hex16_and_sb_cat),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
