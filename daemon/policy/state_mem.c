@@ -127,6 +127,7 @@ typedef struct hslot {
 struct store {
     hslot *slots;             /* members */
     size_t cap, n;
+    member_t *last;           /* the member last looked up */
     hslot *claims;            /* the stand-in for Redis claims: a set of grant ids */
     size_t ccap, cn;
     timer_t_ *heap;
@@ -266,20 +267,22 @@ static void hslot_reserve(hslot **slots, size_t *cap, size_t n) {
 }
 
 static member_t *member_get(store_t *s, const char *id) {
+    /* an event's intents (touch, grants, waits, counts) are mostly one member's */
+    if (s->last && strcmp(s->last->id, id) == 0) return s->last;
     hslot_reserve(&s->slots, &s->cap, s->n);
     size_t len;
     uint64_t h = hkey(id, &len);
     size_t j = (size_t)h & (s->cap - 1);
     while (s->slots[j].p) {
         member_t *m = s->slots[j].p;
-        if (s->slots[j].h == h && strcmp(m->id, id) == 0) return m;
+        if (s->slots[j].h == h && strcmp(m->id, id) == 0) return s->last = m;
         j = (j + 1) & (s->cap - 1);
     }
     member_t *m = xcalloc(1, sizeof *m);
     m->id = xstrndup(id, len);
     s->slots[j] = (hslot){h, m};
     s->n++;
-    return m;
+    return s->last = m;
 }
 
 /* The slot of grant id `id` in the claims (its hash in *h): a claimed id's,
