@@ -174,29 +174,40 @@ static const char *nonempty_string(const cJSON *j) {
  * heap memory. */
 typedef struct arena_chunk {
     struct arena_chunk *next;
-    size_t used, cap;
+    size_t cap;
     max_align_t data[];
 } arena_chunk;
 
 #define ARENA_MIN_CHUNK 4096
 
 static arena_chunk **parse_arena; /* the event being parsed: its chunk list */
+static char *bump, *bump_end;      /* the free part of its newest chunk */
 
+/* A new chunk for an allocation that does not fit the current one. */
+static __attribute__((noinline)) void *arena_grow(size_t n) {
+    size_t cap = n > ARENA_MIN_CHUNK ? n : ARENA_MIN_CHUNK;
+    arena_chunk *nc = malloc(sizeof *nc + cap);
+    if (!nc) return NULL; /* cJSON reports the parse as failed */
+    nc->next = *parse_arena;
+    nc->cap = cap;
+    *parse_arena = nc;
+    bump = (char *)nc->data + n;
+    bump_end = (char *)nc->data + cap;
+    return nc->data;
+}
+
+/* cJSON calls this for every node and string: a leaf that bumps a pointer.
+ * Rounded to malloc's alignment (_Alignof, 16), not sizeof(max_align_t)
+ * (32), which left most strings half empty. */
 static void *arena_alloc(size_t n) {
-    n = (n + sizeof(max_align_t) - 1) / sizeof(max_align_t) * sizeof(max_align_t);
-    arena_chunk *c = *parse_arena;
-    if (!c || c->cap - c->used < n) {
-        size_t cap = n > ARENA_MIN_CHUNK ? n : ARENA_MIN_CHUNK;
-        arena_chunk *nc = malloc(sizeof *nc + cap);
-        if (!nc) return NULL; /* cJSON reports the parse as failed */
-        nc->next = c;
-        nc->used = 0;
-        nc->cap = cap;
-        *parse_arena = c = nc;
+    const size_t a = _Alignof(max_align_t);
+    n = (n + a - 1) & ~(a - 1);
+    if ((size_t)(bump_end - bump) >= n) {
+        void *p = bump;
+        bump += n;
+        return p;
     }
-    void *p = (char *)c->data + c->used;
-    c->used += n;
-    return p;
+    return arena_grow(n);
 }
 
 /* Frees nothing: the chunks go whole with the event (a failed parse's
@@ -248,14 +259,16 @@ static cJSON *parse_in_arena(event_t *ev, const char *buf, size_t len, const cha
         first->cap = want;
     }
     first->next = NULL;
-    first->used = 0;
     ev->arena = first;
+    bump = (char *)first->data;
+    bump_end = bump + first->cap;
     parse_arena = (arena_chunk **)&ev->arena;
     cJSON_Hooks hooks = {.malloc_fn = arena_alloc, .free_fn = arena_release};
     cJSON_InitHooks(&hooks);
     cJSON *root = cJSON_ParseWithLengthOpts(buf, len, end, 0);
     cJSON_InitHooks(NULL);
     parse_arena = NULL;
+    bump = bump_end = NULL;
     return root;
 }
 
