@@ -21,6 +21,13 @@ void sb_append(strbuf *b, const char *s, size_t n);
 void sb_puts(strbuf *b, const char *s);
 void sb_putc(strbuf *b, char c);
 void sb_printf(strbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Appends each string up to a NULL: keys and records built on every event,
+ * where sb_printf's format parsing cost more than the copying. */
+void sb_cat(strbuf *b, ...) __attribute__((sentinel));
+/* Appends v in decimal, as "%lld" would. */
+void sb_put_i64(strbuf *b, long long v);
+/* Writes v as 16 lowercase hex digits, as "%016llx" would (no NUL). */
+void put_hex16(char *out, uint64_t v);
 /* Appends s as a JSON string literal (with quotes), escaping as RFC 8259 asks. */
 void sb_json_str(strbuf *b, const char *s, size_t n);
 

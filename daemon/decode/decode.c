@@ -2,6 +2,7 @@
 #include "event.h"
 #include "../core/util.h"
 
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -139,9 +140,13 @@ static void envelope_fields(const decode_map_t *m, cJSON *root, cJSON *out[F_N])
     }
     for (cJSON *c = root->child; c && n_top; c = c->next) {
         if (!c->string) continue;
+        /* the first two bytes settle almost every pair without a call (the
+         * names are non-empty, so a match on byte 0 makes byte 1 readable) */
+        const char *name = c->string;
         for (int k = 0; k < n_top; k++) {
             int f = top[k];
-            if (strcmp(c->string, path[f]) == 0) {
+            const char *want = path[f];
+            if (name[0] == want[0] && name[1] == want[1] && (!want[1] || strcmp(name + 2, want + 2) == 0)) {
                 out[f] = c;
                 top[k] = top[--n_top]; /* found: later members of that name do not count */
                 k--;
@@ -169,57 +174,101 @@ static const char *nonempty_string(const cJSON *j) {
  * heap memory. */
 typedef struct arena_chunk {
     struct arena_chunk *next;
-    size_t used, cap;
+    size_t cap;
     max_align_t data[];
 } arena_chunk;
 
 #define ARENA_MIN_CHUNK 4096
 
 static arena_chunk **parse_arena; /* the event being parsed: its chunk list */
+static char *bump, *bump_end;      /* the free part of its newest chunk */
 
+/* A new chunk for an allocation that does not fit the current one. */
+static __attribute__((noinline)) void *arena_grow(size_t n) {
+    size_t cap = n > ARENA_MIN_CHUNK ? n : ARENA_MIN_CHUNK;
+    arena_chunk *nc = malloc(sizeof *nc + cap);
+    if (!nc) return NULL; /* cJSON reports the parse as failed */
+    nc->next = *parse_arena;
+    nc->cap = cap;
+    *parse_arena = nc;
+    bump = (char *)nc->data + n;
+    bump_end = (char *)nc->data + cap;
+    return nc->data;
+}
+
+/* cJSON calls this for every node and string: a leaf that bumps a pointer.
+ * Rounded to malloc's alignment (_Alignof, 16), not sizeof(max_align_t)
+ * (32), which left most strings half empty. */
 static void *arena_alloc(size_t n) {
-    n = (n + sizeof(max_align_t) - 1) / sizeof(max_align_t) * sizeof(max_align_t);
-    arena_chunk *c = *parse_arena;
-    if (!c || c->cap - c->used < n) {
-        size_t cap = n > ARENA_MIN_CHUNK ? n : ARENA_MIN_CHUNK;
-        arena_chunk *nc = malloc(sizeof *nc + cap);
-        if (!nc) return NULL; /* cJSON reports the parse as failed */
-        nc->next = c;
-        nc->used = 0;
-        nc->cap = cap;
-        *parse_arena = c = nc;
+    const size_t a = _Alignof(max_align_t);
+    n = (n + a - 1) & ~(a - 1);
+    if ((size_t)(bump_end - bump) >= n) {
+        void *p = bump;
+        bump += n;
+        return p;
     }
-    void *p = (char *)c->data + c->used;
-    c->used += n;
-    return p;
+    return arena_grow(n);
 }
 
 /* Frees nothing: the chunks go whole with the event (a failed parse's
  * partial tree included). */
 static void arena_release(void *p) { (void)p; }
 
+/* One chunk kept from event to event: a fresh chunk per event (and often a
+ * second when the tree outgrew the first) kept malloc busy and, as the
+ * heap grew around them, took fresh pages from the kernel. An event whose
+ * tree took several chunks leaves behind one chunk of their whole size, so
+ * the spare settles at what the largest event needs. Shared by all threads
+ * (an atomic swap; a chunk in flight is simply one more malloc). */
+static _Atomic(arena_chunk *) spare_chunk;
+
 static void arena_free_all(void *head) {
-    for (arena_chunk *c = head, *n; c; c = n) {
-        n = c->next;
-        free(c);
+    arena_chunk *c = head;
+    if (!c) return;
+    size_t total = 0, nchunks = 0;
+    for (arena_chunk *k = c; k; k = k->next) {
+        total += k->cap;
+        nchunks++;
     }
+    if (nchunks > 1) {
+        for (arena_chunk *n; c; c = n) {
+            n = c->next;
+            free(c);
+        }
+        c = malloc(sizeof *c + total);
+        if (!c) return;
+        c->cap = total;
+    }
+    c->next = NULL;
+    free(atomic_exchange(&spare_chunk, c));
 }
 
-/* The first chunk is sized from the message: a tree costs a few times its
- * text (a 64-byte node per value plus the strings). */
+/* The first chunk is the spare when it is large enough, else sized from the
+ * message: a tree costs a few times its text (a 64-byte node per value plus
+ * the strings). */
 static cJSON *parse_in_arena(event_t *ev, const char *buf, size_t len, const char **end) {
-    arena_chunk *first = malloc(sizeof *first + 4 * len + 512);
-    if (!first) return NULL;
+    size_t want = 4 * len + 512;
+    arena_chunk *first = atomic_exchange(&spare_chunk, NULL);
+    if (first && first->cap < want) {
+        free(first);
+        first = NULL;
+    }
+    if (!first) {
+        first = malloc(sizeof *first + want);
+        if (!first) return NULL;
+        first->cap = want;
+    }
     first->next = NULL;
-    first->used = 0;
-    first->cap = 4 * len + 512;
     ev->arena = first;
+    bump = (char *)first->data;
+    bump_end = bump + first->cap;
     parse_arena = (arena_chunk **)&ev->arena;
     cJSON_Hooks hooks = {.malloc_fn = arena_alloc, .free_fn = arena_release};
     cJSON_InitHooks(&hooks);
     cJSON *root = cJSON_ParseWithLengthOpts(buf, len, end, 0);
     cJSON_InitHooks(NULL);
     parse_arena = NULL;
+    bump = bump_end = NULL;
     return root;
 }
 

@@ -69,8 +69,10 @@ void engine_grant_id(const char *rule_id, const char *user_id, const char *occur
     memcpy(buf, rule_id, a);
     memcpy(buf + a, user_id, b);
     memcpy(buf + a + b, occurrence, c);
-    snprintf(out, 40, "g%016llx%016llx", (unsigned long long)hash64(buf, a + b + c, 11),
-             (unsigned long long)hash64(buf, a + b + c, 12));
+    out[0] = 'g';
+    put_hex16(out + 1, hash64(buf, a + b + c, 11));
+    put_hex16(out + 17, hash64(buf, a + b + c, 12));
+    out[33] = '\0';
     if (buf != small) free(buf);
 }
 

@@ -34,7 +34,10 @@ typedef struct wait {
     char *tz;                 /* the member's zone for quiet hours, or NULL */
     int dead;                 /* cancelled: skipped and freed when the heap pops it */
     struct wait *next;        /* the member's pending waits */
+    struct member *m;         /* whose: members live as long as the store */
 } wait_t;
+/* A wait and everything it points to are one allocation (schedule): a dozen
+ * mallocs and frees per wait were a tenth of the store's time. */
 
 typedef struct occ {
     int64_t ts;
@@ -90,6 +93,7 @@ typedef struct timer {
 typedef struct kv {
     char *k;
     void *v;
+    uint64_t h;               /* hkey(k): probes compare it before the string */
 } kv;
 typedef struct smap {
     kv *s;
@@ -112,10 +116,19 @@ typedef struct pool {
     smap issued;              /* code -> audit JSON */
 } pool_t;
 
+/* A slot of the member and claim maps: the key's hash beside the pointer,
+ * so a probe that is not the key costs no strcmp (nor, for members, a
+ * cache miss on the member), and growing rehashes nothing. */
+typedef struct hslot {
+    uint64_t h;
+    void *p;                  /* member_t *, or the claimed grant id (char *) */
+} hslot;
+
 struct store {
-    member_t **slots;
+    hslot *slots;             /* members */
     size_t cap, n;
-    char **claims;            /* the stand-in for Redis claims: a set of grant ids */
+    member_t *last;           /* the member last looked up */
+    hslot *claims;            /* the stand-in for Redis claims: a set of grant ids */
     size_t ccap, cn;
     timer_t_ *heap;
     size_t hn, hcap;
@@ -150,6 +163,31 @@ struct store {
     smap conv;                /* "MEMBER\x1fGID": P{u:ID}:conv:GID; "RULE\x1fVARIANT\x1fMEMBER": :conv set */
 };
 
+/* The hash of the in-memory maps' keys. Nothing outside this file sees it
+ * (no output depends on a map's order: stats are sorted when printed), so
+ * it takes 8 bytes a step where hash64 (FNV, whose values grant ids keep)
+ * takes one. */
+static uint64_t hkey(const char *s, size_t *len_out) {
+    size_t n = strlen(s);
+    if (len_out) *len_out = n;
+    const uint64_t k = 0x9fb21c651e98df25ULL;
+    uint64_t h = 0x9e3779b97f4a7c15ULL ^ (n * k);
+    const char *p = s;
+    for (; n >= 8; n -= 8, p += 8) {
+        uint64_t v;
+        memcpy(&v, p, 8);
+        h = (h ^ v) * k;
+        h ^= h >> 29;
+    }
+    uint64_t v = 0;
+    memcpy(&v, p, n);
+    h = (h ^ v) * k;
+    h ^= h >> 33; h *= 0xff51afd7ed558ccdULL;
+    h ^= h >> 33; h *= 0xc4ceb9fe1a85ec53ULL;
+    h ^= h >> 33;
+    return h;
+}
+
 static void **smap_slot(smap *m, const char *k, int create) {
     if (!create && !m->cap) return NULL;
     if (create && (m->n + 1) * 2 > m->cap) {
@@ -157,7 +195,7 @@ static void **smap_slot(smap *m, const char *k, int create) {
         kv *ns = xcalloc(ncap, sizeof *ns);
         for (size_t i = 0; i < m->cap; i++) {
             if (!m->s[i].k) continue;
-            size_t j = (size_t)hash64(m->s[i].k, strlen(m->s[i].k), 0) & (ncap - 1);
+            size_t j = (size_t)m->s[i].h & (ncap - 1);
             while (ns[j].k) j = (j + 1) & (ncap - 1);
             ns[j] = m->s[i];
         }
@@ -165,13 +203,16 @@ static void **smap_slot(smap *m, const char *k, int create) {
         m->s = ns;
         m->cap = ncap;
     }
-    size_t j = (size_t)hash64(k, strlen(k), 0) & (m->cap - 1);
+    size_t len;
+    uint64_t h = hkey(k, &len);
+    size_t j = (size_t)h & (m->cap - 1);
     while (m->s[j].k) {
-        if (!strcmp(m->s[j].k, k)) return &m->s[j].v;
+        if (m->s[j].h == h && !strcmp(m->s[j].k, k)) return &m->s[j].v;
         j = (j + 1) & (m->cap - 1);
     }
     if (!create) return NULL;
-    m->s[j].k = xstrdup(k);
+    m->s[j].k = xstrndup(k, len);
+    m->s[j].h = h;
     m->n++;
     return &m->s[j].v;
 }
@@ -208,64 +249,58 @@ static void pool_free(void *p) {
 
 /* ---- members -------------------------------------------------------------- */
 
-static size_t hstr(const char *s) { return (size_t)hash64(s, strlen(s), 0); }
+/* Room for one more key in a slot map of *n keys (load <= 1/2), moving
+ * slots by their stored hashes. */
+static void hslot_reserve(hslot **slots, size_t *cap, size_t n) {
+    if ((n + 1) * 2 <= *cap) return;
+    size_t ncap = *cap ? *cap * 2 : 1024;
+    hslot *ns = xcalloc(ncap, sizeof *ns);
+    for (size_t i = 0; i < *cap; i++) {
+        if (!(*slots)[i].p) continue;
+        size_t j = (size_t)(*slots)[i].h & (ncap - 1);
+        while (ns[j].p) j = (j + 1) & (ncap - 1);
+        ns[j] = (*slots)[i];
+    }
+    free(*slots);
+    *slots = ns;
+    *cap = ncap;
+}
 
 static member_t *member_get(store_t *s, const char *id) {
-    if ((s->n + 1) * 2 > s->cap) {
-        size_t ncap = s->cap ? s->cap * 2 : 1024;
-        member_t **ns = xcalloc(ncap, sizeof *ns);
-        for (size_t i = 0; i < s->cap; i++) {
-            if (!s->slots[i]) continue;
-            size_t j = hstr(s->slots[i]->id) & (ncap - 1);
-            while (ns[j]) j = (j + 1) & (ncap - 1);
-            ns[j] = s->slots[i];
-        }
-        free(s->slots);
-        s->slots = ns;
-        s->cap = ncap;
-    }
-    size_t j = hstr(id) & (s->cap - 1);
-    while (s->slots[j]) {
-        if (strcmp(s->slots[j]->id, id) == 0) return s->slots[j];
+    /* an event's intents (touch, grants, waits, counts) are mostly one member's */
+    if (s->last && strcmp(s->last->id, id) == 0) return s->last;
+    hslot_reserve(&s->slots, &s->cap, s->n);
+    size_t len;
+    uint64_t h = hkey(id, &len);
+    size_t j = (size_t)h & (s->cap - 1);
+    while (s->slots[j].p) {
+        member_t *m = s->slots[j].p;
+        if (s->slots[j].h == h && strcmp(m->id, id) == 0) return s->last = m;
         j = (j + 1) & (s->cap - 1);
     }
-    member_t *m = xcalloc(1, sizeof *m);
-    m->id = xstrdup(id);
-    s->slots[j] = m;
+    /* the id right after the member: the strcmp of a hit reads the member's
+     * own cache lines, not a third allocation */
+    member_t *m = xcalloc(1, sizeof *m + len + 1);
+    m->id = memcpy(m + 1, id, len + 1);
+    s->slots[j] = (hslot){h, m};
     s->n++;
-    return m;
+    return s->last = m;
 }
 
-static int claimed(const store_t *s, const char *id) {
-    if (!s->ccap) return 0;
-    size_t j = hstr(id) & (s->ccap - 1);
-    while (s->claims[j]) {
-        if (strcmp(s->claims[j], id) == 0) return 1;
+/* The slot of grant id `id` in the claims (its hash in *h): a claimed id's,
+ * else the empty slot where it would go. */
+static hslot *claim_slot(store_t *s, const char *id, uint64_t *h) {
+    hslot_reserve(&s->claims, &s->ccap, s->cn);
+    *h = hkey(id, NULL);
+    size_t j = (size_t)*h & (s->ccap - 1);
+    while (s->claims[j].p && !(s->claims[j].h == *h && strcmp(s->claims[j].p, id) == 0))
         j = (j + 1) & (s->ccap - 1);
-    }
-    return 0;
+    return &s->claims[j];
 }
 
-static int claim(store_t *s, const char *id) {
-    if ((s->cn + 1) * 2 > s->ccap) {
-        size_t ncap = s->ccap ? s->ccap * 2 : 1024;
-        char **ns = xcalloc(ncap, sizeof *ns);
-        for (size_t i = 0; i < s->ccap; i++) {
-            if (!s->claims[i]) continue;
-            size_t j = hstr(s->claims[i]) & (ncap - 1);
-            while (ns[j]) j = (j + 1) & (ncap - 1);
-            ns[j] = s->claims[i];
-        }
-        free(s->claims);
-        s->claims = ns;
-        s->ccap = ncap;
-    }
-    size_t j = hstr(id) & (s->ccap - 1);
-    while (s->claims[j]) {
-        if (strcmp(s->claims[j], id) == 0) return 0;
-        j = (j + 1) & (s->ccap - 1);
-    }
-    s->claims[j] = xstrdup(id);
+static int claim(store_t *s, hslot *slot, uint64_t h, const char *id) {
+    if (slot->p) return 0;
+    *slot = (hslot){h, xstrdup(id)};
     s->cn++;
     return 1;
 }
@@ -326,21 +361,7 @@ void store_mem_set_policy(store_t *s, long long fcap_count, long long fcap_perio
 
 void store_mem_set_loop(store_t *s, long long window_ms) { s->loop_window = window_ms > 0 ? window_ms : 0; }
 
-static void wait_free(wait_t *w) {
-    free(w->rule_id);
-    free(w->user);
-    free(w->target_user);
-    free(w->channel);
-    free(w->rec);
-    free(w->xbody);
-    for (size_t i = 0; i < w->n_cancel_on; i++) free(w->cancel_on[i]);
-    free(w->cancel_on);
-    free(w->device);
-    free(w->ip);
-    free(w->pool);
-    free(w->tz);
-    free(w);
-}
+static void wait_free(wait_t *w) { free(w); }
 
 void store_free(store_t *s) {
     if (!s) return;
@@ -349,7 +370,7 @@ void store_free(store_t *s) {
         if (s->heap[i].kind == T_WAIT) wait_free(s->heap[i].w);
     free(s->heap);
     for (size_t i = 0; i < s->cap; i++) {
-        member_t *m = s->slots[i];
+        member_t *m = s->slots[i].p;
         if (!m) continue;
         for (size_t k = 0; k < m->nwin; k++) {
             free(m->win[k].rule_id);
@@ -364,11 +385,10 @@ void store_free(store_t *s) {
             free(m->rec[k].variant);
         }
         free(m->rec);
-        free(m->id);
         free(m);
     }
     free(s->slots);
-    for (size_t i = 0; i < s->ccap; i++) free(s->claims[i]);
+    for (size_t i = 0; i < s->ccap; i++) free(s->claims[i].p);
     free(s->claims);
     free(s->inact_idx);
     sb_free(&s->out);
@@ -440,7 +460,7 @@ static lim_t *lim_get(store_t *s, const char *key);
 
 static void stat_add(store_t *s, const char *rule, const char *variant, const char *field, long long n) {
     sb_reset(&s->skey);
-    sb_printf(&s->skey, "%s\x1f%s\x1f%s", rule, variant ? variant : "-", field);
+    sb_cat(&s->skey, rule, "\x1f", variant ? variant : "-", "\x1f", field, (char *)NULL);
     void **v = smap_slot(&s->stats, s->skey.s, 1);
     if (!*v) *v = xcalloc(1, sizeof(lim_t));
     ((lim_t *)*v)->count += n;
@@ -479,7 +499,7 @@ static void loop_holdout(store_t *s, const char *rule, const char *variant, cons
     if (!s->loop_window || !user) return;
     member_t *m = member_get(s, user);
     sb_reset(&s->key);
-    sb_printf(&s->key, "h:%s", rule);
+    sb_cat(&s->key, "h:", rule, (char *)NULL);
     recent_t *r = recent_find(m, s->key.s);
     if (r && r->ms > at - r->window) return;
     recent_set(m, s->key.s, rule, variant, at, rule_attribution_ms(s->rs ? ruleset_find(s->rs, rule) : NULL, s->loop_window));
@@ -492,7 +512,7 @@ static void stat_reason(store_t *s, const char *rule, const char *variant, const
     if (strcmp(reason, "holdout")) return;
     loop_holdout(s, rule, variant, user, at);
     sb_reset(&s->skey);
-    sb_printf(&s->skey, "%s\x1f%s\x1f%s", rule, variant ? variant : "-", user);
+    sb_cat(&s->skey, rule, "\x1f", variant ? variant : "-", "\x1f", user, (char *)NULL);
     void **v = smap_slot(&s->held, s->skey.s, 1);
     if (*v) return;
     *v = (void *)1;
@@ -557,7 +577,7 @@ typedef struct lcheck {
 static int blocked(store_t *s, const char *kind, const char *v) {
     if (!v || !*v) return 0;
     sb_reset(&s->key);
-    sb_printf(&s->key, "%s:%s", kind, v);
+    sb_cat(&s->key, kind, ":", v, (char *)NULL);
     return smap_get(&s->blocks, s->key.s) != NULL;
 }
 
@@ -597,7 +617,10 @@ static void lim_add(lim_t *l, int64_t at, long long period) {
 static void grant(store_t *s, const greq *q, store_out_cb cb, void *ud) {
     store_out_t o = {.at = q->at, .rule_id = q->rule_id, .user = q->user, .grant_id = q->grant_id,
                      .channel = q->channel, .target_user = q->target};
-    if (claimed(s, q->grant_id)) {
+    /* looked up once: nothing between here and the claim below adds claims */
+    uint64_t ch;
+    hslot *cslot = claim_slot(s, q->grant_id, &ch);
+    if (cslot->p) {
         o.kind = OUT_REPEAT;
         o.json = "";
         cb(ud, &o);
@@ -609,7 +632,7 @@ static void grant(store_t *s, const greq *q, store_out_cb cb, void *ud) {
     void **gslot = NULL;
     if (q->group) {
         sb_reset(&s->skey);
-        sb_printf(&s->skey, "%s\x1f%s\x1f%s", q->user, q->group, q->group_occ ? q->group_occ : "");
+        sb_cat(&s->skey, q->user, "\x1f", q->group, "\x1f", q->group_occ ? q->group_occ : "", (char *)NULL);
         gslot = smap_slot(&s->groups, s->skey.s, 1);
         if (*gslot && strcmp(*gslot, q->grant_id) != 0) why = "group lost";
     }
@@ -622,36 +645,36 @@ static void grant(store_t *s, const greq *q, store_out_cb cb, void *ud) {
     if (r && r->per_user.count) {
         chk[nchk] = (lcheck){.count = r->per_user.count, .period = r->per_user.period_ms, .reason = "limit per_user"};
         sb_init(&chk[nchk].key);
-        sb_printf(&chk[nchk++].key, "{u:%s}:lim:%s", q->target, r->id);
+        sb_cat(&chk[nchk++].key, "{u:", q->target, "}:lim:", r->id, (char *)NULL);
     }
     if (r && r->per_device.count && q->device && *q->device) {
         chk[nchk] = (lcheck){.count = r->per_device.count, .period = r->per_device.period_ms, .reason = "limit per_device"};
         sb_init(&chk[nchk].key);
-        sb_printf(&chk[nchk++].key, "lim:%s:dev:%s", r->id, q->device);
+        sb_cat(&chk[nchk++].key, "lim:", r->id, ":dev:", q->device, (char *)NULL);
     }
     if (r && r->per_ip.count && q->ip && *q->ip) {
         chk[nchk] = (lcheck){.count = r->per_ip.count, .period = r->per_ip.period_ms, .reason = "limit per_ip"};
         sb_init(&chk[nchk].key);
-        sb_printf(&chk[nchk++].key, "lim:%s:ip:%s", r->id, q->ip);
+        sb_cat(&chk[nchk++].key, "lim:", r->id, ":ip:", q->ip, (char *)NULL);
     }
     /* the daemon-wide frequency cap: grants to the recipient across all rules */
     if (s->fcap_count) {
         chk[nchk] = (lcheck){.count = s->fcap_count, .period = s->fcap_period, .reason = "frequency cap"};
         sb_init(&chk[nchk].key);
-        sb_printf(&chk[nchk++].key, "{u:%s}:fcap", q->target);
+        sb_cat(&chk[nchk++].key, "{u:", q->target, "}:fcap", (char *)NULL);
     }
     for (size_t i = 0; !why && i < nchk; i++)
         if (lim_count(lim_get(s, chk[i].key.s), q->at, chk[i].period) >= (size_t)chk[i].count) why = chk[i].reason;
     lim_t *budget = NULL, *daily = NULL;
     if (r && r->budget) {
         sb_reset(&s->key);
-        sb_printf(&s->key, "budget:%s", r->id);
+        sb_cat(&s->key, "budget:", r->id, (char *)NULL);
         budget = lim_get(s, s->key.s);
         if (!why && budget->count >= r->budget) why = "budget";
     }
     if (r && r->daily_budget) {
         sb_reset(&s->key);
-        sb_printf(&s->key, "budget:%s:%s", r->id, policy_day(&s->day, s->tz, q->at));
+        sb_cat(&s->key, "budget:", r->id, ":", policy_day(&s->day, s->tz, q->at), (char *)NULL);
         daily = lim_get(s, s->key.s);
         if (!why && daily->count >= r->daily_budget) why = "daily budget";
     }
@@ -665,7 +688,7 @@ static void grant(store_t *s, const greq *q, store_out_cb cb, void *ud) {
         out_explain(s, why, q->rule_id, q->variant, q->user, q->xbody, q->xlen, NULL, q->at, OUT_EXPLAIN, cb, ud);
         return;
     }
-    claim(s, q->grant_id);
+    claim(s, cslot, ch, q->grant_id);
     if (gslot && !*gslot) *gslot = xstrdup(q->grant_id);
     /* Quiet hours delay delivery, never the decision: granted, counted, and
      * deliver_after = the end of the quiet period (the member's zone if the
@@ -714,7 +737,14 @@ static void grant(store_t *s, const greq *q, store_out_cb cb, void *ud) {
     cb(ud, &o);
 }
 
-static char *dup_n(const char *p, size_t n) { return p ? xstrndup(p, n) : NULL; }
+/* Copies n bytes and a NUL to *p, which moves past them. */
+static char *pack(char **p, const char *src, size_t n) {
+    char *d = *p;
+    memcpy(d, src, n);
+    d[n] = '\0';
+    *p += n + 1;
+    return d;
+}
 
 /* A wait is pending for the member's rule if it has not fired: due at or
  * after `at`. One already due but not yet fired (the poller lags) counts as
@@ -731,29 +761,42 @@ static void schedule(store_t *s, member_t *m, const intent_t *in, int64_t at, st
                     OUT_EXPLAIN, cb, ud);
         return;
     }
-    wait_t *w = xcalloc(1, sizeof *w);
-    w->rule_id = xstrdup(in->rule->id);
-    w->user = xstrdup(m->id);
-    w->target_user = xstrdup(in->target_user);
-    w->channel = xstrdup(in->channel);
+    /* one block: the wait, its cancel_on pointers, then the strings */
+    const char *device = in->device ? in->device : "", *ip = in->ip ? in->ip : "";
+    size_t l_rule = strlen(in->rule->id), l_user = strlen(m->id), l_target = strlen(in->target_user),
+           l_chan = strlen(in->channel), l_dev = strlen(device), l_ip = strlen(ip),
+           l_pool = in->pool ? strlen(in->pool) : 0, l_tz = in->tz ? strlen(in->tz) : 0;
+    size_t size = sizeof(wait_t) + in->n_cancel_on * sizeof(char *) + l_rule + l_user + l_target + l_chan + l_dev +
+                  l_ip + 6 + (in->rec ? in->rec_len + 1 : 0) + (in->xbody ? in->xbody_len + 1 : 0) +
+                  (in->pool ? l_pool + 1 : 0) + (in->tz ? l_tz + 1 : 0);
+    for (size_t i = 0; i < in->n_cancel_on; i++) size += strlen(in->cancel_on[i]) + 1;
+    wait_t *w = xmalloc(size);
+    memset(w, 0, sizeof *w);
+    char *p = (char *)(w + 1) + in->n_cancel_on * sizeof(char *);
+    w->rule_id = pack(&p, in->rule->id, l_rule);
+    w->user = pack(&p, m->id, l_user);
+    w->target_user = pack(&p, in->target_user, l_target);
+    w->channel = pack(&p, in->channel, l_chan);
     snprintf(w->grant_id, sizeof w->grant_id, "%s", in->grant_id);
     if (in->reason) snprintf(w->reason, sizeof w->reason, "%s", in->reason);
     w->due = at + in->wait_ms;
-    w->rec = dup_n(in->rec, in->rec_len);
+    w->rec = in->rec ? pack(&p, in->rec, in->rec_len) : NULL;
     w->rec_len = in->rec_len;
     w->rec_cut = in->rec_cut;
     w->expires_in = in->expires_in_ms;
-    w->xbody = dup_n(in->xbody, in->xbody_len);
+    w->xbody = in->xbody ? pack(&p, in->xbody, in->xbody_len) : NULL;
     w->xbody_len = in->xbody_len;
     if (in->n_cancel_on) {
-        w->cancel_on = xcalloc(in->n_cancel_on, sizeof *w->cancel_on);
-        for (size_t i = 0; i < in->n_cancel_on; i++) w->cancel_on[i] = xstrdup(in->cancel_on[i]);
+        w->cancel_on = (char **)(w + 1);
+        for (size_t i = 0; i < in->n_cancel_on; i++)
+            w->cancel_on[i] = pack(&p, in->cancel_on[i], strlen(in->cancel_on[i]));
         w->n_cancel_on = in->n_cancel_on;
     }
-    w->device = xstrdup(in->device ? in->device : "");
-    w->ip = xstrdup(in->ip ? in->ip : "");
-    w->pool = in->pool ? xstrdup(in->pool) : NULL;
-    w->tz = in->tz ? xstrdup(in->tz) : NULL;
+    w->device = pack(&p, device, l_dev);
+    w->ip = pack(&p, ip, l_ip);
+    w->pool = in->pool ? pack(&p, in->pool, l_pool) : NULL;
+    w->tz = in->tz ? pack(&p, in->tz, l_tz) : NULL;
+    w->m = m;
     w->next = m->waits;
     m->waits = w;
     s->pending++;
@@ -902,7 +945,7 @@ static void touch(store_t *s, const ruleset_t *rs, const intent_t *in) {
  * state_redis.c does the same). */
 static int guard_nx(store_t *s, smap *m, const char *a, const char *b, const char *c) {
     sb_reset(&s->key);
-    sb_printf(&s->key, "%s\x1f%s%s%s", a, b, c ? "\x1f" : "", c ? c : "");
+    sb_cat(&s->key, a, "\x1f", b, c ? "\x1f" : "", c ? c : "", (char *)NULL);
     void **v = smap_slot(m, s->key.s, 1);
     if (*v) return 0;
     *v = (void *)1;
@@ -973,7 +1016,7 @@ static void unlink_wait(member_t *m, wait_t *w) {
 }
 
 static void fire_wait(store_t *s, const ruleset_t *rs, wait_t *w, int64_t at, store_out_cb cb, void *ud) {
-    unlink_wait(member_get(s, w->user), w);
+    unlink_wait(w->m, w);
     s->pending--;
     const rule_t *r = ruleset_find(rs, w->rule_id);
     const char *why = !r ? "rule removed" : !r->enabled ? "rule disabled" : w->reason[0] ? w->reason : NULL;

@@ -264,8 +264,12 @@ static int member(value_t x, value_t c) {
 
 static const cJSON *obj_get(const cJSON *o, const char *key, size_t n) {
     if (!cJSON_IsObject(o)) return NULL;
+    /* the first byte settles most members without a call; an empty key
+     * (n == 0) still matches only an empty name */
     for (const cJSON *c = o->child; c; c = c->next)
-        if (c->string && strncmp(c->string, key, n) == 0 && c->string[n] == '\0') return c;
+        if (c->string && (n == 0 || c->string[0] == key[0]) && strncmp(c->string, key, n) == 0 &&
+            c->string[n] == '\0')
+            return c;
     return NULL;
 }
 
@@ -520,7 +524,7 @@ static void put_num(double n, strbuf *out, int json) {
         return;
     }
     if (n == 0) sb_putc(out, '0');  /* also -0 */
-    else if (n == floor(n) && fabs(n) <= 9007199254740992.0) sb_printf(out, "%.0f", n);
+    else if (n == floor(n) && fabs(n) <= 9007199254740992.0) sb_put_i64(out, (long long)n); /* = "%.0f" here */
     else sb_printf(out, "%.15g", n);
 }
 
