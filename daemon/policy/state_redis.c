@@ -82,18 +82,23 @@
      * window; dflt for a field written before windows were per rule). Fields \
      * older than their window + margin are trimmed on each write; the key \
      * lives as long as its longest-lived field. */ \
+    /* Returns the field count before the trim (0: a new key). */ \
     "local function recent_trim(rk, at, margin, dflt)\n" \
     /* every read checks a field's age, so trimming only bounds memory: \
      * a member's few fields are left to the key's TTL */ \
-    "  if redis.call('HLEN', rk) <= 16 then return end\n" \
+    "  local n = redis.call('HLEN', rk)\n" \
+    "  if n <= 16 then return n end\n" \
     "  local all = redis.call('HGETALL', rk)\n" \
     "  for k = 1, #all, 2 do\n" \
     "    local f = parts(all[k + 1], 4)\n" \
     "    if (tonumber(f[3]) or 0) <= at - (tonumber(f[4]) or dflt) - margin then redis.call('HDEL', rk, all[k]) end\n" \
     "  end\n" \
+    "  return n\n" \
     "end\n" \
-    "local function recent_expire(rk, keep)\n" \
-    "  if redis.call('PTTL', rk) < keep then redis.call('PEXPIRE', rk, keep) end\n" \
+    /* GT never sets a first TTL (no TTL counts as infinite): a new key's is \
+     * set outright */ \
+    "local function recent_expire(rk, keep, new)\n" \
+    "  if new then redis.call('PEXPIRE', rk, keep) else redis.call('PEXPIRE', rk, keep, 'GT') end\n" \
     "end\n" \
     /* Read-only checks: the blocklist, then each limit (grants inside \
      * (at - period, +inf)), then the budgets. Returns the reason or nil. */ \
@@ -166,13 +171,14 @@
     "  if p then pol_spend(p, code) end\n" \
     "  if p and p.lw > 0 then\n" \
     "    local rk = p.P .. '{u:' .. p.target .. '}:recent'\n" \
-    "    recent_trim(rk, p.at, p.keep - p.lw, p.lw)\n" \
+    "    local n = recent_trim(rk, p.at, p.keep - p.lw, p.lw)\n" \
     "    redis.call('HSET', rk, p.gid, p.rule .. RS .. p.variant .. RS .. string.format('%d', p.at) .. RS .. string.format('%d', p.lw))\n" \
-    "    recent_expire(rk, p.keep)\n" \
+    "    recent_expire(rk, p.keep, n == 0)\n" \
     "  end\n" \
     "  if p and p.skey ~= '' then\n" \
     "    redis.call('HINCRBY', p.skey, 'granted', 1)\n" \
-    "    local ia, da = string.match(json, '\"issued_at\":\"([^\"]*)\",\"deliver_after\":\"([^\"]*)\"}$')\n" \
+    /* the two times end the record: matched in its tail, not scanned for */ \
+    "    local ia, da = string.match(string.sub(json, -120), '\"issued_at\":\"([^\"]*)\",\"deliver_after\":\"([^\"]*)\"}$')\n" \
     "    if ia and ia ~= da then redis.call('HINCRBY', p.skey, 'quiet hours', 1) end\n" \
     "  end\n" \
     "  if p and p.grp ~= '' then redis.call('SET', p.grp, p.gid, 'PX', ttl) end\n" \
@@ -319,13 +325,13 @@ static const char LUA_STATS[] = LUA_START
     "  if ARGV[k] == 'r' then\n"
     "    local rk, f = ARGV[k + 1], parts(ARGV[k + 2], 5)\n"
     "    local at, lw, keep = tonumber(f[3]), tonumber(f[4]), tonumber(f[5])\n"
-    "    recent_trim(rk, at, keep - lw, lw)\n"
+    "    local n = recent_trim(rk, at, keep - lw, lw)\n"
     "    local cur = redis.call('HGET', rk, f[1])\n"
     "    local c = cur and parts(cur, 4)\n"
     "    if not c or tonumber(c[3]) <= at - (tonumber(c[4]) or lw) then\n"
     "      redis.call('HSET', rk, f[1], string.sub(f[1], 3) .. RS .. f[2] .. RS .. f[3] .. RS .. f[4])\n"
     "    end\n"
-    "    recent_expire(rk, keep)\n"
+    "    recent_expire(rk, keep, n == 0)\n"
     "  elseif ARGV[k] == 's' then redis.call('SADD', ARGV[k + 1], ARGV[k + 2]) end\n"
     "end\n"
     "return {7}\n";
@@ -443,6 +449,7 @@ struct redis_store {
     size_t n_inact;
     policy_quiet_cache quiet;
     argv_b sb;        /* the pending batch of counters (LUA_STATS triples) */
+    int sb_recent;    /* ... holding holdout assignments ('r'), which a LOOP reads */
     int64_t send_at;  /* the decision time of what is being sent (holdout assignments) */
 };
 static void a_str(argv_b *a, const char *s) { a_add(a, s ? s : "", s ? strlen(s) : 0); }
@@ -507,6 +514,7 @@ static void stat_reason(redis_store_t *st, const char *rule, const char *variant
             /* the holdout assignment, for the closed loop's conversions */
             long long w = rule_attribution_ms(ruleset_find(*st->rules, rule), st->cfg->loop_window_ms);
             a_str(&st->sb, "r");
+            st->sb_recent = 1;
             k_member(st, &st->sb, user, "recent", NULL);
             a_fmt(&st->sb, "h:%s\x1e%s\x1e%lld\x1e%lld\x1e%lld", rule, variant && *variant ? variant : "-",
                   (long long)at, w, w + LOOP_MARGIN_MS);
@@ -640,6 +648,7 @@ static void stats_flush(redis_store_t *st) {
     if (!st->sb.n) return;
     a_eval(st, &st->sb, S_STATS, on_stats_reply, NULL);
     a_reset(&st->sb);
+    st->sb_recent = 0;
 }
 
 void redis_store_flush(redis_store_t *st) {
@@ -851,8 +860,9 @@ int redis_store_apply(redis_store_t *st, const intent_t *in, const char *topic, 
         stat_add(st, in->rule->id, in->variant, "triggered");
     switch (in->kind) {
     case INTENT_LOOP:
-        /* holdout assignments still in the counters' batch go first */
-        stats_flush(st);
+        /* holdout assignments still in the counters' batch go first (the
+         * counters alone may wait: increments commute) */
+        if (st->sb_recent) stats_flush(st);
         a_str(&a, in->loop_kind == 'r' ? "r" : "c");
         a_str(&a, st->cfg->key_prefix);
         a_str(&a, in->user);

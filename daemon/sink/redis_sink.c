@@ -450,23 +450,40 @@ static char *build_batch_script(const redis_sink_t *s) {
         sb_puts(&b, s->lua[i]);
         sb_puts(&b, "\nend\n");
     }
-    sb_puts(&b, "local out, p = {}, 2\n"
-                "for c = 1, tonumber(ARGV[1]) do\n"
+    /* BENEFITD_LUA_PROFILE (benchmarks only): each call's time, by script and
+     * mode (its first argument when short), summed into the hash
+     * benefitd:luaprof ("IDX:MODE" -> microseconds, "IDX:MODE:n" -> calls).
+     * TIME costs a call of its own; the figures are for comparing scripts. */
+    int prof = getenv("BENEFITD_LUA_PROFILE") != NULL;
+    sb_puts(&b, "local out, p = {}, 2\n");
+    if (prof) sb_puts(&b, "local pt = {}\n");
+    sb_puts(&b, "for c = 1, tonumber(ARGV[1]) do\n"
                 "  local idx, nk, na = tonumber(ARGV[p]), tonumber(ARGV[p + 1]), tonumber(ARGV[p + 2])\n"
                 "  p = p + 3\n"
                 "  local K, A = {}, {}\n"
                 "  for j = 1, nk do K[j] = ARGV[p]; p = p + 1 end\n"
-                "  for j = 1, na do A[j] = ARGV[p]; p = p + 1 end\n"
-                "  local ok, r = pcall(S[idx], K, A)\n"
-                "  if not ok then\n"
+                "  for j = 1, na do A[j] = ARGV[p]; p = p + 1 end\n");
+    if (prof) sb_puts(&b, "  local t0 = redis.call('TIME')\n");
+    sb_puts(&b, "  local ok, r = pcall(S[idx], K, A)\n");
+    if (prof)
+        sb_puts(&b, "  local t1 = redis.call('TIME')\n"
+                    "  local pk = idx .. ':' .. ((A[1] and #A[1] <= 2) and A[1] or '')\n"
+                    "  local e = pt[pk] or {0, 0}\n"
+                    "  e[1] = e[1] + (t1[1] - t0[1]) * 1000000 + (t1[2] - t0[2]); e[2] = e[2] + 1\n"
+                    "  pt[pk] = e\n");
+    sb_puts(&b, "  if not ok then\n"
                 "    if type(r) == 'table' and r.err then out[c] = r else out[c] = {err = tostring(r)} end\n"
                 "    return out\n"
                 "  end\n"
                 "  if r == nil then r = false end\n"
                 "  out[c] = r\n"
                 "  if type(r) == 'table' and r.err then return out end\n"
-                "end\n"
-                "return out\n");
+                "end\n");
+    if (prof)
+        sb_puts(&b, "for k, e in pairs(pt) do\n"
+                    "  redis.call('HINCRBY', 'benefitd:luaprof', k, e[1]); redis.call('HINCRBY', 'benefitd:luaprof', k .. ':n', e[2])\n"
+                    "end\n");
+    sb_puts(&b, "return out\n");
     char *out = xstrndup(b.s, b.len);
     sb_free(&b);
     return out;
