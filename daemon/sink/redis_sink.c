@@ -47,9 +47,12 @@ static const char CLAIM_PUSH_LUA[] =
 
 typedef struct write_req {
     struct write_req *next, *prev;
-    int argc;
+    int argc;              /* reads: the command */
     char **argv;
     size_t *argvlen;
+    char *frag;            /* script calls: their part of the batch's arguments, */
+    size_t frag_len;       /* as RESP bulk strings (script index, number of keys, */
+    int frag_n;            /* number of arguments, keys, arguments): frag_n of them */
     int script;            /* index into the sink's scripts; -1 = a plain read */
     int resend;            /* writes: kept and resent until acknowledged */
     sink_ack_cb ack;       /* redis_sink_push */
@@ -129,6 +132,7 @@ static void req_free(write_req *w) {
     for (int i = 0; i < w->argc; i++) free(w->argv[i]);
     free(w->argv);
     free(w->argvlen);
+    free(w->frag);
     free(w);
 }
 
@@ -248,48 +252,59 @@ static int batchable(const redis_sink_t *s, const write_req *w) { return w->scri
 
 static void on_batch_reply(redisAsyncContext *ac, void *r, void *privdata);
 
+/* Appends the RESP bulk string of n bytes at p ("$n\r\n...\r\n"). */
+static char *resp_bulk(char *o, const char *p, size_t n) {
+    char num[24];
+    int k = 0;
+    size_t v = n;
+    do { num[k++] = (char)('0' + v % 10); v /= 10; } while (v);
+    *o++ = '$';
+    while (k) *o++ = num[--k];
+    *o++ = '\r';
+    *o++ = '\n';
+    memcpy(o, p, n);
+    o += n;
+    *o++ = '\r';
+    *o++ = '\n';
+    return o;
+}
+
 /* Sends the n script calls from first as one EVALSHA of the batch script:
  * ARGV = n, then per call: script index, number of keys, number of
- * arguments, the keys, the arguments. */
+ * arguments, the keys, the arguments. The command is written in RESP here,
+ * from each call's preformatted part (hiredis would format every argument
+ * with a printf of its own). */
 static void send_batch(redis_sink_t *s, write_req *first, int n) {
-    size_t argc = 4;
+    size_t nargs = 4, bytes = 256; /* the header: the count, EVALSHA, the sha, numkeys, n */
     write_req *w = first;
-    for (int i = 0; i < n; i++, w = w->next) argc += 3 + (size_t)(w->argc - 3);
-    const char **argv = xmalloc(argc * sizeof *argv);
-    size_t *lens = xmalloc(argc * sizeof *lens);
-    char *nums = xmalloc((size_t)(1 + 3 * n) * 12);
-    char *np = nums;
-    size_t k = 0;
-#define NUM(v) do { int len_ = snprintf(np, 12, "%d", (int)(v)); argv[k] = np; lens[k++] = (size_t)len_; np += 12; } while (0)
-    argv[k] = "EVALSHA"; lens[k++] = 7;
-    argv[k] = s->batch_sha; lens[k++] = 40;
-    argv[k] = "0"; lens[k++] = 1;
-    NUM(n);
+    for (int i = 0; i < n; i++, w = w->next) {
+        nargs += (size_t)w->frag_n;
+        bytes += w->frag_len;
+    }
+    char *cmd = xmalloc(bytes), *o = cmd;
+    o += snprintf(o, 24, "*%zu\r\n", nargs);
+    o = resp_bulk(o, "EVALSHA", 7);
+    o = resp_bulk(o, s->batch_sha, 40);
+    o = resp_bulk(o, "0", 1);
+    char num[16];
+    o = resp_bulk(o, num, (size_t)snprintf(num, sizeof num, "%d", n));
     int64_t now = s->lat_cb ? now_mono_us() : 0;
     w = first;
     for (int i = 0; i < n; i++, w = w->next) {
-        NUM(w->script);
-        NUM(w->nkeys);
-        NUM(w->argc - 3 - w->nkeys);
-        for (int a = 3; a < w->argc; a++) {
-            argv[k] = w->argv[a];
-            lens[k++] = w->argvlen[a];
-        }
+        memcpy(o, w->frag, w->frag_len);
+        o += w->frag_len;
         w->sent_us = now;
     }
-#undef NUM
     batch_req *b = xmalloc(sizeof *b);
     b->first = first;
     b->n = n;
-    if (redisAsyncCommandArgv(s->ac, on_batch_reply, b, (int)k, argv, lens) == REDIS_OK) {
+    if (redisAsyncFormattedCommand(s->ac, on_batch_reply, b, cmd, (size_t)(o - cmd)) == REDIS_OK) {
         w = first;
         for (int i = 0; i < n; i++, w = w->next) w->sent_gen = s->gen;
     } else {
         free(b);
     }
-    free(argv);
-    free(lens);
-    free(nums);
+    free(cmd);
 }
 
 /* Sends every request not yet sent, in order, consecutive script calls
@@ -310,7 +325,7 @@ static void flush_unsent(redis_sink_t *s) {
         int n = 0;
         size_t bytes = 0;
         while (w && batchable(s, w) && n < BATCH_MAX_CALLS && bytes < BATCH_MAX_BYTES) {
-            for (int a = 3; a < w->argc; a++) bytes += w->argvlen[a];
+            bytes += w->frag_len;
             n++;
             w = w->next;
         }
@@ -545,29 +560,45 @@ static void enqueue(redis_sink_t *s, write_req *w) {
     }
 }
 
-#define SHA_PLACEHOLDER "0000000000000000000000000000000000000000" /* the sha, filled at send time */
+/* A script call: its part of the batch command (send_batch), preformatted
+ * once, resent as is. */
+static write_req *call_new(int script, int nkeys, int nargs, const char *const *args, const size_t *lens) {
+    write_req *w = xcalloc(1, sizeof *w);
+    size_t bytes = 3 * 32;
+    for (int k = 0; k < nargs; k++) bytes += lens[k] + 32;
+    char *o = w->frag = xmalloc(bytes);
+    char num[16];
+    o = resp_bulk(o, num, (size_t)snprintf(num, sizeof num, "%d", script));
+    o = resp_bulk(o, num, (size_t)snprintf(num, sizeof num, "%d", nkeys));
+    o = resp_bulk(o, num, (size_t)snprintf(num, sizeof num, "%d", nargs - nkeys));
+    for (int k = 0; k < nargs; k++) o = resp_bulk(o, args[k], lens[k]);
+    w->frag_len = (size_t)(o - w->frag);
+    w->frag_n = 3 + nargs;
+    w->script = script;
+    w->nkeys = nkeys;
+    w->resend = 1;
+    return w;
+}
 
 void redis_sink_push(redis_sink_t *s, const char *claim_key, const char *queue_key, output_kind kind,
                      long long maxlen, long long ttl_ms, int nfields, const char *const *fields,
                      const size_t *lens, sink_ack_cb cb, void *ud) {
-    write_req *w = req_new(8 + nfields);
-    char num[32];
+    const char **a = xmalloc((size_t)(5 + nfields) * sizeof *a);
+    size_t *l = xmalloc((size_t)(5 + nfields) * sizeof *l);
+    char ttl[32], ml[32];
     int i = 0;
-    req_set(w, i++, "EVALSHA", 7);
-    req_set(w, i++, SHA_PLACEHOLDER, 40);
-    req_set(w, i++, "2", 1);
-    req_set(w, i++, claim_key, strlen(claim_key));
-    req_set(w, i++, queue_key, strlen(queue_key));
-    int n = snprintf(num, sizeof num, "%lld", ttl_ms > 0 ? ttl_ms : 1);
-    req_set(w, i++, num, (size_t)n);
-    req_set(w, i++, kind == OUT_LIST ? "list" : "stream", kind == OUT_LIST ? 4 : 6);
-    n = snprintf(num, sizeof num, "%lld", maxlen);
-    req_set(w, i++, num, (size_t)n);
-    for (int k = 0; k < nfields; k++) req_set(w, i++, fields[k], lens[k]);
-    w->argc = i;
-    w->script = 0;
-    w->nkeys = 2;
-    w->resend = 1;
+    a[i] = claim_key; l[i++] = strlen(claim_key);
+    a[i] = queue_key; l[i++] = strlen(queue_key);
+    a[i] = ttl; l[i++] = (size_t)snprintf(ttl, sizeof ttl, "%lld", ttl_ms > 0 ? ttl_ms : 1);
+    a[i] = kind == OUT_LIST ? "list" : "stream"; l[i++] = kind == OUT_LIST ? 4 : 6;
+    a[i] = ml; l[i++] = (size_t)snprintf(ml, sizeof ml, "%lld", maxlen);
+    for (int k = 0; k < nfields; k++) {
+        a[i] = fields[k];
+        l[i++] = lens[k];
+    }
+    write_req *w = call_new(0, 2, i, a, l);
+    free(a);
+    free(l);
     w->ack = cb;
     w->ud = ud;
     enqueue(s, w);
@@ -575,15 +606,7 @@ void redis_sink_push(redis_sink_t *s, const char *claim_key, const char *queue_k
 
 void redis_sink_eval(redis_sink_t *s, int script, int nargs, const char *const *args, const size_t *lens,
                      sink_reply_cb cb, void *ud) {
-    write_req *w = req_new(3 + nargs);
-    int i = 0;
-    req_set(w, i++, "EVALSHA", 7);
-    req_set(w, i++, SHA_PLACEHOLDER, 40);
-    req_set(w, i++, "0", 1);
-    for (int k = 0; k < nargs; k++) req_set(w, i++, args[k], lens[k]);
-    w->argc = i;
-    w->script = script;
-    w->resend = 1;
+    write_req *w = call_new(script, 0, nargs, args, lens);
     w->rcb = cb;
     w->ud = ud;
     enqueue(s, w);
