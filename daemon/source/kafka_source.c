@@ -9,7 +9,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#define BATCH 512
+#define BATCH 128
 
 typedef struct ptrack ptrack_t;
 
