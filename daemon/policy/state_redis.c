@@ -52,6 +52,19 @@
     /* once per queue and batch: nothing else runs while a batch does, and \
      * its own pushes keep the type */ \
     "local guarded = {}\n" \
+    /* Counters (HINCRBY) summed over the batch and written once per (key, \
+     * field) at its end, in the same atomic EVALSHA as the calls that \
+     * counted; best effort (pcall): a counter must not fail the grants. */ \
+    "local sums, sum_order = {}, {}\n" \
+    "local function count(key, field, n)\n" \
+    "  local id = key .. RS .. field\n" \
+    "  local e = sums[id]\n" \
+    "  if not e then e = {key, field, 0}; sums[id] = e; sum_order[#sum_order + 1] = e end\n" \
+    "  e[3] = e[3] + (n or 1)\n" \
+    "end\n" \
+    "local function batch_end()\n" \
+    "  for _, e in ipairs(sum_order) do redis.pcall('HINCRBY', e[1], e[2], e[3]) end\n" \
+    "end\n" \
     "local function guard(queue, kind)\n" \
     "  if guarded[queue] == kind then return end\n" \
     "  local t = redis.call('TYPE', queue)\n" \
@@ -143,7 +156,7 @@
     /* Stats (docs/policy.md): the grant step counts what it decides in \
      * Pstats:RULE:VARIANT; {5, why, 1} tells the daemon it is counted. */ \
     "local function supp(p, why)\n" \
-    "  if p.skey ~= '' then redis.call('HINCRBY', p.skey, why, 1) end\n" \
+    "  if p.skey ~= '' then count(p.skey, why) end\n" \
     "  return {5, why, 1}\n" \
     "end\n" \
     "local function push(claim, ttl, queue, kind, maxlen, json, p)\n" \
@@ -176,10 +189,10 @@
     "    recent_expire(rk, p.keep, n == 0)\n" \
     "  end\n" \
     "  if p and p.skey ~= '' then\n" \
-    "    redis.call('HINCRBY', p.skey, 'granted', 1)\n" \
+    "    count(p.skey, 'granted')\n" \
     /* the two times end the record: matched in its tail, not scanned for */ \
     "    local ia, da = string.match(string.sub(json, -120), '\"issued_at\":\"([^\"]*)\",\"deliver_after\":\"([^\"]*)\"}$')\n" \
-    "    if ia and ia ~= da then redis.call('HINCRBY', p.skey, 'quiet hours', 1) end\n" \
+    "    if ia and ia ~= da then count(p.skey, 'quiet hours') end\n" \
     "  end\n" \
     "  if p and p.grp ~= '' then redis.call('SET', p.grp, p.gid, 'PX', ttl) end\n" \
     "  redis.call('SET', claim, '1', 'PX', ttl)\n" \
@@ -213,7 +226,7 @@
 
 /* Every script that reads its arguments with nx() starts here: the
  * prelude is shared by the batch, its cursor is per call. */
-#define LUA_START "A, i = ARGV, 0\n"
+#define LUA_START "A, i = ARGV, base\n"
 static const char LUA_SHARED[] = LUA_PRELUDE;
 
 /* GRANT and SCHEDULE intents. */
@@ -310,19 +323,11 @@ static const char LUA_INACT[] = LUA_START
  * 'r' a holdout assignment into the recent hash key: field is
  * "h:RULE RS variant RS at RS window RS keep", window being the rule's
  * attribution window (kept while one inside its window stands). */
-static const char LUA_STATS[] = LUA_START
-    /* counters are summed first: one HINCRBY per (key, field) of the batch */
-    "local sums, order = {}, {}\n"
+static const char LUA_STATS[] =
+    /* counters are summed with the batch's: one HINCRBY per (key, field) */
     "for k = 1, #ARGV, 3 do\n"
-    "  if ARGV[k] == 'h' then\n"
-    "    local id = ARGV[k + 1] .. RS .. ARGV[k + 2]\n"
-    "    if not sums[id] then sums[id] = 0; order[#order + 1] = {ARGV[k + 1], ARGV[k + 2], id} end\n"
-    "    sums[id] = sums[id] + 1\n"
-    "  end\n"
-    "end\n"
-    "for _, o in ipairs(order) do redis.call('HINCRBY', o[1], o[2], sums[o[3]]) end\n"
-    "for k = 1, #ARGV, 3 do\n"
-    "  if ARGV[k] == 'r' then\n"
+    "  if ARGV[k] == 'h' then count(ARGV[k + 1], ARGV[k + 2])\n"
+    "  elseif ARGV[k] == 'r' then\n"
     "    local rk, f = ARGV[k + 1], parts(ARGV[k + 2], 5)\n"
     "    local at, lw, keep = tonumber(f[3]), tonumber(f[4]), tonumber(f[5])\n"
     "    local n = recent_trim(rk, at, keep - lw, lw)\n"
@@ -351,11 +356,11 @@ static const char LUA_LOOP[] = LUA_START
     "  local f = v and parts(v, 4)\n"
     "  local fk = f and (tonumber(f[4]) or lw) + keep - lw\n"
     "  if not f or tonumber(f[3]) <= ts - fk then\n"
-    "    redis.call('HINCRBY', P .. 'loop:stats', 'redemption_unknown', 1)\n"
+    "    count(P .. 'loop:stats', 'redemption_unknown')\n"
     "    return {10, 0}\n"
     "  end\n"
     "  if redis.call('SET', M .. 'redeemed:' .. gid, '1', 'NX', 'PX', fk) then\n"
-    "    redis.call('HINCRBY', P .. 'stats:' .. f[1] .. ':' .. f[2], 'redeemed', 1)\n"
+    "    count(P .. 'stats:' .. f[1] .. ':' .. f[2], 'redeemed')\n"
     "    return {10, 1}\n"
     "  end\n"
     "  return {10, 0}\n"
@@ -368,7 +373,7 @@ static const char LUA_LOOP[] = LUA_START
     "    local skey, first = P .. 'stats:' .. f[1] .. ':' .. f[2]\n"
     "    if string.sub(all[k], 1, 2) == 'h:' then first = redis.call('SADD', skey .. ':conv', user) == 1\n"
     "    else first = redis.call('SET', M .. 'conv:' .. all[k], '1', 'NX', 'PX', w + keep - lw) end\n"
-    "    if first then redis.call('HINCRBY', skey, 'converted', 1); n = n + 1 end\n"
+    "    if first then count(skey, 'converted'); n = n + 1 end\n"
     "  end\n"
     "end\n"
     "return {10, n}\n";
@@ -790,7 +795,9 @@ redis_store_t *redis_store_new(redis_sink_t *sink, const config_t *cfg, ruleset_
         return NULL;
     }
     for (int i = 0; i < S_N; i++) {
-        st->sh[i] = redis_sink_add_script(sink, lua[i]);
+        /* the nx() readers take their arguments in place */
+        st->sh[i] = i == S_TOUCHES || i == S_STATS ? redis_sink_add_script(sink, lua[i])
+                                                   : redis_sink_add_cursor_script(sink, lua[i]);
         if (st->sh[i] < 0) {
             redis_store_free(st);
             return NULL;

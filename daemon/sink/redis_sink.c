@@ -79,6 +79,7 @@ struct redis_sink {
     uint64_t gen;          /* bumped on every new connection */
     char *prelude;                 /* shared by the scripts (redis_sink_set_prelude) */
     char *lua[MAX_SCRIPTS];
+    int cursor[MAX_SCRIPTS];       /* reads its arguments in place (redis_sink_add_cursor_script) */
     int n_scripts;
     char *batch_lua;               /* built at start from the prelude and the scripts */
     char batch_sha[41];
@@ -451,6 +452,12 @@ int redis_sink_add_script(redis_sink_t *s, const char *lua) {
     return s->n_scripts++;
 }
 
+int redis_sink_add_cursor_script(redis_sink_t *s, const char *lua) {
+    int h = redis_sink_add_script(s, lua);
+    if (h >= 0) s->cursor[h] = 1;
+    return h;
+}
+
 /* The batch script: every registered script's body as a function of
  * (KEYS, ARGV), called in turn under pcall; the first failure ends the batch
  * (its error is the last element), so nothing after a failed call runs and
@@ -459,9 +466,10 @@ static char *build_batch_script(const redis_sink_t *s) {
     strbuf b;
     sb_init(&b);
     if (s->prelude) sb_puts(&b, s->prelude);
-    sb_puts(&b, "\nlocal S = {}\n");
+    sb_puts(&b, "\nlocal S, C = {}, {}\n");
     for (int i = 0; i < s->n_scripts; i++) {
-        sb_printf(&b, "S[%d] = function(KEYS, ARGV)\n", i);
+        if (s->cursor[i]) sb_printf(&b, "C[%d] = true\nS[%d] = function(ARGV, base)\n", i, i);
+        else sb_printf(&b, "S[%d] = function(KEYS, ARGV)\n", i);
         sb_puts(&b, s->lua[i]);
         sb_puts(&b, "\nend\n");
     }
@@ -475,25 +483,33 @@ static char *build_batch_script(const redis_sink_t *s) {
     sb_puts(&b, "for c = 1, tonumber(ARGV[1]) do\n"
                 "  local idx, nk, na = tonumber(ARGV[p]), tonumber(ARGV[p + 1]), tonumber(ARGV[p + 2])\n"
                 "  p = p + 3\n"
-                "  local K, A = {}, {}\n"
-                "  for j = 1, nk do K[j] = ARGV[p]; p = p + 1 end\n"
-                "  for j = 1, na do A[j] = ARGV[p]; p = p + 1 end\n");
+                "  local ok, r, first = nil, nil, ARGV[p + nk]\n");
     if (prof) sb_puts(&b, "  local t0 = redis.call('TIME')\n");
-    sb_puts(&b, "  local ok, r = pcall(S[idx], K, A)\n");
+    /* a cursor script reads the batch's ARGV from its offset: no copy */
+    sb_puts(&b, "  if C[idx] then\n"
+                "    ok, r = pcall(S[idx], ARGV, p - 1)\n"
+                "    p = p + nk + na\n"
+                "  else\n"
+                "    local K, A = {}, {}\n"
+                "    for j = 1, nk do K[j] = ARGV[p]; p = p + 1 end\n"
+                "    for j = 1, na do A[j] = ARGV[p]; p = p + 1 end\n"
+                "    ok, r = pcall(S[idx], K, A)\n"
+                "  end\n");
     if (prof)
         sb_puts(&b, "  local t1 = redis.call('TIME')\n"
-                    "  local pk = idx .. ':' .. ((A[1] and #A[1] <= 2) and A[1] or '')\n"
+                    "  local pk = idx .. ':' .. ((first and #first <= 2) and first or '')\n"
                     "  local e = pt[pk] or {0, 0}\n"
                     "  e[1] = e[1] + (t1[1] - t0[1]) * 1000000 + (t1[2] - t0[2]); e[2] = e[2] + 1\n"
                     "  pt[pk] = e\n");
     sb_puts(&b, "  if not ok then\n"
                 "    if type(r) == 'table' and r.err then out[c] = r else out[c] = {err = tostring(r)} end\n"
-                "    return out\n"
+                "    break\n"
                 "  end\n"
                 "  if r == nil then r = false end\n"
                 "  out[c] = r\n"
-                "  if type(r) == 'table' and r.err then return out end\n"
+                "  if type(r) == 'table' and r.err then break end\n"
                 "end\n");
+    if (s->prelude) sb_puts(&b, "batch_end()\n");
     if (prof)
         sb_puts(&b, "for k, e in pairs(pt) do\n"
                     "  redis.call('HINCRBY', 'benefitd:luaprof', k, e[1]); redis.call('HINCRBY', 'benefitd:luaprof', k .. ':n', e[2])\n"

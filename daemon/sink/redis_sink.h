@@ -42,7 +42,10 @@ typedef void (*sink_state_cb)(void *ud, int ready);
 
 redis_sink_t *redis_sink_new(struct event_base *base, const config_t *cfg, sink_state_cb state_cb, void *state_ud);
 /* Sets the Lua text that precedes every script in the batch (copied): shared
- * helpers, defined once per batch. Only before redis_sink_start; 0 or -1. */
+ * helpers, defined once per batch. It must define a function batch_end(),
+ * run once after the batch's calls (those that ran, up to a failed one):
+ * where work summed over the calls is written. Only before
+ * redis_sink_start; 0 or -1. */
 int redis_sink_set_prelude(redis_sink_t *s, const char *lua);
 /* Registers a Lua script body (copied); returns its handle for
  * redis_sink_eval. Only before redis_sink_start. Handle 0 is the built-in
@@ -68,6 +71,10 @@ void redis_sink_eval(redis_sink_t *s, int script, int nargs, const char *const *
 void redis_sink_read(redis_sink_t *s, int argc, const char *const *argv, const size_t *lens, sink_reply_cb cb,
                      void *ud);
 
+/* The same for a script that reads its arguments in place, as ARGV[base + 1]
+ * onwards (its parameters are ARGV and base; it takes no KEYS and must read
+ * no more arguments than it was given): the batch copies nothing for it. */
+int redis_sink_add_cursor_script(redis_sink_t *s, const char *lua);
 /* Round-trip latency: cb(ud, op, seconds) once per reply, with the time from
  * sending the request (on the connection that answered) to its reply. */
 typedef enum { SINK_OP_PUSH, SINK_OP_SCRIPT, SINK_OP_READ } sink_op;
