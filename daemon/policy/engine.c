@@ -386,8 +386,8 @@ static void add_unique(char ***v, size_t *n, size_t *cap, const char *s) {
 }
 
 static void refresh_index(engine_t *e, const ruleset_t *rs) {
-    const char *ver = ruleset_version(rs);
-    if (e->idx_rs == rs && !strcmp(e->idx_version, ver)) return;
+    uint64_t gen = ruleset_generation(rs);
+    if (e->idx_gen == gen) return;
     free_names(e->cancel_names, e->n_cancel);
     free_names(e->touch_names, e->n_touch);
     e->cancel_names = e->touch_names = NULL;
@@ -404,8 +404,7 @@ static void refresh_index(engine_t *e, const ruleset_t *rs) {
     }
     if (e->n_cancel) qsort(e->cancel_names, e->n_cancel, sizeof *e->cancel_names, cmp_cstr);
     if (e->n_touch) qsort(e->touch_names, e->n_touch, sizeof *e->touch_names, cmp_cstr);
-    e->idx_rs = rs;
-    snprintf(e->idx_version, sizeof e->idx_version, "%s", ver);
+    e->idx_gen = gen;
 }
 
 static int has_name(char **v, size_t n, const char *name) {

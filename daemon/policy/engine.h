@@ -45,8 +45,7 @@ typedef struct engine {
      * names cancel waits and which feed inactivity, so an event that does
      * neither costs no intent (in live, no Redis call). Owned copies, so a
      * freed ruleset leaves nothing dangling. */
-    const ruleset_t *idx_rs;
-    char idx_version[17];
+    uint64_t idx_gen;                        /* ruleset_generation of the set indexed */
     char **cancel_names; size_t n_cancel;    /* sorted */
     char **touch_names; size_t n_touch;      /* sorted */
     int touch_any;                           /* an inactivity rule counts every event */
