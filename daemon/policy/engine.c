@@ -453,11 +453,10 @@ static void fill_intent(engine_t *e, intent_t *in, const rule_dec *d, const even
     }
 }
 
-/* context.timezone when it names a zone the database knows (remembering the
- * last good and bad names, so a stream of one zone costs no lookups). */
-static void event_tz(engine_t *e, const event_t *ev) {
+/* context.timezone (v) when it names a zone the database knows (remembering
+ * the last good and bad names, so a stream of one zone costs no lookups). */
+static void event_tz(engine_t *e, const cJSON *v) {
     e->tz[0] = '\0';
-    const cJSON *v = ev->context ? cJSON_GetObjectItemCaseSensitive(ev->context, "timezone") : NULL;
     if (!cJSON_IsString(v) || !v->valuestring || !*v->valuestring || strlen(v->valuestring) >= sizeof e->tz) return;
     const char *z = v->valuestring;
     size_t n = strlen(z);
@@ -501,9 +500,19 @@ void engine_run(engine_t *e, const ruleset_t *rs, const event_t *ev, const bd_cl
     expr_arena_reset(&e->arena);
     eval_ctx_t ctx = {.ev = ev, .arena = &e->arena};
     groups g = {.n = 0};
-    policy_subject(ev->context, "device", "id", e->device);
-    policy_subject(ev->context, "ip", NULL, e->ip);
-    event_tz(e, ev);
+    /* the context's device, ip and timezone in one pass over its members
+     * (a lookup each was three scans); the first of a name, as a lookup finds */
+    const cJSON *dev = NULL, *ip = NULL, *tz = NULL;
+    for (const cJSON *c = ev->context ? ev->context->child : NULL; c && !(dev && ip && tz); c = c->next) {
+        const char *k = c->string;
+        if (!k) continue;
+        if (k[0] == 'd' && !dev && !strcmp(k, "device")) dev = c;
+        else if (k[0] == 'i' && !ip && !strcmp(k, "ip")) ip = c;
+        else if (k[0] == 't' && !tz && !strcmp(k, "timezone")) tz = c;
+    }
+    policy_subject_value(cJSON_IsObject(dev) ? cJSON_GetObjectItemCaseSensitive(dev, "id") : NULL, e->device);
+    policy_subject_value(ip, e->ip);
+    event_tz(e, tz);
     for (size_t i = 0; i < list->n; i++) {
         const rule_t *r = list->rules[i];
         if (!r->enabled || r->kind == TRIG_INACTIVITY) continue;
