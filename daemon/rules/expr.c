@@ -264,12 +264,15 @@ static int member(value_t x, value_t c) {
 
 static const cJSON *obj_get(const cJSON *o, const char *key, size_t n) {
     if (!cJSON_IsObject(o)) return NULL;
-    /* the first byte settles most members without a call; an empty key
-     * (n == 0) still matches only an empty name */
-    for (const cJSON *c = o->child; c; c = c->next)
-        if (c->string && (n == 0 || c->string[0] == key[0]) && strncmp(c->string, key, n) == 0 &&
-            c->string[n] == '\0')
-            return c;
+    /* compared inline: names and keys are a few bytes, shorter than the
+     * set-up of a strncmp call; an empty key still matches only an empty name */
+    for (const cJSON *c = o->child; c; c = c->next) {
+        const char *name = c->string;
+        if (!name) continue;
+        size_t i = 0;
+        while (i < n && name[i] == key[i]) i++;
+        if (i == n && name[n] == '\0') return c;
+    }
     return NULL;
 }
 
