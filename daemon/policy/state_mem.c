@@ -127,9 +127,21 @@ typedef struct hslot {
     void *p;                  /* member_t *, or the claimed grant id (char *) */
 } hslot;
 
+/* Members are never freed one by one (they live as long as the store), so
+ * they are carved from slabs: a malloc and a free per member were most of
+ * the store's exit, and members made together sit together. */
+typedef struct mslab {
+    struct mslab *next;
+    size_t used, cap;
+    max_align_t data[];
+} mslab;
+
+#define MSLAB_BYTES (256 * 1024)
+
 struct store {
     hslot *slots;             /* members */
     size_t cap, n;
+    mslab *slab;              /* where members live, newest first */
     member_t *last;           /* the member last looked up */
     hslot *claims;            /* the stand-in for Redis claims: a set of grant ids */
     size_t ccap, cn;
@@ -281,6 +293,28 @@ static void hslot_reserve(hslot **slots, size_t *cap, size_t n) {
     *cap = ncap;
 }
 
+/* A member's footprint in its slab: the member, then its id. */
+static size_t member_size(size_t id_len) {
+    const size_t a = _Alignof(member_t);
+    return (sizeof(member_t) + id_len + 1 + a - 1) & ~(a - 1);
+}
+
+/* A zeroed member with room for an id of len bytes after it. */
+static member_t *member_new(store_t *s, size_t len) {
+    size_t need = member_size(len);
+    mslab *c = s->slab;
+    if (!c || c->cap - c->used < need) {
+        size_t cap = need > MSLAB_BYTES ? need : MSLAB_BYTES;
+        c = xcalloc(1, sizeof *c + cap);
+        c->cap = cap;
+        c->next = s->slab;
+        s->slab = c;
+    }
+    member_t *m = (member_t *)((char *)c->data + c->used);
+    c->used += need;
+    return m;
+}
+
 static member_t *member_get(store_t *s, const char *id) {
     /* an event's intents (touch, grants, waits, counts) are mostly one member's */
     if (s->last && strcmp(s->last->id, id) == 0) return s->last;
@@ -295,7 +329,7 @@ static member_t *member_get(store_t *s, const char *id) {
     }
     /* the id right after the member: the strcmp of a hit reads the member's
      * own cache lines, not a third allocation */
-    member_t *m = xcalloc(1, sizeof *m + len + 1);
+    member_t *m = member_new(s, len);
     m->id = memcpy(m + 1, id, len + 1);
     s->slots[j] = (hslot){h, m};
     s->n++;
@@ -384,15 +418,19 @@ void store_free(store_t *s) {
     for (size_t i = 0; i < s->hn; i++)
         if (s->heap[i].kind == T_WAIT) wait_free(s->heap[i].w);
     free(s->heap);
-    for (size_t i = 0; i < s->cap; i++) {
-        member_t *m = s->slots[i].p;
-        if (!m) continue;
-        for (size_t k = 0; k < m->nwin; k++) free(m->win[k].v);
-        free(m->win);
-        if (m->ina != &m->ina0) free(m->ina);
-        for (size_t k = 0; k < m->nrec; k++) free(m->rec[k].field);
-        free(m->rec);
-        free(m);
+    /* slab by slab, member after member: in memory order, not the map's */
+    for (mslab *c = s->slab, *next; c; c = next) {
+        next = c->next;
+        for (size_t off = 0; off < c->used;) {
+            member_t *m = (member_t *)((char *)c->data + off);
+            off += member_size(strlen(m->id));
+            for (size_t k = 0; k < m->nwin; k++) free(m->win[k].v);
+            free(m->win);
+            if (m->ina != &m->ina0) free(m->ina);
+            for (size_t k = 0; k < m->nrec; k++) free(m->rec[k].field);
+            free(m->rec);
+        }
+        free(c);
     }
     free(s->slots);
     for (size_t i = 0; i < s->ccap; i++) free(s->claims[i].p);
