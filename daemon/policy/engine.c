@@ -69,9 +69,11 @@ void engine_grant_id(const char *rule_id, const char *user_id, const char *occur
     memcpy(buf, rule_id, a);
     memcpy(buf + a, user_id, b);
     memcpy(buf + a + b, occurrence, c);
+    uint64_t h1, h2;
+    hash64x2(buf, a + b + c, 11, 12, &h1, &h2);
     out[0] = 'g';
-    put_hex16(out + 1, hash64(buf, a + b + c, 11));
-    put_hex16(out + 17, hash64(buf, a + b + c, 12));
+    put_hex16(out + 1, h1);
+    put_hex16(out + 17, h2);
     out[33] = '\0';
     if (buf != small) free(buf);
 }

@@ -891,7 +891,8 @@ static void count(store_t *s, const intent_t *in, store_out_cb cb, void *ud) {
     w->n = k;
     size_t before = w->n;
     size_t ol = strlen(in->occurrence);
-    uint64_t h1 = hash64(in->occurrence, ol, 21), h2 = hash64(in->occurrence, ol, 22);
+    uint64_t h1, h2;
+    hash64x2(in->occurrence, ol, 21, 22, &h1, &h2);
     int dup = 0;
     for (size_t i = 0; i < w->n; i++)
         if (w->v[i].h1 == h1 && w->v[i].h2 == h2) dup = 1;
