@@ -342,7 +342,8 @@ void engine_decide(engine_t *e, const ruleset_t *rs, const event_t *ev, int64_t 
     const rule_list_t *list = ruleset_for_event(rs, ev->name);
     if (list->n == 0) return;
     expr_arena_reset(&e->arena);
-    eval_ctx_t ctx = {.ev = ev, .arena = &e->arena};
+    e->memo.n = 0;
+    eval_ctx_t ctx = {.ev = ev, .arena = &e->arena, .memo = &e->memo};
     groups g = {.n = 0};
 
     for (size_t i = 0; i < list->n; i++) {
@@ -500,7 +501,8 @@ void engine_run(engine_t *e, const ruleset_t *rs, const event_t *ev, const bd_cl
     const rule_list_t *list = ruleset_for_event(rs, ev->name);
     if (list->n == 0) return;
     expr_arena_reset(&e->arena);
-    eval_ctx_t ctx = {.ev = ev, .arena = &e->arena};
+    e->memo.n = 0;
+    eval_ctx_t ctx = {.ev = ev, .arena = &e->arena, .memo = &e->memo};
     groups g = {.n = 0};
     /* the context's device, ip and timezone in one pass over its members
      * (a lookup each was three scans); the first of a name, as a lookup finds */
@@ -541,7 +543,8 @@ void engine_decide_inactivity(engine_t *e, const rule_t *r, const char *user, in
     char occ[40];
     engine_inactivity_occurrence(last_ms, occ);
     expr_arena_reset(&e->arena);
-    eval_ctx_t ctx = {.ev = &ev, .arena = &e->arena};
+    e->memo.n = 0;
+    eval_ctx_t ctx = {.ev = &ev, .arena = &e->arena, .memo = &e->memo};
     e->device[0] = e->ip[0] = e->tz[0] = '\0'; /* no event: no device, no IP, no member zone */
     e->matched++;
     rule_dec rd;

@@ -40,6 +40,7 @@ typedef struct engine {
     strbuf json, text, target;
     strbuf rec, xbody;          /* the open grant record and explain body being emitted */
     expr_arena_t arena;
+    expr_memo_t memo;           /* the paths of the event being decided */
     uint64_t matched, granted, suppressed;   /* counters since start */
     /* Derived from the ruleset in use, rebuilt when it changes: which event
      * names cancel waits and which feed inactivity, so an event that does
