@@ -123,6 +123,25 @@ uint64_t hash64(const void *data, size_t n, uint64_t seed) {
     return h;
 }
 
+static uint64_t hash64_finish(uint64_t h) {
+    h ^= h >> 33; h *= 0xff51afd7ed558ccdULL;
+    h ^= h >> 33; h *= 0xc4ceb9fe1a85ec53ULL;
+    h ^= h >> 33;
+    return h;
+}
+
+void hash64x2(const void *data, size_t n, uint64_t seed1, uint64_t seed2, uint64_t *h1, uint64_t *h2) {
+    const unsigned char *p = data;
+    uint64_t a = 0xcbf29ce484222325ULL ^ (seed1 * 0x9e3779b97f4a7c15ULL);
+    uint64_t b = 0xcbf29ce484222325ULL ^ (seed2 * 0x9e3779b97f4a7c15ULL);
+    for (size_t i = 0; i < n; i++) {
+        a = (a ^ p[i]) * 0x100000001b3ULL;
+        b = (b ^ p[i]) * 0x100000001b3ULL;
+    }
+    *h1 = hash64_finish(a);
+    *h2 = hash64_finish(b);
+}
+
 int parse_duration_ms(const char *s, int64_t *out_ms) {
     if (!s) return -1;
     while (isspace((unsigned char)*s)) s++;

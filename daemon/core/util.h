@@ -42,6 +42,9 @@ char *xstrndup(const char *s, size_t n);
 
 /* 64-bit FNV-1a, with a seed so two independent hashes can be derived. */
 uint64_t hash64(const void *data, size_t n, uint64_t seed);
+/* hash64 with two seeds in one pass (*h1 for seed1, *h2 for seed2): the two
+ * chains of multiplications overlap, where two calls wait on each other's. */
+void hash64x2(const void *data, size_t n, uint64_t seed1, uint64_t seed2, uint64_t *h1, uint64_t *h2);
 
 /* Parses "90s 30m 12h 7d 2w" (also "500ms"), one unit, into milliseconds.
  * Returns 0 on success, -1 on syntax error. */

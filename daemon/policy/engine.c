@@ -69,9 +69,11 @@ void engine_grant_id(const char *rule_id, const char *user_id, const char *occur
     memcpy(buf, rule_id, a);
     memcpy(buf + a, user_id, b);
     memcpy(buf + a + b, occurrence, c);
+    uint64_t h1, h2;
+    hash64x2(buf, a + b + c, 11, 12, &h1, &h2);
     out[0] = 'g';
-    put_hex16(out + 1, hash64(buf, a + b + c, 11));
-    put_hex16(out + 17, hash64(buf, a + b + c, 12));
+    put_hex16(out + 1, h1);
+    put_hex16(out + 17, h2);
     out[33] = '\0';
     if (buf != small) free(buf);
 }
@@ -340,7 +342,8 @@ void engine_decide(engine_t *e, const ruleset_t *rs, const event_t *ev, int64_t 
     const rule_list_t *list = ruleset_for_event(rs, ev->name);
     if (list->n == 0) return;
     expr_arena_reset(&e->arena);
-    eval_ctx_t ctx = {.ev = ev, .arena = &e->arena};
+    e->memo.n = 0;
+    eval_ctx_t ctx = {.ev = ev, .arena = &e->arena, .memo = &e->memo};
     groups g = {.n = 0};
 
     for (size_t i = 0; i < list->n; i++) {
@@ -386,8 +389,8 @@ static void add_unique(char ***v, size_t *n, size_t *cap, const char *s) {
 }
 
 static void refresh_index(engine_t *e, const ruleset_t *rs) {
-    const char *ver = ruleset_version(rs);
-    if (e->idx_rs == rs && !strcmp(e->idx_version, ver)) return;
+    uint64_t gen = ruleset_generation(rs);
+    if (e->idx_gen == gen) return;
     free_names(e->cancel_names, e->n_cancel);
     free_names(e->touch_names, e->n_touch);
     e->cancel_names = e->touch_names = NULL;
@@ -404,8 +407,7 @@ static void refresh_index(engine_t *e, const ruleset_t *rs) {
     }
     if (e->n_cancel) qsort(e->cancel_names, e->n_cancel, sizeof *e->cancel_names, cmp_cstr);
     if (e->n_touch) qsort(e->touch_names, e->n_touch, sizeof *e->touch_names, cmp_cstr);
-    e->idx_rs = rs;
-    snprintf(e->idx_version, sizeof e->idx_version, "%s", ver);
+    e->idx_gen = gen;
 }
 
 static int has_name(char **v, size_t n, const char *name) {
@@ -454,11 +456,10 @@ static void fill_intent(engine_t *e, intent_t *in, const rule_dec *d, const even
     }
 }
 
-/* context.timezone when it names a zone the database knows (remembering the
- * last good and bad names, so a stream of one zone costs no lookups). */
-static void event_tz(engine_t *e, const event_t *ev) {
+/* context.timezone (v) when it names a zone the database knows (remembering
+ * the last good and bad names, so a stream of one zone costs no lookups). */
+static void event_tz(engine_t *e, const cJSON *v) {
     e->tz[0] = '\0';
-    const cJSON *v = ev->context ? cJSON_GetObjectItemCaseSensitive(ev->context, "timezone") : NULL;
     if (!cJSON_IsString(v) || !v->valuestring || !*v->valuestring || strlen(v->valuestring) >= sizeof e->tz) return;
     const char *z = v->valuestring;
     size_t n = strlen(z);
@@ -500,11 +501,22 @@ void engine_run(engine_t *e, const ruleset_t *rs, const event_t *ev, const bd_cl
     const rule_list_t *list = ruleset_for_event(rs, ev->name);
     if (list->n == 0) return;
     expr_arena_reset(&e->arena);
-    eval_ctx_t ctx = {.ev = ev, .arena = &e->arena};
+    e->memo.n = 0;
+    eval_ctx_t ctx = {.ev = ev, .arena = &e->arena, .memo = &e->memo};
     groups g = {.n = 0};
-    policy_subject(ev->context, "device", "id", e->device);
-    policy_subject(ev->context, "ip", NULL, e->ip);
-    event_tz(e, ev);
+    /* the context's device, ip and timezone in one pass over its members
+     * (a lookup each was three scans); the first of a name, as a lookup finds */
+    const cJSON *dev = NULL, *ip = NULL, *tz = NULL;
+    for (const cJSON *c = ev->context ? ev->context->child : NULL; c && !(dev && ip && tz); c = c->next) {
+        const char *k = c->string;
+        if (!k) continue;
+        if (k[0] == 'd' && !dev && !strcmp(k, "device")) dev = c;
+        else if (k[0] == 'i' && !ip && !strcmp(k, "ip")) ip = c;
+        else if (k[0] == 't' && !tz && !strcmp(k, "timezone")) tz = c;
+    }
+    policy_subject_value(cJSON_IsObject(dev) ? cJSON_GetObjectItemCaseSensitive(dev, "id") : NULL, e->device);
+    policy_subject_value(ip, e->ip);
+    event_tz(e, tz);
     for (size_t i = 0; i < list->n; i++) {
         const rule_t *r = list->rules[i];
         if (!r->enabled || r->kind == TRIG_INACTIVITY) continue;
@@ -531,7 +543,8 @@ void engine_decide_inactivity(engine_t *e, const rule_t *r, const char *user, in
     char occ[40];
     engine_inactivity_occurrence(last_ms, occ);
     expr_arena_reset(&e->arena);
-    eval_ctx_t ctx = {.ev = &ev, .arena = &e->arena};
+    e->memo.n = 0;
+    eval_ctx_t ctx = {.ev = &ev, .arena = &e->arena, .memo = &e->memo};
     e->device[0] = e->ip[0] = e->tz[0] = '\0'; /* no event: no device, no IP, no member zone */
     e->matched++;
     rule_dec rd;

@@ -40,13 +40,13 @@ typedef struct engine {
     strbuf json, text, target;
     strbuf rec, xbody;          /* the open grant record and explain body being emitted */
     expr_arena_t arena;
+    expr_memo_t memo;           /* the paths of the event being decided */
     uint64_t matched, granted, suppressed;   /* counters since start */
     /* Derived from the ruleset in use, rebuilt when it changes: which event
      * names cancel waits and which feed inactivity, so an event that does
      * neither costs no intent (in live, no Redis call). Owned copies, so a
      * freed ruleset leaves nothing dangling. */
-    const ruleset_t *idx_rs;
-    char idx_version[17];
+    uint64_t idx_gen;                        /* ruleset_generation of the set indexed */
     char **cancel_names; size_t n_cancel;    /* sorted */
     char **touch_names; size_t n_touch;      /* sorted */
     int touch_any;                           /* an inactivity rule counts every event */

@@ -46,9 +46,13 @@ const char *policy_day(policy_day_cache *c, const char *tz, int64_t at) {
 }
 
 void policy_subject(const cJSON *context, const char *path1, const char *path2, char out[160]) {
-    out[0] = '\0';
     const cJSON *v = context ? cJSON_GetObjectItemCaseSensitive(context, path1) : NULL;
     if (v && path2) v = cJSON_IsObject(v) ? cJSON_GetObjectItemCaseSensitive(v, path2) : NULL;
+    policy_subject_value(v, out);
+}
+
+void policy_subject_value(const cJSON *v, char out[160]) {
+    out[0] = '\0';
     if (!v) return;
     char num[64];
     const char *s;

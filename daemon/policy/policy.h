@@ -24,6 +24,8 @@ const char *policy_day(policy_day_cache *c, const char *tz, int64_t at);
  * numbers; a value longer than 128 bytes or with control bytes is replaced by
  * "h" + a hash (so it stays a safe key part). "" when absent. */
 void policy_subject(const cJSON *context, const char *path1, const char *path2, char out[160]);
+/* The same for a value already looked up (NULL: absent). */
+void policy_subject_value(const cJSON *v, char out[160]);
 
 /* Quiet hours [start_min, end_min) of the local day (minutes; start > end
  * crosses midnight), in zone tz. Remembers a few zones' current days, so a

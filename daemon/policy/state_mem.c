@@ -14,6 +14,7 @@
 #include "engine.h"
 #include "policy.h"
 
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -45,13 +46,13 @@ typedef struct occ {
 } occ_t;
 
 typedef struct window {
-    char *rule_id;
+    const char *rule_id;      /* interned (store_t ids) */
     occ_t *v;
     size_t n, cap;
 } window_t;
 
 typedef struct inact {
-    char *rule_id;
+    const char *rule_id;      /* interned (store_t ids): compared by pointer */
     int64_t last;             /* last activity this rule counts */
     int64_t fired_last;       /* the `last` whose silence already fired */
     int fired;
@@ -61,7 +62,8 @@ typedef struct inact {
 /* A field of the member's recent hash (docs/policy.md "The closed loop"):
  * a grant id, or "h:RULE" for a holdout assignment. */
 typedef struct recent {
-    char *field, *rule, *variant;
+    char *field;
+    const char *rule, *variant; /* interned (store_t ids) */
     int64_t ms;
     long long window;         /* the rule's attribution window when recorded */
 } recent_t;
@@ -73,8 +75,9 @@ typedef struct member {
     wait_t *waits;
     window_t *win;
     size_t nwin;
-    inact_t *ina;
+    inact_t *ina;             /* &ina0 while there is one: most members have one inactivity rule */
     size_t nina;
+    inact_t ina0;
 } member_t;
 
 enum { T_WAIT, T_INACT };
@@ -124,9 +127,21 @@ typedef struct hslot {
     void *p;                  /* member_t *, or the claimed grant id (char *) */
 } hslot;
 
+/* Members are never freed one by one (they live as long as the store), so
+ * they are carved from slabs: a malloc and a free per member were most of
+ * the store's exit, and members made together sit together. */
+typedef struct mslab {
+    struct mslab *next;
+    size_t used, cap;
+    max_align_t data[];
+} mslab;
+
+#define MSLAB_BYTES (256 * 1024)
+
 struct store {
     hslot *slots;             /* members */
     size_t cap, n;
+    mslab *slab;              /* where members live, newest first */
     member_t *last;           /* the member last looked up */
     hslot *claims;            /* the stand-in for Redis claims: a set of grant ids */
     size_t ccap, cn;
@@ -137,11 +152,17 @@ struct store {
     int advanced;
     size_t pending;
     strbuf out;
-    /* the inactivity rules of the ruleset last seen by TOUCH */
-    const ruleset_t *irs;
-    char iver[17];
+    /* the inactivity rules of the ruleset last seen by TOUCH, with their
+     * interned ids */
+    uint64_t igen;
     size_t *inact_idx;
+    const char **inact_id;
     size_t n_inact;
+    /* Rule ids and variant names that members' records refer to, each kept
+     * once: a copy per member and rule was a malloc per member, a strcmp
+     * per event and a free per member at exit. Never shrinks (the names of
+     * a ruleset's rules). */
+    smap ids;
     /* policy (docs/policy.md) */
     char *tz;
     policy_day_cache day;
@@ -232,6 +253,12 @@ static void smap_free(smap *m, void (*fv)(void *)) {
     memset(m, 0, sizeof *m);
 }
 
+/* The store's one copy of str, for the life of the store. */
+static const char *intern(store_t *s, const char *str) {
+    void **v = smap_slot(&s->ids, str, 1);
+    return ((const kv *)((const char *)v - offsetof(kv, v)))->k;
+}
+
 static void lim_free(void *p) {
     lim_t *l = p;
     free(l->ts);
@@ -266,6 +293,28 @@ static void hslot_reserve(hslot **slots, size_t *cap, size_t n) {
     *cap = ncap;
 }
 
+/* A member's footprint in its slab: the member, then its id. */
+static size_t member_size(size_t id_len) {
+    const size_t a = _Alignof(member_t);
+    return (sizeof(member_t) + id_len + 1 + a - 1) & ~(a - 1);
+}
+
+/* A zeroed member with room for an id of len bytes after it. */
+static member_t *member_new(store_t *s, size_t len) {
+    size_t need = member_size(len);
+    mslab *c = s->slab;
+    if (!c || c->cap - c->used < need) {
+        size_t cap = need > MSLAB_BYTES ? need : MSLAB_BYTES;
+        c = xcalloc(1, sizeof *c + cap);
+        c->cap = cap;
+        c->next = s->slab;
+        s->slab = c;
+    }
+    member_t *m = (member_t *)((char *)c->data + c->used);
+    c->used += need;
+    return m;
+}
+
 static member_t *member_get(store_t *s, const char *id) {
     /* an event's intents (touch, grants, waits, counts) are mostly one member's */
     if (s->last && strcmp(s->last->id, id) == 0) return s->last;
@@ -280,7 +329,7 @@ static member_t *member_get(store_t *s, const char *id) {
     }
     /* the id right after the member: the strcmp of a hit reads the member's
      * own cache lines, not a third allocation */
-    member_t *m = xcalloc(1, sizeof *m + len + 1);
+    member_t *m = member_new(s, len);
     m->id = memcpy(m + 1, id, len + 1);
     s->slots[j] = (hslot){h, m};
     s->n++;
@@ -369,28 +418,26 @@ void store_free(store_t *s) {
     for (size_t i = 0; i < s->hn; i++)
         if (s->heap[i].kind == T_WAIT) wait_free(s->heap[i].w);
     free(s->heap);
-    for (size_t i = 0; i < s->cap; i++) {
-        member_t *m = s->slots[i].p;
-        if (!m) continue;
-        for (size_t k = 0; k < m->nwin; k++) {
-            free(m->win[k].rule_id);
-            free(m->win[k].v);
+    /* slab by slab, member after member: in memory order, not the map's */
+    for (mslab *c = s->slab, *next; c; c = next) {
+        next = c->next;
+        for (size_t off = 0; off < c->used;) {
+            member_t *m = (member_t *)((char *)c->data + off);
+            off += member_size(strlen(m->id));
+            for (size_t k = 0; k < m->nwin; k++) free(m->win[k].v);
+            free(m->win);
+            if (m->ina != &m->ina0) free(m->ina);
+            for (size_t k = 0; k < m->nrec; k++) free(m->rec[k].field);
+            free(m->rec);
         }
-        free(m->win);
-        for (size_t k = 0; k < m->nina; k++) free(m->ina[k].rule_id);
-        free(m->ina);
-        for (size_t k = 0; k < m->nrec; k++) {
-            free(m->rec[k].field);
-            free(m->rec[k].rule);
-            free(m->rec[k].variant);
-        }
-        free(m->rec);
-        free(m);
+        free(c);
     }
     free(s->slots);
     for (size_t i = 0; i < s->ccap; i++) free(s->claims[i].p);
     free(s->claims);
     free(s->inact_idx);
+    free(s->inact_id);
+    smap_free(&s->ids, NULL);
     sb_free(&s->out);
     free(s->tz);
     smap_free(&s->lims, lim_free);
@@ -476,19 +523,16 @@ static recent_t *recent_find(member_t *m, const char *field) {
 
 /* HSET P{u:ID}:recent field "rule RS variant RS ms RS window" (what the Lua
  * does; the trim of old fields is not needed here: every read checks the age). */
-static void recent_set(member_t *m, const char *field, const char *rule, const char *variant, int64_t ms,
+static void recent_set(store_t *s, member_t *m, const char *field, const char *rule, const char *variant, int64_t ms,
                        long long window) {
     recent_t *r = recent_find(m, field);
     if (!r) {
         m->rec = xrealloc(m->rec, (m->nrec + 1) * sizeof *m->rec);
         r = &m->rec[m->nrec++];
         r->field = xstrdup(field);
-    } else {
-        free(r->rule);
-        free(r->variant);
     }
-    r->rule = xstrdup(rule);
-    r->variant = xstrdup(variant && *variant ? variant : "-");
+    r->rule = intern(s, rule);
+    r->variant = intern(s, variant && *variant ? variant : "-");
     r->ms = ms;
     r->window = window;
 }
@@ -502,7 +546,7 @@ static void loop_holdout(store_t *s, const char *rule, const char *variant, cons
     sb_cat(&s->key, "h:", rule, (char *)NULL);
     recent_t *r = recent_find(m, s->key.s);
     if (r && r->ms > at - r->window) return;
-    recent_set(m, s->key.s, rule, variant, at, rule_attribution_ms(s->rs ? ruleset_find(s->rs, rule) : NULL, s->loop_window));
+    recent_set(s, m, s->key.s, rule, variant, at, rule_attribution_ms(s->rs ? ruleset_find(s->rs, rule) : NULL, s->loop_window));
 }
 
 /* A decision that granted nothing, by reason; a holdout also counts its member once. */
@@ -697,7 +741,7 @@ static void grant(store_t *s, const greq *q, store_out_cb cb, void *ud) {
     stat_add(s, q->rule_id, q->variant, "granted", 1);
     if (deliver > q->at) stat_add(s, q->rule_id, q->variant, "quiet hours", 1);
     if (s->loop_window)
-        recent_set(member_get(s, q->target), q->grant_id, q->rule_id, q->variant, q->at,
+        recent_set(s, member_get(s, q->target), q->grant_id, q->rule_id, q->variant, q->at,
                    rule_attribution_ms(r, s->loop_window));
     o.deliver_after = deliver;
     for (size_t i = 0; i < nchk; i++) {
@@ -836,7 +880,7 @@ static void count(store_t *s, const intent_t *in, store_out_cb cb, void *ud) {
         m->win = xrealloc(m->win, (m->nwin + 1) * sizeof *m->win);
         w = &m->win[m->nwin++];
         memset(w, 0, sizeof *w);
-        w->rule_id = xstrdup(in->rule->id);
+        w->rule_id = intern(s, in->rule->id);
     }
     /* The window is [ts - within, ts]: an occurrence exactly `within` old
      * still counts. Late events may leave newer ones in: they count too. */
@@ -847,7 +891,8 @@ static void count(store_t *s, const intent_t *in, store_out_cb cb, void *ud) {
     w->n = k;
     size_t before = w->n;
     size_t ol = strlen(in->occurrence);
-    uint64_t h1 = hash64(in->occurrence, ol, 21), h2 = hash64(in->occurrence, ol, 22);
+    uint64_t h1, h2;
+    hash64x2(in->occurrence, ol, 21, 22, &h1, &h2);
     int dup = 0;
     for (size_t i = 0; i < w->n; i++)
         if (w->v[i].h1 == h1 && w->v[i].h2 == h2) dup = 1;
@@ -899,17 +944,20 @@ static void cancel(store_t *s, const ruleset_t *rs, const intent_t *in, store_ou
 }
 
 static void refresh_inact(store_t *s, const ruleset_t *rs) {
-    const char *ver = ruleset_version(rs);
-    if (s->irs == rs && !strcmp(s->iver, ver)) return;
+    uint64_t gen = ruleset_generation(rs);
+    if (s->igen == gen && s->inact_idx) return;
     free(s->inact_idx);
+    free(s->inact_id);
     s->inact_idx = xcalloc(ruleset_count(rs) + 1, sizeof *s->inact_idx);
+    s->inact_id = xcalloc(ruleset_count(rs) + 1, sizeof *s->inact_id);
     s->n_inact = 0;
     for (size_t i = 0; i < ruleset_count(rs); i++) {
         const rule_t *r = ruleset_rule(rs, i);
-        if (r->enabled && r->kind == TRIG_INACTIVITY) s->inact_idx[s->n_inact++] = i;
+        if (!r->enabled || r->kind != TRIG_INACTIVITY) continue;
+        s->inact_id[s->n_inact] = intern(s, r->id);
+        s->inact_idx[s->n_inact++] = i;
     }
-    s->irs = rs;
-    snprintf(s->iver, sizeof s->iver, "%s", ver);
+    s->igen = gen;
 }
 
 static void touch(store_t *s, const ruleset_t *rs, const intent_t *in) {
@@ -923,14 +971,22 @@ static void touch(store_t *s, const ruleset_t *rs, const intent_t *in) {
         if (!counts) continue;
         inact_t *st = NULL;
         size_t idx = 0;
+        const char *id = s->inact_id[k];
         for (size_t i = 0; i < m->nina; i++)
-            if (!strcmp(m->ina[i].rule_id, r->id)) st = &m->ina[idx = i];
+            if (m->ina[i].rule_id == id) st = &m->ina[idx = i];
         if (!st) {
-            m->ina = xrealloc(m->ina, (m->nina + 1) * sizeof *m->ina);
+            if (m->nina == 0) {
+                m->ina = &m->ina0;
+            } else if (m->ina == &m->ina0) {
+                m->ina = xmalloc(2 * sizeof *m->ina);
+                m->ina[0] = m->ina0;
+            } else {
+                m->ina = xrealloc(m->ina, (m->nina + 1) * sizeof *m->ina);
+            }
             idx = m->nina++;
             st = &m->ina[idx];
             memset(st, 0, sizeof *st);
-            st->rule_id = xstrdup(r->id);
+            st->rule_id = id;
             st->last = in->ts;
         }
         if (in->ts > st->last) st->last = in->ts;

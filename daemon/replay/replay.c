@@ -15,11 +15,13 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* One output line, kept until the end so lines can be ordered by issue time. */
+/* One output line, kept until the end so lines can be ordered by issue time.
+ * Its text is in replay_state.text (one buffer for all lines: an allocation
+ * per line, and its free at exit, cost more than the copy). */
 typedef struct out_line {
     int64_t at;
     size_t seq;
-    char *json;
+    size_t off, len;
 } out_line;
 
 /* Revisits plugins asked for (host->revisit_at): a min-heap by due time
@@ -111,6 +113,7 @@ typedef struct replay_state {
     const ruleset_t *rs;
     out_line *out;
     size_t nout, capout;
+    strbuf text;              /* the lines' text, back to back */
     size_t granted, suppressed, repeats, progress;
     enrich_t en;
     revisits rv;
@@ -138,7 +141,8 @@ static void emit(replay_state *r, int64_t at, const char *json, size_t len) {
         r->capout = r->capout ? r->capout * 2 : 256;
         r->out = xrealloc(r->out, r->capout * sizeof *r->out);
     }
-    r->out[r->nout] = (out_line){at, r->nout, xstrndup(json, len)};
+    r->out[r->nout] = (out_line){at, r->nout, r->text.len, len};
+    sb_append(&r->text, json, len);
     r->nout++;
 }
 
@@ -389,7 +393,7 @@ int replay_main(int argc, char **argv) {
     }
     qsort(r.out, r.nout, sizeof *r.out, cmp_out);
     for (size_t i = 0; i < r.nout; i++) {
-        fputs(r.out[i].json, stdout);
+        fwrite(r.text.s + r.out[i].off, 1, r.out[i].len, stdout);
         fputc('\n', stdout);
     }
     if (stats) {
@@ -410,8 +414,8 @@ int replay_main(int argc, char **argv) {
         fprintf(stderr, "replay: %zu wait(s) still pending at %s (use --until to let them run out)\n", pending, ts);
     }
 out:
-    for (size_t i = 0; i < r.nout; i++) free(r.out[i].json);
     free(r.out);
+    sb_free(&r.text);
     store_free(r.store);
     rv_free(&r.rv);
     free(line);

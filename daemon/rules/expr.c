@@ -112,6 +112,7 @@ typedef struct node {
     int root;               /* N_PATH */
     int height;
     value_t v;              /* N_CONST */
+    unsigned path;          /* N_PATH with fields: its number (path_number) */
     char **segs;            /* N_PATH: NUL-terminated field names */
     size_t *seglens;
     size_t nsegs;
@@ -264,12 +265,15 @@ static int member(value_t x, value_t c) {
 
 static const cJSON *obj_get(const cJSON *o, const char *key, size_t n) {
     if (!cJSON_IsObject(o)) return NULL;
-    /* the first byte settles most members without a call; an empty key
-     * (n == 0) still matches only an empty name */
-    for (const cJSON *c = o->child; c; c = c->next)
-        if (c->string && (n == 0 || c->string[0] == key[0]) && strncmp(c->string, key, n) == 0 &&
-            c->string[n] == '\0')
-            return c;
+    /* compared inline: names and keys are a few bytes, shorter than the
+     * set-up of a strncmp call; an empty key still matches only an empty name */
+    for (const cJSON *c = o->child; c; c = c->next) {
+        const char *name = c->string;
+        if (!name) continue;
+        size_t i = 0;
+        while (i < n && name[i] == key[i]) i++;
+        if (i == n && name[n] == '\0') return c;
+    }
     return NULL;
 }
 
@@ -304,8 +308,17 @@ static value_t resolve_node(const node *n, const eval_ctx_t *ctx) {
     const cJSON *j;
     value_t v = root_value(n->root, ctx ? ctx->ev : NULL, &j);
     if (n->nsegs == 0) return v;
+    expr_memo_t *m = ctx ? ctx->memo : NULL;
+    if (m)
+        for (unsigned i = 0; i < m->n; i++)
+            if (m->e[i].path == n->path) return m->e[i].v;
     for (size_t i = 0; i < n->nsegs && j; i++) j = obj_get(j, n->segs[i], n->seglens[i]);
-    return json_to_value(j);
+    v = json_to_value(j);
+    if (m && m->n < EXPR_MEMO_N) {
+        m->e[m->n].path = n->path;
+        m->e[m->n++].v = v;
+    }
+    return v;
 }
 
 value_t expr_resolve_path(const char *path, const eval_ctx_t *ctx) {
@@ -850,6 +863,32 @@ static int enter(parser *p) {
     return 1;
 }
 
+/* Every distinct path with fields that this process compiles gets a number
+ * (from 1), the same for every expression that names it: the per-event memo
+ * (expr_memo_t) then matches paths without comparing their text. Kept for
+ * the life of the process: a few hundred short names at most, and only the
+ * thread that loads rules compiles. */
+static char **path_names;
+static size_t n_path_names;
+
+static unsigned path_number(const node *n) {
+    strbuf k;
+    sb_init(&k);
+    sb_putc(&k, (char)('A' + n->root));
+    for (size_t i = 0; i < n->nsegs; i++) {
+        sb_putc(&k, '\x1f');
+        sb_append(&k, n->segs[i], n->seglens[i]);
+    }
+    for (size_t i = 0; i < n_path_names; i++)
+        if (!strcmp(path_names[i], k.s)) {
+            sb_free(&k);
+            return (unsigned)i + 1;
+        }
+    path_names = xrealloc(path_names, (n_path_names + 1) * sizeof *path_names);
+    path_names[n_path_names++] = k.s;
+    return (unsigned)n_path_names;
+}
+
 static node *parse_path(parser *p) {
     size_t off = p->t.off;
     const char *w = p->s + off;
@@ -883,6 +922,7 @@ static node *parse_path(parser *p) {
         n->nsegs++;
         lex(p);
     }
+    if (n->nsegs) n->path = path_number(n);
     return n;
 }
 

@@ -37,9 +37,21 @@ typedef struct expr_arena {
     size_t used, cap;
 } expr_arena_t;
 
+/* The values of paths already resolved for one event: rules often read the
+ * same field (properties.score), and a field lookup scans its object. */
+#define EXPR_MEMO_N 8
+typedef struct expr_memo {
+    unsigned n;
+    struct {
+        unsigned path;        /* the path's number (expr.c path_number) */
+        value_t v;
+    } e[EXPR_MEMO_N];
+} expr_memo_t;
+
 typedef struct eval_ctx {
     const event_t *ev;
     expr_arena_t *arena;      /* may be NULL: then functions that allocate yield V_MISSING */
+    expr_memo_t *memo;        /* may be NULL; the caller empties it (n = 0) for each event */
 } eval_ctx_t;
 
 typedef struct expr expr_t;

@@ -32,6 +32,7 @@ struct ruleset {
     ev_slot *slots;           /* capacity is a power of two, at most half full */
     size_t cap;
     char version[17];
+    uint64_t generation;      /* unique per loaded set (ruleset_generation) */
     int uses_profile;         /* some rule reads user.* */
 };
 
@@ -700,6 +701,8 @@ static ruleset_t *finish(loader *L, size_t errors_before) {
         return NULL;
     }
     ruleset_t *rs = xcalloc(1, sizeof *rs);
+    static _Atomic uint64_t generations;
+    rs->generation = ++generations;
     rs->n = L->n;
     rs->rules = xcalloc(L->n ? L->n : 1, sizeof *rs->rules);
     rs->by_id = xcalloc(L->n ? L->n : 1, sizeof *rs->by_id);
@@ -823,5 +826,7 @@ const rule_list_t *ruleset_for_event(const ruleset_t *rs, const char *event_name
 }
 
 const char *ruleset_version(const ruleset_t *rs) { return rs ? rs->version : ""; }
+
+uint64_t ruleset_generation(const ruleset_t *rs) { return rs ? rs->generation : 0; }
 
 int ruleset_uses_profile(const ruleset_t *rs) { return rs && rs->uses_profile; }

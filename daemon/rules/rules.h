@@ -102,6 +102,10 @@ const rule_t *ruleset_find(const ruleset_t *rs, const char *id);
 const rule_list_t *ruleset_for_event(const ruleset_t *rs, const char *event_name);
 /* A version for the whole set (hash of every rule's version). */
 const char *ruleset_version(const ruleset_t *rs);
+/* Never the same for two sets loaded by this process, even when one reuses
+ * a freed set's address: what is derived from a set is rebuilt when it
+ * changes, with one comparison per event instead of a strcmp of versions. */
+uint64_t ruleset_generation(const ruleset_t *rs);
 /* 1 when some rule reads the member profile (audience, or user.* anywhere). */
 int ruleset_uses_profile(const ruleset_t *rs);
 

@@ -189,6 +189,35 @@ static void test_comparisons(void **state) {
     check_bool("properties.obj == properties.obj", 1);
 }
 
+/* With a memo, paths read by several expressions (and paths that differ
+ * only in root or depth) give what they give without one; past its
+ * capacity the memo simply stops remembering. */
+static void test_path_memo(void **state) {
+    static const char *const srcs[] = {
+        "properties.total >= 100", "properties.total < 100", "properties.qty", "traits.tier",
+        "user.tier", "properties.nested.a.b", "properties.nested.a", "properties.nope",
+        "context.device.id", "context.ip", "properties.name", "properties.total + properties.qty",
+        "properties.total >= 100",
+    };
+    expr_memo_t memo = {.n = 0};
+    eval_ctx_t mctx = {.ev = &ev, .arena = &arena, .memo = &memo};
+    for (size_t i = 0; i < sizeof srcs / sizeof *srcs; i++) {
+        expr_t *e = compile_ok(srcs[i]);
+        value_t a = expr_eval(e, &ctx), b = expr_eval(e, &mctx);
+        assert_int_equal(a.k, b.k);
+        strbuf ja, jb;
+        sb_init(&ja);
+        sb_init(&jb);
+        value_to_json(&a, &ja);
+        value_to_json(&b, &jb);
+        assert_string_equal(ja.s, jb.s);
+        sb_free(&ja);
+        sb_free(&jb);
+        expr_free(e);
+    }
+    assert_int_equal(memo.n, EXPR_MEMO_N);
+}
+
 static void test_missing_paths(void **state) {
     check_bool("properties.nope == 1", 0);
     check_bool("properties.nope != 1", 0);
@@ -746,6 +775,7 @@ int main(void) {
         cmocka_unit_test(test_arena),
         cmocka_unit_test(test_template_render),
         cmocka_unit_test(test_template_errors),
+        cmocka_unit_test(test_path_memo),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -165,7 +165,7 @@ static void test_expressions_evaluate(void **state) {
     ev.name = "Product Added";
     ev.user_id = "u-1";
     expr_arena_t arena = {0};
-    eval_ctx_t ctx = {&ev, &arena};
+    eval_ctx_t ctx = {.ev = &ev, .arena = &arena};
     assert_true(expr_test(r->where, &ctx));
     value_t v = expr_eval(r->grant.value, &ctx);
     assert_int_equal(v.k, V_NUM);

@@ -122,6 +122,21 @@ static void test_sb_put_i64(void **state) {
     sb_free(&b);
 }
 
+/* Grant ids are made of hash64x2's values: they must be hash64's. */
+static void test_hash64x2(void **state) {
+    (void)state;
+    char buf[300];
+    for (size_t i = 0; i < sizeof buf; i++) buf[i] = (char)(i * 37 + 11);
+    for (size_t n = 0; n <= sizeof buf; n += 7) {
+        for (uint64_t s1 = 0; s1 < 40; s1 += 13) {
+            uint64_t h1, h2;
+            hash64x2(buf, n, s1, s1 + 1, &h1, &h2);
+            assert_true(h1 == hash64(buf, n, s1));
+            assert_true(h2 == hash64(buf, n, s1 + 1));
+        }
+    }
+}
+
 static void test_put_hex16_and_sb_cat(void **state) {
     (void)state;
     char got[17], want[17];
@@ -150,6 +165,7 @@ int main(void) {
         cmocka_unit_test(test_iso_short_buffer),
         cmocka_unit_test(test_sb_put_i64),
         cmocka_unit_test(test_put_hex16_and_sb_cat),
+        cmocka_unit_test(test_hash64x2),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
