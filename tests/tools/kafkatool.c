@@ -48,7 +48,7 @@ static void usage(FILE *out) {
           "  kafkatool mock [--brokers N] [--topic NAME[:PARTITIONS[:REPLICATION]]]...\n"
           "                 [--bootstrap-file FILE] [--control-fifo PATH] [-X prop=val]...\n"
           "  kafkatool produce --brokers B --topic T [--key-field F1,F2] [--rate N]\n"
-          "                 [--timeout MS] [-X prop=val]... [FILE|-]\n"
+          "                 [--timeout MS] [--ts-out FILE] [-X prop=val]... [FILE|-]\n"
           "  kafkatool count --brokers B --topic T [--high] [-v] [--timeout MS] [-X prop=val]...\n"
           "  kafkatool committed --brokers B --topic T --group G [--lag] [-v]\n"
           "                 [--timeout MS] [-X prop=val]...\n"
@@ -458,14 +458,28 @@ out:
 
 struct produce_stats {
     long delivered, failed, reported;
+    FILE *ts_out; /* --ts-out: "messageId<TAB>produce time ms" per delivered message */
 };
+
+/* --ts-out: what a message carries to its delivery report. The time is the
+ * wall clock just before produce(), which is where librdkafka takes a
+ * message's CreateTime (the report's own timestamp is the mock's
+ * LogAppendTime placeholder). */
+typedef struct sent_ts {
+    int64_t ms;
+    char mid[];
+} sent_ts;
 
 static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque) {
     struct produce_stats *st = opaque;
+    sent_ts *mid = m->_private; /* --ts-out (ours to free) */
     if (!m->err) {
         st->delivered++;
+        if (st->ts_out && mid) fprintf(st->ts_out, "%s\t%" PRId64 "\n", mid->mid, mid->ms);
+        free(mid);
         return;
     }
+    free(mid);
     st->failed++;
     /* A dead broker fails thousands of messages the same way; a few lines say it. */
     if (st->reported++ < 5)
@@ -502,17 +516,18 @@ static int cmd_produce(int argc, char **argv) {
         {"brokers", required_argument, NULL, 'b'}, {"topic", required_argument, NULL, 't'},
         {"key-field", required_argument, NULL, 'k'}, {"rate", required_argument, NULL, 'r'},
         {"timeout", required_argument, NULL, 'T'}, {"help", no_argument, NULL, 'h'},
-        {NULL, 0, NULL, 0},
+        {"ts-out", required_argument, NULL, 'o'}, {NULL, 0, NULL, 0},
     };
-    const char *brokers = NULL, *topic = NULL;
+    const char *brokers = NULL, *topic = NULL, *ts_path = NULL;
     char *xprops[MAX_XPROPS], keyspec[512] = "userId,anonymousId", *fields[MAX_KEY_FIELDS];
     int nx = 0, nfields = 0, c;
     double rate = 0;
     long timeout_ms = 30000;
 
-    while ((c = getopt_long(argc, argv, "b:t:k:r:T:X:h", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "b:t:k:r:T:X:o:h", opts, NULL)) != -1) {
         switch (c) {
         case 'b': brokers = optarg; break;
+        case 'o': ts_path = optarg; break;
         case 't': topic = optarg; break;
         case 'k':
             if (snprintf(keyspec, sizeof keyspec, "%s", optarg) >= (int)sizeof keyspec) {
@@ -571,6 +586,11 @@ static int cmd_produce(int argc, char **argv) {
     }
 
     struct produce_stats st = {0};
+    if (ts_path && !(st.ts_out = fopen(ts_path, "w"))) {
+        errf("opening %s: %s", ts_path, strerror(errno));
+        if (in != stdin) fclose(in);
+        return 1;
+    }
     char tmo[32];
     snprintf(tmo, sizeof tmo, "%ld", timeout_ms);
     rd_kafka_conf_t *conf = rd_kafka_conf_new();
@@ -609,14 +629,25 @@ static int cmd_produce(int argc, char **argv) {
 
         cJSON *root;
         const char *key = line_key(line, (size_t)len, fields, nfields, &root);
+        sent_ts *mid = NULL;
+        if (st.ts_out && root) {
+            const cJSON *j = cJSON_GetObjectItemCaseSensitive(root, "messageId");
+            if (cJSON_IsString(j) && (mid = malloc(sizeof *mid + strlen(j->valuestring) + 1))) {
+                struct timespec now;
+                clock_gettime(CLOCK_REALTIME, &now);
+                mid->ms = (int64_t)now.tv_sec * 1000 + now.tv_nsec / 1000000;
+                strcpy(mid->mid, j->valuestring);
+            }
+        }
         rd_kafka_resp_err_t err;
         for (;;) {
             err = rd_kafka_producev(rk, RD_KAFKA_V_TOPIC(topic), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
                                     RD_KAFKA_V_KEY(key, key ? strlen(key) : 0), RD_KAFKA_V_VALUE(line, (size_t)len),
-                                    RD_KAFKA_V_END);
+                                    RD_KAFKA_V_OPAQUE(mid), RD_KAFKA_V_END);
             if (err != RD_KAFKA_RESP_ERR__QUEUE_FULL) break;
             rd_kafka_poll(rk, 100); /* wait for deliveries to free queue space */
         }
+        if (err) free(mid); /* never queued: no delivery report will free it */
         cJSON_Delete(root);
         sent++;
         if (err) {
@@ -641,6 +672,10 @@ static int cmd_produce(int argc, char **argv) {
         rc = 1;
     }
     rd_kafka_destroy(rk);
+    if (st.ts_out && fclose(st.ts_out) != 0) {
+        errf("writing %s: %s", ts_path, strerror(errno));
+        rc = 1;
+    }
 
     if (st.failed) {
         errf("produced %ld, failed %ld", st.delivered, st.failed);
