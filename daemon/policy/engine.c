@@ -135,18 +135,28 @@ static void put_trigger(strbuf *b, const event_t *ev) {
 /* The explain body: what a suppressed line says besides its reason and time.
  * Kept apart so a store can report a reason decided later (cancelled, already
  * pending, a count below N) for the same trigger. */
-static void build_xbody(strbuf *b, const rule_t *r, const variant_t *v, const event_t *ev) {
+static void build_xbody(strbuf *b, const rule_t *r, const char *variant, const event_t *ev) {
     sb_reset(b);
     sb_puts(b, ",\"rule\":");
     sb_json_str(b, r->id, strlen(r->id));
     sb_puts(b, ",\"rule_version\":");
     sb_json_str(b, r->version, strlen(r->version));
     sb_puts(b, ",\"variant\":");
-    put_str_or_null(b, v ? v->name : NULL);
+    put_str_or_null(b, variant);
     sb_puts(b, ",\"user_id\":");
     sb_json_str(b, ev->user_id, strlen(ev->user_id));
     sb_putc(b, ',');
     put_trigger(b, ev);
+}
+
+const char *engine_intent_xbody(const intent_t *in, strbuf *scratch, size_t *len) {
+    if (in->xbody || !in->trigger) {
+        *len = in->xbody_len;
+        return in->xbody;
+    }
+    build_xbody(scratch, in->rule, in->variant, in->trigger);
+    *len = scratch->len;
+    return scratch->s;
 }
 
 void engine_finish_explain(const char *reason, const char *xbody, size_t len, const char *extra, int64_t at,
@@ -361,7 +371,7 @@ void engine_decide(engine_t *e, const ruleset_t *rs, const event_t *ev, int64_t 
         if (d.reason) {
             d.granted = 0;
             d.target_user = ev->user_id;
-            build_xbody(&e->xbody, r, rd.v, ev);
+            build_xbody(&e->xbody, r, rd.v ? rd.v->name : NULL, ev);
             engine_finish_explain(d.reason, e->xbody.s, e->xbody.len, NULL, now_ms, &e->json);
             e->suppressed++;
         } else {
@@ -429,9 +439,7 @@ static void fill_intent(engine_t *e, intent_t *in, const rule_dec *d, const even
     in->rec_len = d->have_rec ? e->rec.len : 0;
     in->rec_cut = d->cut;
     in->expires_in_ms = d->expires_in;
-    build_xbody(&e->xbody, r, d->v, ev);
-    in->xbody = e->xbody.s;
-    in->xbody_len = e->xbody.len;
+    in->trigger = ev; /* the body is built by whoever reports it */
     in->wait_ms = r->wait_ms;
     in->cancel_on = r->cancel_on;
     in->n_cancel_on = r->n_cancel_on;
@@ -551,6 +559,11 @@ void engine_decide_inactivity(engine_t *e, const rule_t *r, const char *user, in
     decide_rule(e, &rd, r, &ev, occ, &ctx, now_ms, NULL);
     memset(out, 0, sizeof *out);
     fill_intent(e, out, &rd, &ev, now_ms);
+    /* ev is a local: the body is built now, not on demand */
+    build_xbody(&e->xbody, r, out->variant, &ev);
+    out->xbody = e->xbody.s;
+    out->xbody_len = e->xbody.len;
+    out->trigger = NULL;
     /* fill_intent points at rd (a local) and ev.user_id: repoint at what outlives this call. */
     out->user = user;
     if (!rd.have_rec) out->target_user = user;

@@ -61,6 +61,11 @@ typedef struct intent {
     long long expires_in_ms;   /* -1: expires_at is null */
     const char *xbody;         /* explain body: rule, variant, member, trigger (see engine_finish_explain) */
     size_t xbody_len;
+    /* Set when xbody is NULL: the trigger (valid while the intent is being
+     * applied) to build the body from, with engine_intent_xbody, only when
+     * something is reported: most intents are grants that pass and never
+     * report one. */
+    const event_t *trigger;
     int64_t wait_ms;           /* > 0: issuing means scheduling a wait due at (issue time + wait_ms) */
     char *const *cancel_on;    /* the rule's cancel_on, kept with the pending wait */
     size_t n_cancel_on;
