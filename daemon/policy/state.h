@@ -160,6 +160,11 @@ void store_mem_set_loop(store_t *s, long long window_ms);
 /* Blocklist: kind is "user", "device" or "ip". */
 void store_mem_block(store_t *s, const char *kind, const char *value);
 
+/* A hint that intents of member `user` come next (replay, right after an
+ * event is decoded): stage 0 starts loading the member's slot, stage 1 (some
+ * work later) the member. Changes nothing but timing. */
+void store_mem_prefetch(store_t *s, const char *user, int stage);
+
 /* Executes one intent at once. rs is the ruleset the intent was decided with
  * (TOUCH needs it to know which inactivity rules the event feeds). */
 void store_apply(store_t *s, const ruleset_t *rs, const intent_t *in, store_out_cb cb, void *ud);
