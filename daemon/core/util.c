@@ -33,21 +33,13 @@ void sb_init(strbuf *b) { b->s = NULL; b->len = b->cap = 0; }
 void sb_free(strbuf *b) { free(b->s); sb_init(b); }
 void sb_reset(strbuf *b) { b->len = 0; if (b->s) b->s[0] = '\0'; }
 
-static void sb_grow(strbuf *b, size_t extra) {
+void sb_grow(strbuf *b, size_t extra) {
     if (b->len + extra + 1 <= b->cap) return;
     size_t cap = b->cap ? b->cap : 64;
     while (cap < b->len + extra + 1) cap *= 2;
     b->s = xrealloc(b->s, cap);
     b->cap = cap;
 }
-void sb_append(strbuf *b, const char *s, size_t n) {
-    sb_grow(b, n);
-    memcpy(b->s + b->len, s, n);
-    b->len += n;
-    b->s[b->len] = '\0';
-}
-void sb_puts(strbuf *b, const char *s) { sb_append(b, s, strlen(s)); }
-void sb_putc(strbuf *b, char c) { sb_append(b, &c, 1); }
 void sb_printf(strbuf *b, const char *fmt, ...) {
     va_list ap;
     va_start(ap, fmt);
