@@ -184,15 +184,20 @@ static value_t vbool(int b) { return (value_t){.k = V_BOOL, .b = b ? 1 : 0}; }
 static value_t vnum(double n) { return (value_t){.k = V_NUM, .n = n}; }
 static value_t vstr(const char *s, size_t len) { return (value_t){.k = V_STR, .s = s, .len = len}; }
 
+/* One switch on the type byte, as each cJSON_IsX tests it: six calls into
+ * the library per value cost more than the rest of a path lookup. */
 static value_t json_to_value(const cJSON *j) {
     if (!j) return missing_v;
-    if (cJSON_IsNumber(j)) return vnum(j->valuedouble);
-    if (cJSON_IsString(j)) return j->valuestring ? vstr(j->valuestring, strlen(j->valuestring)) : missing_v;
-    if (cJSON_IsTrue(j)) return vbool(1);
-    if (cJSON_IsFalse(j)) return vbool(0);
-    if (cJSON_IsNull(j)) return (value_t){.k = V_NULL};
-    if (cJSON_IsArray(j) || cJSON_IsObject(j)) return (value_t){.k = V_JSON, .json = j};
-    return missing_v;
+    switch (j->type & 0xFF) {
+    case cJSON_Number: return vnum(j->valuedouble);
+    case cJSON_String: return j->valuestring ? vstr(j->valuestring, strlen(j->valuestring)) : missing_v;
+    case cJSON_True: return vbool(1);
+    case cJSON_False: return vbool(0);
+    case cJSON_NULL: return (value_t){.k = V_NULL};
+    case cJSON_Array:
+    case cJSON_Object: return (value_t){.k = V_JSON, .json = j};
+    default: return missing_v;
+    }
 }
 
 static int truthy(value_t v) {
