@@ -36,8 +36,16 @@ static inline int string_special8(const unsigned char *p) {
 /* Whether all n bytes are ASCII: almost every event is, and then there is no
  * UTF-8 to validate (8 bytes a step). */
 static int all_ascii(const unsigned char *p, size_t n) {
-    uint64_t acc = 0;
+    uint64_t acc = 0, acc2 = 0;
     size_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        uint64_t v, w;
+        memcpy(&v, p + i, 8);
+        memcpy(&w, p + i + 8, 8);
+        acc |= v;
+        acc2 |= w;
+    }
+    acc |= acc2;
     for (; i + 8 <= n; i += 8) {
         uint64_t v;
         memcpy(&v, p + i, 8);
