@@ -354,7 +354,8 @@ void engine_decide(engine_t *e, const ruleset_t *rs, const event_t *ev, int64_t 
     expr_arena_reset(&e->arena);
     e->memo.n = 0;
     eval_ctx_t ctx = {.ev = ev, .arena = &e->arena, .memo = &e->memo};
-    groups g = {.n = 0};
+    groups g; /* only the first n / nclaimed entries are read */
+    g.n = g.nclaimed = 0;
 
     for (size_t i = 0; i < list->n; i++) {
         const rule_t *r = list->rules[i];
@@ -511,7 +512,8 @@ void engine_run(engine_t *e, const ruleset_t *rs, const event_t *ev, const bd_cl
     expr_arena_reset(&e->arena);
     e->memo.n = 0;
     eval_ctx_t ctx = {.ev = ev, .arena = &e->arena, .memo = &e->memo};
-    groups g = {.n = 0};
+    groups g; /* only the first n / nclaimed entries are read: no 1 KiB memset per event */
+    g.n = g.nclaimed = 0;
     /* the context's device, ip and timezone in one pass over its members
      * (a lookup each was three scans); the first of a name, as a lookup finds */
     const cJSON *dev = NULL, *ip = NULL, *tz = NULL;
