@@ -269,7 +269,7 @@ static int member(value_t x, value_t c) {
 /* ------------------------------------------------------------------ paths */
 
 static const cJSON *obj_get(const cJSON *o, const char *key, size_t n) {
-    if (!cJSON_IsObject(o)) return NULL;
+    if ((o->type & 0xFF) != cJSON_Object) return NULL; /* cJSON_IsObject, without the call */
     /* compared inline: names and keys are a few bytes, shorter than the
      * set-up of a strncmp call; an empty key still matches only an empty name */
     for (const cJSON *c = o->child; c; c = c->next) {
@@ -309,16 +309,32 @@ static int find_root(const char *s, size_t n) {
     return -1;
 }
 
+/* The JSON object of an object root (NULL for the others): what a path's
+ * segments are looked up in. */
+static const cJSON *root_obj(int root, const event_t *ev) {
+    if (!ev) return NULL;
+    switch (root) {
+    case R_PROPERTIES: return ev->properties;
+    case R_CONTEXT: return ev->context;
+    case R_TRAITS: return ev->traits;
+    case R_USER: return ev->user ? ev->user : ev->traits;
+    default: return NULL;
+    }
+}
+
 static value_t resolve_node(const node *n, const eval_ctx_t *ctx) {
-    const cJSON *j;
-    value_t v = root_value(n->root, ctx ? ctx->ev : NULL, &j);
-    if (n->nsegs == 0) return v;
+    if (n->nsegs == 0) {
+        const cJSON *j;
+        return root_value(n->root, ctx ? ctx->ev : NULL, &j);
+    }
+    /* the memo first: a hit needs neither the root nor the walk */
     expr_memo_t *m = ctx ? ctx->memo : NULL;
     if (m)
         for (unsigned i = 0; i < m->n; i++)
             if (m->e[i].path == n->path) return m->e[i].v;
+    const cJSON *j = root_obj(n->root, ctx ? ctx->ev : NULL);
     for (size_t i = 0; i < n->nsegs && j; i++) j = obj_get(j, n->segs[i], n->seglens[i]);
-    v = json_to_value(j);
+    value_t v = json_to_value(j);
     if (m && m->n < EXPR_MEMO_N) {
         m->e[m->n].path = n->path;
         m->e[m->n++].v = v;
