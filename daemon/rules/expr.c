@@ -480,6 +480,14 @@ static int member_of_list_node(value_t x, const node *list, const eval_ctx_t *ct
     return 0;
 }
 
+/* An operand: constants and paths (most operands: `properties.price >=
+ * 100`) without a call into eval, whose frame cost more than they do. */
+static inline value_t eval_kid(const node *n, const eval_ctx_t *ctx) {
+    if (n->k == N_CONST) return n->v;
+    if (n->k == N_PATH) return resolve_node(n, ctx);
+    return eval(n, ctx);
+}
+
 static value_t eval(const node *n, const eval_ctx_t *ctx) {
     switch (n->k) {
     case N_CONST: return n->v;
@@ -498,15 +506,15 @@ static value_t eval(const node *n, const eval_ctx_t *ctx) {
     }
     case N_AND:
         for (size_t i = 0; i < n->nkids; i++)
-            if (!truthy(eval(n->kids[i], ctx))) return vbool(0);
+            if (!truthy(eval_kid(n->kids[i], ctx))) return vbool(0);
         return vbool(1);
     case N_OR:
         for (size_t i = 0; i < n->nkids; i++)
-            if (truthy(eval(n->kids[i], ctx))) return vbool(1);
+            if (truthy(eval_kid(n->kids[i], ctx))) return vbool(1);
         return vbool(0);
     case N_EQ:
     case N_NE: {
-        value_t a = eval(n->kids[0], ctx), b = eval(n->kids[1], ctx);
+        value_t a = eval_kid(n->kids[0], ctx), b = eval_kid(n->kids[1], ctx);
         if (a.k == V_MISSING || b.k == V_MISSING) return vbool(0);
         int eq = veq(a, b);
         return vbool(n->k == N_EQ ? eq : !eq);
@@ -515,7 +523,7 @@ static value_t eval(const node *n, const eval_ctx_t *ctx) {
     case N_LE:
     case N_GT:
     case N_GE: {
-        int o = vorder(eval(n->kids[0], ctx), eval(n->kids[1], ctx));
+        int o = vorder(eval_kid(n->kids[0], ctx), eval_kid(n->kids[1], ctx));
         if (o == 2) return vbool(0);
         switch (n->k) {
         case N_LT: return vbool(o < 0);
