@@ -33,21 +33,13 @@ void sb_init(strbuf *b) { b->s = NULL; b->len = b->cap = 0; }
 void sb_free(strbuf *b) { free(b->s); sb_init(b); }
 void sb_reset(strbuf *b) { b->len = 0; if (b->s) b->s[0] = '\0'; }
 
-static void sb_grow(strbuf *b, size_t extra) {
+void sb_grow(strbuf *b, size_t extra) {
     if (b->len + extra + 1 <= b->cap) return;
     size_t cap = b->cap ? b->cap : 64;
     while (cap < b->len + extra + 1) cap *= 2;
     b->s = xrealloc(b->s, cap);
     b->cap = cap;
 }
-void sb_append(strbuf *b, const char *s, size_t n) {
-    sb_grow(b, n);
-    memcpy(b->s + b->len, s, n);
-    b->len += n;
-    b->s[b->len] = '\0';
-}
-void sb_puts(strbuf *b, const char *s) { sb_append(b, s, strlen(s)); }
-void sb_putc(strbuf *b, char c) { sb_append(b, &c, 1); }
 void sb_printf(strbuf *b, const char *fmt, ...) {
     va_list ap;
     va_start(ap, fmt);
@@ -83,12 +75,26 @@ void put_hex16(char *out, uint64_t v) {
     static const char hex[] = "0123456789abcdef";
     for (int i = 15; i >= 0; i--, v >>= 4) out[i] = hex[v & 15];
 }
+/* Whether any of 8 bytes is below 0x20, '"' or '\\' (SWAR: the "has a
+ * byte less than" and "has a zero byte" tests, exact as to whether any). */
+static inline int json_special8(const char *p) {
+    uint64_t v;
+    memcpy(&v, p, 8);
+    const uint64_t ones = 0x0101010101010101ULL, highs = 0x8080808080808080ULL;
+    uint64_t q = v ^ (ones * '"'), b = v ^ (ones * '\\');
+    return (((v - ones * 0x20) & ~v) | ((q - ones) & ~q) | ((b - ones) & ~b)) & highs ? 1 : 0;
+}
+
 void sb_json_str(strbuf *b, const char *s, size_t n) {
     static const char hex[] = "0123456789abcdef";
     sb_grow(b, n + 2);
     sb_putc(b, '"');
     size_t run = 0;
     for (size_t i = 0; i < n; i++) {
+        /* almost every string needs no escape: 8 bytes a step while none of
+         * them is a control byte, '"' or '\\' (bytes >= 0x80 pass as they are) */
+        while (i + 8 <= n && !json_special8(s + i)) i += 8;
+        if (i == n) break;
         unsigned char c = (unsigned char)s[i];
         if (c >= 0x20 && c != '"' && c != '\\') continue;
         sb_append(b, s + run, i - run);

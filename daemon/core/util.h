@@ -17,9 +17,23 @@ typedef struct strbuf {
 void sb_init(strbuf *b);
 void sb_free(strbuf *b);
 void sb_reset(strbuf *b);                /* keeps capacity */
-void sb_append(strbuf *b, const char *s, size_t n);
-void sb_puts(strbuf *b, const char *s);
-void sb_putc(strbuf *b, char c);
+/* Room for extra more bytes and the NUL (the rare, out-of-line part of an
+ * append). */
+void sb_grow(strbuf *b, size_t extra);
+/* Inline: records are built a few bytes per call, and a call to check the
+ * capacity cost more than the copy. */
+static inline void sb_append(strbuf *b, const char *s, size_t n) {
+    if (b->len + n + 1 > b->cap) sb_grow(b, n);
+    __builtin_memcpy(b->s + b->len, s, n);
+    b->len += n;
+    b->s[b->len] = '\0';
+}
+static inline void sb_puts(strbuf *b, const char *s) { sb_append(b, s, __builtin_strlen(s)); }
+static inline void sb_putc(strbuf *b, char c) {
+    if (b->len + 2 > b->cap) sb_grow(b, 1);
+    b->s[b->len++] = c;
+    b->s[b->len] = '\0';
+}
 void sb_printf(strbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* Appends each string up to a NULL: keys and records built on every event,
  * where sb_printf's format parsing cost more than the copying. */

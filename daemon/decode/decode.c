@@ -36,8 +36,16 @@ static inline int string_special8(const unsigned char *p) {
 /* Whether all n bytes are ASCII: almost every event is, and then there is no
  * UTF-8 to validate (8 bytes a step). */
 static int all_ascii(const unsigned char *p, size_t n) {
-    uint64_t acc = 0;
+    uint64_t acc = 0, acc2 = 0;
     size_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        uint64_t v, w;
+        memcpy(&v, p + i, 8);
+        memcpy(&w, p + i + 8, 8);
+        acc |= v;
+        acc2 |= w;
+    }
+    acc |= acc2;
     for (; i + 8 <= n; i += 8) {
         uint64_t v;
         memcpy(&v, p + i, 8);
@@ -126,6 +134,11 @@ static cJSON *get_path(cJSON *root, const char *path) {
 
 enum { F_TYPE, F_EVENT, F_USER, F_ANON, F_MID, F_TS, F_PROPS, F_CTX, F_TRAITS, F_N };
 
+/* s[0] and s[1] as one number; s is non-empty, so s[1] is readable. */
+static inline uint16_t two_bytes(const char *s) {
+    return (uint16_t)((unsigned char)s[0] | (unsigned)(unsigned char)s[1] << 8);
+}
+
 /* The envelope's fields, each the first match as get_path finds it: the
  * top-level names in one pass over the root's members (each lookup was a
  * scan of its own, with a strcmp per member), dotted paths by get_path. */
@@ -133,24 +146,34 @@ static void envelope_fields(const decode_map_t *m, cJSON *root, cJSON *out[F_N])
     const char *path[F_N] = {m->type, m->event, m->user_id, m->anonymous_id, m->message_id,
                              m->timestamp, m->properties, m->context, m->traits};
     int top[F_N], n_top = 0;
+    uint16_t key[F_N]; /* top[k]'s first two bytes */
     for (int f = 0; f < F_N; f++) {
         out[f] = NULL;
-        if (path[f] && *path[f] && strchr(path[f], '.')) out[f] = get_path(root, path[f]);
-        else if (path[f] && *path[f]) top[n_top++] = f;
+        if (!path[f] || !*path[f]) continue;
+        if (strchr(path[f], '.')) {
+            out[f] = get_path(root, path[f]);
+        } else {
+            key[n_top] = two_bytes(path[f]);
+            top[n_top++] = f;
+        }
     }
     for (cJSON *c = root->child; c && n_top; c = c->next) {
-        if (!c->string) continue;
-        /* the first two bytes settle almost every pair without a call (the
-         * names are non-empty, so a match on byte 0 makes byte 1 readable) */
+        /* the first two bytes, compared as one number, settle almost every
+         * pair without a call (an empty name matches no wanted name) */
         const char *name = c->string;
+        if (!name || !name[0]) continue;
+        uint16_t nk = two_bytes(name);
         for (int k = 0; k < n_top; k++) {
+            if (key[k] != nk) continue;
             int f = top[k];
             const char *want = path[f];
-            if (name[0] == want[0] && name[1] == want[1] && (!want[1] || strcmp(name + 2, want + 2) == 0)) {
-                out[f] = c;
-                top[k] = top[--n_top]; /* found: later members of that name do not count */
-                k--;
-            }
+            if (want[1] && strcmp(name + 2, want + 2) != 0) continue;
+            out[f] = c;
+            /* found: later members of that name do not count */
+            n_top--;
+            top[k] = top[n_top];
+            key[k] = key[n_top];
+            k--;
         }
     }
 }

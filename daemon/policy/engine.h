@@ -113,6 +113,10 @@ void engine_finish_grant(const char *rec, size_t len, size_t cut, long long expi
 /* The same, delivered at deliver_after (>= at: quiet hours hold it back). */
 void engine_finish_grant_at(const char *rec, size_t len, size_t cut, long long expires_in_ms, int64_t at,
                             int64_t deliver_after, strbuf *out);
+/* The explain body of intent in: in->xbody, or, when the engine left it to
+ * be built on demand (in->trigger), built into scratch. */
+const char *engine_intent_xbody(const intent_t *in, strbuf *scratch, size_t *len);
+
 /* An explain line: {"outcome":"suppressed","reason":R <xbody> <extra> ,"decided_at":at}.
  * extra is NULL or a JSON fragment starting with ','. Appends to out. */
 void engine_finish_explain(const char *reason, const char *xbody, size_t len, const char *extra, int64_t at,

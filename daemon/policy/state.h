@@ -61,6 +61,11 @@ typedef struct intent {
     long long expires_in_ms;   /* -1: expires_at is null */
     const char *xbody;         /* explain body: rule, variant, member, trigger (see engine_finish_explain) */
     size_t xbody_len;
+    /* Set when xbody is NULL: the trigger (valid while the intent is being
+     * applied) to build the body from, with engine_intent_xbody, only when
+     * something is reported: most intents are grants that pass and never
+     * report one. */
+    const event_t *trigger;
     int64_t wait_ms;           /* > 0: issuing means scheduling a wait due at (issue time + wait_ms) */
     char *const *cancel_on;    /* the rule's cancel_on, kept with the pending wait */
     size_t n_cancel_on;
@@ -154,6 +159,11 @@ void store_mem_stats_each(const store_t *s, void (*fn)(void *ud, const char *rul
 void store_mem_set_loop(store_t *s, long long window_ms);
 /* Blocklist: kind is "user", "device" or "ip". */
 void store_mem_block(store_t *s, const char *kind, const char *value);
+
+/* A hint that intents of member `user` come next (replay, right after an
+ * event is decoded): stage 0 starts loading the member's slot, stage 1 (some
+ * work later) the member. Changes nothing but timing. */
+void store_mem_prefetch(store_t *s, const char *user, int stage);
 
 /* Executes one intent at once. rs is the ruleset the intent was decided with
  * (TOUCH needs it to know which inactivity rules the event feeds). */

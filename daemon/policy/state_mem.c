@@ -143,6 +143,7 @@ struct store {
     size_t cap, n;
     mslab *slab;              /* where members live, newest first */
     member_t *last;           /* the member last looked up */
+    uint64_t pf_h;            /* store_mem_prefetch: the hash of the member announced */
     hslot *claims;            /* the stand-in for Redis claims: a set of grant ids */
     size_t ccap, cn;
     timer_t_ *heap;
@@ -152,6 +153,7 @@ struct store {
     int advanced;
     size_t pending;
     strbuf out;
+    strbuf xbody;             /* an intent's explain body, built on demand (engine_intent_xbody) */
     /* the inactivity rules of the ruleset last seen by TOUCH, with their
      * interned ids */
     uint64_t igen;
@@ -336,6 +338,27 @@ static member_t *member_get(store_t *s, const char *id) {
     return s->last = m;
 }
 
+/* Looking a member up is two dependent cache misses (its slot, then the
+ * member) at the start of every event's first intent; replay announces the
+ * member as soon as the event is decoded, so both loads overlap the work in
+ * between. A hint only: nothing it reads decides anything. */
+void store_mem_prefetch(store_t *s, const char *user, int stage) {
+    if (!s->cap) return;
+    if (stage == 0) {
+        s->pf_h = hkey(user, NULL);
+        __builtin_prefetch(&s->slots[(size_t)s->pf_h & (s->cap - 1)]);
+        return;
+    }
+    for (size_t j = (size_t)s->pf_h & (s->cap - 1); s->slots[j].p; j = (j + 1) & (s->cap - 1)) {
+        if (s->slots[j].h != s->pf_h) continue;
+        const char *m = s->slots[j].p;
+        __builtin_prefetch(m);
+        __builtin_prefetch(m + 64);
+        __builtin_prefetch(m + 127);
+        return;
+    }
+}
+
 /* The slot of grant id `id` in the claims (its hash in *h): a claimed id's,
  * else the empty slot where it would go. */
 static hslot *claim_slot(store_t *s, const char *id, uint64_t *h) {
@@ -396,6 +419,7 @@ static timer_t_ heap_pop(store_t *s) {
 store_t *store_mem_new(void) {
     store_t *s = xcalloc(1, sizeof *s);
     sb_init(&s->out);
+    sb_init(&s->xbody);
     s->quiet_start = s->quiet_end = -1;
     return s;
 }
@@ -439,6 +463,7 @@ void store_free(store_t *s) {
     free(s->inact_id);
     smap_free(&s->ids, NULL);
     sb_free(&s->out);
+    sb_free(&s->xbody);
     free(s->tz);
     smap_free(&s->lims, lim_free);
     smap_free(&s->pools, pool_free);
@@ -597,6 +622,14 @@ static void out_explain(store_t *s, const char *reason, const char *rule_id, con
     cb(ud, &o);
 }
 
+/* out_explain of intent in's rule, variant and explain body. */
+static void out_explain_in(store_t *s, const char *reason, const intent_t *in, const char *user, int64_t at,
+                           out_kind kind, store_out_cb cb, void *ud) {
+    size_t xlen;
+    const char *xbody = engine_intent_xbody(in, &s->xbody, &xlen);
+    out_explain(s, reason, in->rule->id, in->variant, user, xbody, xlen, NULL, at, kind, cb, ud);
+}
+
 /* One grant step: what the Lua step does in live (docs/policy.md). */
 typedef struct greq {
     const rule_t *rule;       /* the rule as it is now: its limits apply */
@@ -604,8 +637,9 @@ typedef struct greq {
     const char *rec;          /* open grant record */
     size_t len, cut;
     long long expires_in;
-    const char *xbody;
+    const char *xbody;        /* NULL: in's (built when reported) */
     size_t xlen;
+    const intent_t *in;
     const char *device, *ip, *pool;
     const char *tz, *variant;
     const char *group, *group_occ;   /* the group claim of this trigger (state.h), or NULL */
@@ -729,7 +763,9 @@ static void grant(store_t *s, const greq *q, store_out_cb cb, void *ud) {
     }
     if (why) {
         for (size_t i = 0; i < nchk; i++) sb_free(&chk[i].key);
-        out_explain(s, why, q->rule_id, q->variant, q->user, q->xbody, q->xlen, NULL, q->at, OUT_EXPLAIN, cb, ud);
+        size_t xlen = q->xlen;
+        const char *xbody = q->xbody || !q->in ? q->xbody : engine_intent_xbody(q->in, &s->xbody, &xlen);
+        out_explain(s, why, q->rule_id, q->variant, q->user, xbody, xlen, NULL, q->at, OUT_EXPLAIN, cb, ud);
         return;
     }
     claim(s, cslot, ch, q->grant_id);
@@ -801,17 +837,18 @@ static wait_t *pending_wait(member_t *m, const char *rule_id, int64_t at) {
 
 static void schedule(store_t *s, member_t *m, const intent_t *in, int64_t at, store_out_cb cb, void *ud) {
     if (pending_wait(m, in->rule->id, at)) {
-        out_explain(s, "already pending", in->rule->id, in->variant, m->id, in->xbody, in->xbody_len, NULL, at,
-                    OUT_EXPLAIN, cb, ud);
+        out_explain_in(s, "already pending", in, m->id, at, OUT_EXPLAIN, cb, ud);
         return;
     }
+    size_t xlen;
+    const char *xbody = engine_intent_xbody(in, &s->xbody, &xlen);
     /* one block: the wait, its cancel_on pointers, then the strings */
     const char *device = in->device ? in->device : "", *ip = in->ip ? in->ip : "";
     size_t l_rule = strlen(in->rule->id), l_user = strlen(m->id), l_target = strlen(in->target_user),
            l_chan = strlen(in->channel), l_dev = strlen(device), l_ip = strlen(ip),
            l_pool = in->pool ? strlen(in->pool) : 0, l_tz = in->tz ? strlen(in->tz) : 0;
     size_t size = sizeof(wait_t) + in->n_cancel_on * sizeof(char *) + l_rule + l_user + l_target + l_chan + l_dev +
-                  l_ip + 6 + (in->rec ? in->rec_len + 1 : 0) + (in->xbody ? in->xbody_len + 1 : 0) +
+                  l_ip + 6 + (in->rec ? in->rec_len + 1 : 0) + (xbody ? xlen + 1 : 0) +
                   (in->pool ? l_pool + 1 : 0) + (in->tz ? l_tz + 1 : 0);
     for (size_t i = 0; i < in->n_cancel_on; i++) size += strlen(in->cancel_on[i]) + 1;
     wait_t *w = xmalloc(size);
@@ -828,8 +865,8 @@ static void schedule(store_t *s, member_t *m, const intent_t *in, int64_t at, st
     w->rec_len = in->rec_len;
     w->rec_cut = in->rec_cut;
     w->expires_in = in->expires_in_ms;
-    w->xbody = in->xbody ? pack(&p, in->xbody, in->xbody_len) : NULL;
-    w->xbody_len = in->xbody_len;
+    w->xbody = xbody ? pack(&p, xbody, xlen) : NULL;
+    w->xbody_len = xlen;
     if (in->n_cancel_on) {
         w->cancel_on = (char **)(w + 1);
         for (size_t i = 0; i < in->n_cancel_on; i++)
@@ -852,18 +889,16 @@ static void schedule(store_t *s, member_t *m, const intent_t *in, int64_t at, st
  * a rule that waits schedules; a soft reason is reported now; else grant. */
 static void issue(store_t *s, member_t *m, const intent_t *in, int64_t at, store_out_cb cb, void *ud) {
     if (in->reason && !in->reason_soft)
-        out_explain(s, in->reason, in->rule->id, in->variant, in->user, in->xbody, in->xbody_len, NULL, at,
-                    OUT_EXPLAIN, cb, ud);
+        out_explain_in(s, in->reason, in, in->user, at, OUT_EXPLAIN, cb, ud);
     else if (in->wait_ms > 0)
         schedule(s, m ? m : member_get(s, in->user), in, at, cb, ud);
     else if (in->reason)
-        out_explain(s, in->reason, in->rule->id, in->variant, in->user, in->xbody, in->xbody_len, NULL, at,
-                    OUT_EXPLAIN, cb, ud);
+        out_explain_in(s, in->reason, in, in->user, at, OUT_EXPLAIN, cb, ud);
     else {
         greq q = {.rule = in->rule, .rule_id = in->rule->id, .user = in->user, .grant_id = in->grant_id,
                   .target = in->target_user, .channel = in->channel, .rec = in->rec, .len = in->rec_len,
                   .cut = in->rec_cut, .expires_in = in->expires_in_ms, .xbody = in->xbody, .xlen = in->xbody_len,
-                  .device = in->device, .ip = in->ip, .pool = in->pool, .tz = in->tz, .variant = in->variant,
+                  .in = in, .device = in->device, .ip = in->ip, .pool = in->pool, .tz = in->tz, .variant = in->variant,
                   .group = in->group, .group_occ = in->group_occ, .at = at};
         grant(s, &q, cb, ud);
     }
@@ -909,8 +944,7 @@ static void count(store_t *s, const intent_t *in, store_out_cb cb, void *ud) {
     }
     char reason[64];
     snprintf(reason, sizeof reason, "count %zu/%lld", w->n, in->count);
-    out_explain(s, reason, in->rule->id, in->variant, in->user, in->xbody, in->xbody_len, NULL, in->ts, OUT_PROGRESS,
-                cb, ud);
+    out_explain_in(s, reason, in, in->user, in->ts, OUT_PROGRESS, cb, ud);
 }
 
 static void cancel(store_t *s, const ruleset_t *rs, const intent_t *in, store_out_cb cb, void *ud) {
@@ -1038,8 +1072,7 @@ void store_apply(store_t *s, const ruleset_t *rs, const intent_t *in, store_out_
     if (in->kind != INTENT_CANCEL && in->kind != INTENT_TOUCH) stat_add(s, in->rule->id, in->variant, "triggered", 1);
     switch (in->kind) {
     case INTENT_EXPLAIN:
-        out_explain(s, in->reason, in->rule->id, in->variant, in->user, in->xbody, in->xbody_len, NULL, in->ts,
-                    OUT_EXPLAIN, cb, ud);
+        out_explain_in(s, in->reason, in, in->user, in->ts, OUT_EXPLAIN, cb, ud);
         break;
     case INTENT_GRANT:
         issue(s, NULL, in, in->ts, cb, ud);

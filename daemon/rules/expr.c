@@ -184,15 +184,20 @@ static value_t vbool(int b) { return (value_t){.k = V_BOOL, .b = b ? 1 : 0}; }
 static value_t vnum(double n) { return (value_t){.k = V_NUM, .n = n}; }
 static value_t vstr(const char *s, size_t len) { return (value_t){.k = V_STR, .s = s, .len = len}; }
 
+/* One switch on the type byte, as each cJSON_IsX tests it: six calls into
+ * the library per value cost more than the rest of a path lookup. */
 static value_t json_to_value(const cJSON *j) {
     if (!j) return missing_v;
-    if (cJSON_IsNumber(j)) return vnum(j->valuedouble);
-    if (cJSON_IsString(j)) return j->valuestring ? vstr(j->valuestring, strlen(j->valuestring)) : missing_v;
-    if (cJSON_IsTrue(j)) return vbool(1);
-    if (cJSON_IsFalse(j)) return vbool(0);
-    if (cJSON_IsNull(j)) return (value_t){.k = V_NULL};
-    if (cJSON_IsArray(j) || cJSON_IsObject(j)) return (value_t){.k = V_JSON, .json = j};
-    return missing_v;
+    switch (j->type & 0xFF) {
+    case cJSON_Number: return vnum(j->valuedouble);
+    case cJSON_String: return j->valuestring ? vstr(j->valuestring, strlen(j->valuestring)) : missing_v;
+    case cJSON_True: return vbool(1);
+    case cJSON_False: return vbool(0);
+    case cJSON_NULL: return (value_t){.k = V_NULL};
+    case cJSON_Array:
+    case cJSON_Object: return (value_t){.k = V_JSON, .json = j};
+    default: return missing_v;
+    }
 }
 
 static int truthy(value_t v) {
@@ -264,7 +269,7 @@ static int member(value_t x, value_t c) {
 /* ------------------------------------------------------------------ paths */
 
 static const cJSON *obj_get(const cJSON *o, const char *key, size_t n) {
-    if (!cJSON_IsObject(o)) return NULL;
+    if ((o->type & 0xFF) != cJSON_Object) return NULL; /* cJSON_IsObject, without the call */
     /* compared inline: names and keys are a few bytes, shorter than the
      * set-up of a strncmp call; an empty key still matches only an empty name */
     for (const cJSON *c = o->child; c; c = c->next) {
@@ -304,16 +309,32 @@ static int find_root(const char *s, size_t n) {
     return -1;
 }
 
+/* The JSON object of an object root (NULL for the others): what a path's
+ * segments are looked up in. */
+static const cJSON *root_obj(int root, const event_t *ev) {
+    if (!ev) return NULL;
+    switch (root) {
+    case R_PROPERTIES: return ev->properties;
+    case R_CONTEXT: return ev->context;
+    case R_TRAITS: return ev->traits;
+    case R_USER: return ev->user ? ev->user : ev->traits;
+    default: return NULL;
+    }
+}
+
 static value_t resolve_node(const node *n, const eval_ctx_t *ctx) {
-    const cJSON *j;
-    value_t v = root_value(n->root, ctx ? ctx->ev : NULL, &j);
-    if (n->nsegs == 0) return v;
+    if (n->nsegs == 0) {
+        const cJSON *j;
+        return root_value(n->root, ctx ? ctx->ev : NULL, &j);
+    }
+    /* the memo first: a hit needs neither the root nor the walk */
     expr_memo_t *m = ctx ? ctx->memo : NULL;
     if (m)
         for (unsigned i = 0; i < m->n; i++)
             if (m->e[i].path == n->path) return m->e[i].v;
+    const cJSON *j = root_obj(n->root, ctx ? ctx->ev : NULL);
     for (size_t i = 0; i < n->nsegs && j; i++) j = obj_get(j, n->segs[i], n->seglens[i]);
-    v = json_to_value(j);
+    value_t v = json_to_value(j);
     if (m && m->n < EXPR_MEMO_N) {
         m->e[m->n].path = n->path;
         m->e[m->n++].v = v;
@@ -459,6 +480,14 @@ static int member_of_list_node(value_t x, const node *list, const eval_ctx_t *ct
     return 0;
 }
 
+/* An operand: constants and paths (most operands: `properties.price >=
+ * 100`) without a call into eval, whose frame cost more than they do. */
+static inline value_t eval_kid(const node *n, const eval_ctx_t *ctx) {
+    if (n->k == N_CONST) return n->v;
+    if (n->k == N_PATH) return resolve_node(n, ctx);
+    return eval(n, ctx);
+}
+
 static value_t eval(const node *n, const eval_ctx_t *ctx) {
     switch (n->k) {
     case N_CONST: return n->v;
@@ -477,15 +506,15 @@ static value_t eval(const node *n, const eval_ctx_t *ctx) {
     }
     case N_AND:
         for (size_t i = 0; i < n->nkids; i++)
-            if (!truthy(eval(n->kids[i], ctx))) return vbool(0);
+            if (!truthy(eval_kid(n->kids[i], ctx))) return vbool(0);
         return vbool(1);
     case N_OR:
         for (size_t i = 0; i < n->nkids; i++)
-            if (truthy(eval(n->kids[i], ctx))) return vbool(1);
+            if (truthy(eval_kid(n->kids[i], ctx))) return vbool(1);
         return vbool(0);
     case N_EQ:
     case N_NE: {
-        value_t a = eval(n->kids[0], ctx), b = eval(n->kids[1], ctx);
+        value_t a = eval_kid(n->kids[0], ctx), b = eval_kid(n->kids[1], ctx);
         if (a.k == V_MISSING || b.k == V_MISSING) return vbool(0);
         int eq = veq(a, b);
         return vbool(n->k == N_EQ ? eq : !eq);
@@ -494,7 +523,7 @@ static value_t eval(const node *n, const eval_ctx_t *ctx) {
     case N_LE:
     case N_GT:
     case N_GE: {
-        int o = vorder(eval(n->kids[0], ctx), eval(n->kids[1], ctx));
+        int o = vorder(eval_kid(n->kids[0], ctx), eval_kid(n->kids[1], ctx));
         if (o == 2) return vbool(0);
         switch (n->k) {
         case N_LT: return vbool(o < 0);

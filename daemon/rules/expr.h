@@ -19,15 +19,21 @@ typedef enum {
     V_JSON         /* a JSON array or object from the event: json */
 } vkind;
 
+/* Every expression node returns one by value: the kinds' fields share
+ * storage (32 bytes, not 56); only the fields of v.k are meaningful. */
 typedef struct value {
     vkind k;
     int b;
     double n;
-    const char *s;            /* V_STR: not necessarily NUL-terminated */
-    size_t len;
-    const struct value *items; /* V_LIST */
-    size_t nitems;
-    const cJSON *json;        /* V_JSON */
+    union {
+        const char *s;             /* V_STR: not necessarily NUL-terminated */
+        const struct value *items; /* V_LIST */
+        const cJSON *json;         /* V_JSON */
+    };
+    union {
+        size_t len;                /* V_STR */
+        size_t nitems;             /* V_LIST */
+    };
 } value_t;
 
 /* Scratch memory for strings made during one evaluation (lower()); the

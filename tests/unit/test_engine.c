@@ -289,7 +289,14 @@ static void collect_intent(void *ud, const event_t *ev, const intent_t *in) {
     strbuf b;
     sb_init(&b);
     if (in->kind == INTENT_GRANT) engine_finish_grant(in->rec, in->rec_len, in->rec_cut, in->expires_in_ms, in->ts, &b);
-    else if (in->kind == INTENT_EXPLAIN) engine_finish_explain(in->reason, in->xbody, in->xbody_len, NULL, in->ts, &b);
+    else if (in->kind == INTENT_EXPLAIN) {
+        strbuf x;
+        sb_init(&x);
+        size_t xlen;
+        const char *xbody = engine_intent_xbody(in, &x, &xlen);
+        engine_finish_explain(in->reason, xbody, xlen, NULL, in->ts, &b);
+        sb_free(&x);
+    }
     snprintf(s->text[i], 1024, "%s", b.s ? b.s : "");
     sb_free(&b);
 }
