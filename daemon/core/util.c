@@ -115,6 +115,25 @@ void sb_json_str(strbuf *b, const char *s, size_t n) {
     sb_putc(b, '"');
 }
 
+uint64_t hash_words(const void *data, size_t n) {
+    const uint64_t k = 0x9fb21c651e98df25ULL;
+    uint64_t h = 0x9e3779b97f4a7c15ULL ^ (n * k);
+    const char *p = data;
+    for (; n >= 8; n -= 8, p += 8) {
+        uint64_t v;
+        memcpy(&v, p, 8);
+        h = (h ^ v) * k;
+        h ^= h >> 29;
+    }
+    uint64_t v = 0;
+    memcpy(&v, p, n);
+    h = (h ^ v) * k;
+    h ^= h >> 33; h *= 0xff51afd7ed558ccdULL;
+    h ^= h >> 33; h *= 0xc4ceb9fe1a85ec53ULL;
+    h ^= h >> 33;
+    return h;
+}
+
 uint64_t hash64(const void *data, size_t n, uint64_t seed) {
     const unsigned char *p = data;
     uint64_t h = 0xcbf29ce484222325ULL ^ (seed * 0x9e3779b97f4a7c15ULL);

@@ -56,6 +56,10 @@ char *xstrndup(const char *s, size_t n);
 
 /* 64-bit FNV-1a, with a seed so two independent hashes can be derived. */
 uint64_t hash64(const void *data, size_t n, uint64_t seed);
+/* A hash for in-process tables, 8 bytes a step (hash64 takes one). Its
+ * values are nobody's business outside the table: nothing written or
+ * printed may depend on them (grant ids keep hash64's). */
+uint64_t hash_words(const void *data, size_t n);
 /* hash64 with two seeds in one pass (*h1 for seed1, *h2 for seed2): the two
  * chains of multiplications overlap, where two calls wait on each other's. */
 void hash64x2(const void *data, size_t n, uint64_t seed1, uint64_t seed2, uint64_t *h1, uint64_t *h2);

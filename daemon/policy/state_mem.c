@@ -186,29 +186,12 @@ struct store {
     smap conv;                /* "MEMBER\x1fGID": P{u:ID}:conv:GID; "RULE\x1fVARIANT\x1fMEMBER": :conv set */
 };
 
-/* The hash of the in-memory maps' keys. Nothing outside this file sees it
- * (no output depends on a map's order: stats are sorted when printed), so
- * it takes 8 bytes a step where hash64 (FNV, whose values grant ids keep)
- * takes one. */
+/* The hash of the in-memory maps' keys: no output depends on a map's order
+ * (stats are sorted when printed), so hash_words serves. */
 static uint64_t hkey(const char *s, size_t *len_out) {
     size_t n = strlen(s);
     if (len_out) *len_out = n;
-    const uint64_t k = 0x9fb21c651e98df25ULL;
-    uint64_t h = 0x9e3779b97f4a7c15ULL ^ (n * k);
-    const char *p = s;
-    for (; n >= 8; n -= 8, p += 8) {
-        uint64_t v;
-        memcpy(&v, p, 8);
-        h = (h ^ v) * k;
-        h ^= h >> 29;
-    }
-    uint64_t v = 0;
-    memcpy(&v, p, n);
-    h = (h ^ v) * k;
-    h ^= h >> 33; h *= 0xff51afd7ed558ccdULL;
-    h ^= h >> 33; h *= 0xc4ceb9fe1a85ec53ULL;
-    h ^= h >> 33;
-    return h;
+    return hash_words(s, n);
 }
 
 static void **smap_slot(smap *m, const char *k, int create) {

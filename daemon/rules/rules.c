@@ -652,30 +652,9 @@ static int cmp_rule_id(const void *a, const void *b) {
     return strcmp((*(const rule_t *const *)a)->id, (*(const rule_t *const *)b)->id);
 }
 
-/* The index's hash of an event name, 8 bytes a step (FNV's byte a step
- * was half the lookup, on every event). Nothing outside the index sees it:
- * lists come out in rule order whatever the slots. */
-static uint64_t name_hash(const char *s, size_t n) {
-    const uint64_t k = 0x9fb21c651e98df25ULL;
-    uint64_t h = 0x9e3779b97f4a7c15ULL ^ (n * k);
-    for (; n >= 8; n -= 8, s += 8) {
-        uint64_t v;
-        memcpy(&v, s, 8);
-        h = (h ^ v) * k;
-        h ^= h >> 29;
-    }
-    uint64_t v = 0;
-    memcpy(&v, s, n);
-    h = (h ^ v) * k;
-    h ^= h >> 33;
-    h *= 0xff51afd7ed558ccdULL;
-    h ^= h >> 33;
-    return h;
-}
-
 static size_t slot_of(const ruleset_t *rs, const char *name) {
     size_t mask = rs->cap - 1;
-    size_t i = (size_t)name_hash(name, strlen(name)) & mask;
+    size_t i = (size_t)hash_words(name, strlen(name)) & mask; /* lists keep rule order whatever the slots */
     while (rs->slots[i].name && strcmp(rs->slots[i].name, name) != 0) i = (i + 1) & mask;
     return i;
 }
