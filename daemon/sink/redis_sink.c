@@ -53,8 +53,7 @@ typedef struct write_req {
     char *frag;            /* script calls: their part of the batch's arguments, */
     size_t frag_len;       /* as RESP bulk strings (script index, number of keys, */
     int frag_n;            /* number of arguments, keys, arguments): frag_n of them */
-    int script;            /* index into the sink's scripts; -1 = a plain read */
-    int resend;            /* writes: kept and resent until acknowledged */
+    int script;            /* index into the sink's scripts (a write, kept and resent until acknowledged); -1 = a read */
     sink_ack_cb ack;       /* redis_sink_push */
     sink_reply_cb rcb;     /* redis_sink_eval / redis_sink_read */
     void *ud;
@@ -144,56 +143,30 @@ static void unlink_req(redis_sink_t *s, write_req *w) {
     s->inflight--;
 }
 
-static void on_write_reply(redisAsyncContext *ac, void *r, void *privdata) {
+/* The reply of a read (script calls come back through on_batch_reply). */
+static void on_read_reply(redisAsyncContext *ac, void *r, void *privdata) {
     redis_sink_t *s = ac->data;
     write_req *w = privdata;
     redisReply *reply = r;
     if (!s) return; /* the sink is being freed: it frees every request itself */
-    if (!reply) {
-        /* The connection went away. A write stays queued and is resent on the
-         * next connection (hiredis fails every pending callback before
-         * reconnecting, so no reply of an older generation arrives later). A
-         * read is dropped: its caller polls again when the sink is ready. */
-        if (w->resend) return;
-        unlink_req(s, w);
-        sink_reply_cb cb = w->rcb;
-        void *ud = w->ud;
-        req_free(w);
-        if (cb) cb(ud, NULL);
-        return;
-    }
-    observe(s, w);
-    if (reply->type == REDIS_REPLY_ERROR && w->resend) {
-        /* The write did not happen; keep it. NOSCRIPT means Redis lost its
-         * script cache (restart without persistence of scripts): reconnecting
-         * reloads the scripts and resends everything in order. */
-        log_error("redis_write_error", "error=\"%.200s\" retry_ms=%d", reply->str, s->backoff_ms);
-        w->sent_gen = 0;
-        s->had_error = 1;
-        redisAsyncDisconnect(ac);
-        return;
-    }
+    /* NULL: the connection went away. A read is dropped (its caller polls
+     * again when the sink is ready); writes stay queued for the resend. */
+    if (reply) observe(s, w);
     unlink_req(s, w);
-    if (w->resend) s->had_error = 0;
-    s->acked++;
-    sink_ack_cb ack = w->ack;
-    sink_reply_cb rcb = w->rcb;
+    if (reply) s->acked++;
+    sink_reply_cb cb = w->rcb;
     void *ud = w->ud;
     req_free(w);
-    if (ack) {
-        int status = reply->type == REDIS_REPLY_INTEGER ? (int)reply->integer : 1;
-        if (status == 0) s->repeats++;
-        ack(ud, status);
-    } else if (rcb) {
-        rcb(ud, reply);
-    }
+    if (cb) cb(ud, reply);
 }
 
 /* The reply of a batch: an array with one element per call that ran, in
  * order. The batch script stops at the first call that fails (its element is
- * that error), so what follows it has not run: like a single failed write,
- * that call and everything after it stay queued and are resent after
- * reconnecting; the calls before it are acknowledged. */
+ * that error), so what follows it has not run: that call and everything
+ * after it stay queued and are resent after reconnecting; the calls before
+ * it are acknowledged. An error for the whole batch (NOSCRIPT: Redis lost
+ * its script cache in a restart) keeps every call: reconnecting reloads the
+ * script and resends everything in order. */
 static void on_batch_reply(redisAsyncContext *ac, void *r, void *privdata) {
     redis_sink_t *s = ac->data;
     batch_req *b = privdata;
@@ -244,7 +217,7 @@ static void on_batch_reply(redisAsyncContext *ac, void *r, void *privdata) {
 
 static void send_req(redis_sink_t *s, write_req *w) {
     if (s->lat_cb) w->sent_us = now_mono_us();
-    if (redisAsyncCommandArgv(s->ac, on_write_reply, w, w->argc, (const char **)w->argv, w->argvlen) == REDIS_OK)
+    if (redisAsyncCommandArgv(s->ac, on_read_reply, w, w->argc, (const char **)w->argv, w->argvlen) == REDIS_OK)
         w->sent_gen = s->gen;
 }
 
@@ -592,7 +565,6 @@ static write_req *call_new(int script, int nkeys, int nargs, const char *const *
     w->frag_n = 3 + nargs;
     w->script = script;
     w->nkeys = nkeys;
-    w->resend = 1;
     return w;
 }
 
@@ -634,7 +606,6 @@ void redis_sink_read(redis_sink_t *s, int argc, const char *const *argv, const s
     for (int k = 0; k < argc; k++) req_set(w, k, argv[k], lens[k]);
     w->argc = argc;
     w->script = -1;
-    w->resend = 0;
     w->rcb = cb;
     w->ud = ud;
     enqueue(s, w);
