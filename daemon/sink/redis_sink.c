@@ -59,7 +59,6 @@ typedef struct write_req {
     void *ud;
     uint64_t sent_gen;     /* connection generation it was last sent on; 0 = not sent */
     int64_t sent_us;       /* monotonic time of the last send, for the latency observer */
-    int nkeys;             /* scripts: how many of the arguments after numkeys are keys */
 } write_req;
 
 /* One EVALSHA of the batch script: its calls are n consecutive requests of
@@ -564,7 +563,6 @@ static write_req *call_new(int script, int nkeys, int nargs, const char *const *
     w->frag_len = (size_t)(o - w->frag);
     w->frag_n = 3 + nargs;
     w->script = script;
-    w->nkeys = nkeys;
     return w;
 }
 
