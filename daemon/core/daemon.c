@@ -138,7 +138,7 @@ typedef struct poller {
     int seen;
     metric_gauge_t *lag;          /* benefitd_kafka_consumer_lag{topic,partition} */
     int zpending;                 /* pending-timer reads in flight */
-    long long wait_n, inact_n, inact_acc;
+    long long wait_n, wait_old_n, inact_n, inact_acc; /* wait_old_n: the per-wait timers of earlier builds */
     int64_t zcard_at_us;          /* when the pending-timer counts were last read */
     /* How far the partition's activity is known, for silences: the latest
      * event time read from it, or the wall clock once the consumer sits at
@@ -441,7 +441,7 @@ static void metrics_setup(daemon_state *d) {
     m->paused = metrics_gauge(r, "benefitd_kafka_paused",
                               "1 while consumption is paused (Redis down or too many writes in flight).", NULL);
     m->pending = metrics_gauge(r, "benefitd_pending_timers",
-                               "Pending waits and watched silences of the owned partitions (refreshed every 5 s).",
+                               "Members with a pending wait (kind=wait) and members watched for a silence (kind=inactivity) in the owned partitions (refreshed every 5 s).",
                                "kind", NULL);
     m->pending_wait = metrics_labels(m->pending, "wait");
     m->pending_inact = metrics_labels(m->pending, "inactivity");
@@ -1227,6 +1227,13 @@ static void zcard_wait_cb(void *ud, const redisReply *r) {
     poller_reap(p);
 }
 
+static void zcard_wait_old_cb(void *ud, const redisReply *r) {
+    poller *p = ud;
+    p->zpending--;
+    if (r && r->type == REDIS_REPLY_INTEGER) p->wait_old_n = r->integer;
+    poller_reap(p);
+}
+
 static void zcard_inact_cb(void *ud, const redisReply *r) {
     poller *p = ud;
     if (r && r->type == REDIS_REPLY_INTEGER) p->inact_acc += r->integer;
@@ -1246,8 +1253,11 @@ static void pending_refresh(daemon_state *d, poller *p) {
     if (p->zpending || (p->zcard_at_us && now - p->zcard_at_us < PENDING_REFRESH_US)) return;
     p->zcard_at_us = now;
     sb_reset(&d->key2);
-    sb_printf(&d->key2, "%stimers:%s:%d", d->cfg.key_prefix, p->topic, (int)p->partition);
+    sb_printf(&d->key2, "%stimers:m:%s:%d", d->cfg.key_prefix, p->topic, (int)p->partition);
     zcard_read(d, p, d->key2.s, zcard_wait_cb);
+    sb_reset(&d->key2);
+    sb_printf(&d->key2, "%stimers:%s:%d", d->cfg.key_prefix, p->topic, (int)p->partition);
+    zcard_read(d, p, d->key2.s, zcard_wait_old_cb);
     p->inact_acc = 0;
     int n = 0;
     for (size_t i = 0; i < ruleset_count(d->rules); i++) {
@@ -1391,7 +1401,7 @@ static void collect(void *ud) {
     for (poller *p = d->pollers; p; p = p->next) {
         int64_t lag;
         if (d->src && kafka_source_lag(d->src, p->topic, p->partition, &lag) == 0) metrics_gauge_set(p->lag, (double)lag);
-        wait_n += p->wait_n;
+        wait_n += p->wait_n + p->wait_old_n;
         inact_n += p->inact_n;
     }
     metrics_gauge_set(m->pending_wait, (double)wait_n);

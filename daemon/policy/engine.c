@@ -120,15 +120,22 @@ static void put_str_or_null(strbuf *b, const char *s) {
 
 /* An inactivity trigger has no event: name and message id are null, the
  * timestamp is the last activity, the start of the silence. */
-static void put_trigger(strbuf *b, const event_t *ev) {
+/* holes (may be NULL): where message_id, user_id and timestamp went */
+static void put_trigger(strbuf *b, const event_t *ev, size_t (*holes)[2]) {
     sb_puts(b, "\"trigger\":{\"event\":");
     put_str_or_null(b, ev->name);
     sb_puts(b, ",\"message_id\":");
+    size_t at = b->len;
     put_str_or_null(b, ev->message_id[0] ? ev->message_id : NULL);
+    if (holes) holes[REC_TMSGID][0] = at, holes[REC_TMSGID][1] = b->len;
     sb_puts(b, ",\"user_id\":");
+    at = b->len;
     sb_json_str(b, ev->user_id, strlen(ev->user_id));
+    if (holes) holes[REC_TUSER][0] = at, holes[REC_TUSER][1] = b->len;
     sb_puts(b, ",\"timestamp\":");
+    at = b->len;
     put_time(b, ev->ts_ms);
+    if (holes) holes[REC_TTS][0] = at, holes[REC_TTS][1] = b->len;
     sb_putc(b, '}');
 }
 
@@ -146,7 +153,7 @@ static void build_xbody(strbuf *b, const rule_t *r, const char *variant, const e
     sb_puts(b, ",\"user_id\":");
     sb_json_str(b, ev->user_id, strlen(ev->user_id));
     sb_putc(b, ',');
-    put_trigger(b, ev);
+    put_trigger(b, ev, NULL);
 }
 
 const char *engine_intent_xbody(const intent_t *in, strbuf *scratch, size_t *len) {
@@ -201,6 +208,7 @@ typedef struct rule_dec {
     int have_rec;             /* e->rec holds the open grant record */
     const char *pool;         /* the code pool of the grant (variant over base), or NULL */
     size_t cut;
+    size_t holes[REC_N_HOLES][2]; /* state.h intent_t.rec_holes */
     long long expires_in;
     char grant_id[40];
     const char *group_claim;  /* the group this grant competes for in the grant step (see groups) */
@@ -225,22 +233,29 @@ static const char *build_grant(engine_t *e, rule_dec *d, const event_t *ev, cons
 
     strbuf *b = &e->rec;
     sb_reset(b);
-    sb_puts(b, "{\"grant_id\":\"");
+    sb_puts(b, "{\"grant_id\":");
+    d->holes[REC_GID][0] = b->len;
+    sb_putc(b, '"');
     sb_puts(b, d->grant_id);
-    sb_puts(b, "\",\"rule\":");
+    sb_putc(b, '"');
+    d->holes[REC_GID][1] = b->len;
+    sb_puts(b, ",\"rule\":");
     sb_json_str(b, r->id, strlen(r->id));
     sb_puts(b, ",\"rule_version\":\"");
     sb_puts(b, r->version);
     sb_puts(b, "\",\"variant\":");
     put_str_or_null(b, v ? v->name : NULL);
     sb_puts(b, ",\"user_id\":");
+    d->holes[REC_TARGET][0] = b->len;
     sb_json_str(b, e->target.s, e->target.len);
+    d->holes[REC_TARGET][1] = b->len;
 
     sb_puts(b, ",\"benefit\":{\"type\":");
     put_str_or_null(b, PICK(benefit, NULL));
     sb_puts(b, ",\"sku\":");
     put_str_or_null(b, PICK(sku, NULL));
     sb_puts(b, ",\"value\":");
+    d->holes[REC_VALUE][0] = b->len;
     const expr_t *val = PICK(value, NULL);
     if (val) {
         value_t vv = expr_eval(val, ctx);
@@ -249,6 +264,7 @@ static const char *build_grant(engine_t *e, rule_dec *d, const event_t *ev, cons
     } else {
         sb_puts(b, "null");
     }
+    d->holes[REC_VALUE][1] = b->len;
     sb_puts(b, ",\"code\":null,\"expires_at\":");
     d->cut = b->len;
     d->expires_in = PICK(expires_in_ms, -1);
@@ -258,6 +274,7 @@ static const char *build_grant(engine_t *e, rule_dec *d, const event_t *ev, cons
     sb_puts(b, ",\"channel\":");
     sb_json_str(b, d->channel, strlen(d->channel));
     sb_puts(b, ",\"message\":");
+    d->holes[REC_MESSAGE][0] = b->len;
     const template_t *msg = PICK(message, NULL);
     if (msg) {
         sb_reset(&e->text);
@@ -266,8 +283,9 @@ static const char *build_grant(engine_t *e, rule_dec *d, const event_t *ev, cons
     } else {
         sb_puts(b, "null");
     }
+    d->holes[REC_MESSAGE][1] = b->len;
     sb_putc(b, ',');
-    put_trigger(b, ev);
+    put_trigger(b, ev, d->holes);
     d->have_rec = 1;
     return NULL;
 }
@@ -439,6 +457,7 @@ static void fill_intent(engine_t *e, intent_t *in, const rule_dec *d, const even
     in->rec = d->have_rec ? e->rec.s : NULL;
     in->rec_len = d->have_rec ? e->rec.len : 0;
     in->rec_cut = d->cut;
+    memcpy(in->rec_holes, d->holes, sizeof in->rec_holes);
     in->expires_in_ms = d->expires_in;
     in->trigger = ev; /* the body is built by whoever reports it */
     in->wait_ms = r->wait_ms;

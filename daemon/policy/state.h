@@ -40,6 +40,12 @@ typedef enum {
 /* Longest grant id a redemption event may carry (longer: unknown). */
 #define LOOP_GID_MAX 128
 
+/* The parts of an open grant record that vary with the trigger, in the order
+ * they appear in it: grant_id, user_id (the recipient), benefit.value,
+ * message, trigger.message_id, trigger.user_id, trigger.timestamp (each
+ * the JSON value). */
+enum { REC_GID, REC_TARGET, REC_VALUE, REC_MESSAGE, REC_TMSGID, REC_TUSER, REC_TTS, REC_N_HOLES };
+
 typedef struct intent {
     intent_kind kind;
     const char *user;          /* the member whose state this is (trigger member; {u:ID}) */
@@ -58,6 +64,10 @@ typedef struct intent {
     int reason_soft;
     const char *rec;           /* open grant record (reason == NULL or shadow); may be NULL */
     size_t rec_len, rec_cut;   /* rec_cut: where benefit.expires_at's value goes */
+    /* Where the parts of rec that come from the trigger lie, [start, end) in
+     * rec, in this order: a store may keep a pending wait as the rule's
+     * constant text plus these values (state_redis.c "Waits"). */
+    size_t rec_holes[REC_N_HOLES][2];
     long long expires_in_ms;   /* -1: expires_at is null */
     const char *xbody;         /* explain body: rule, variant, member, trigger (see engine_finish_explain) */
     size_t xbody_len;

@@ -3,17 +3,20 @@
  *
  * Per member (hash tag {u:ID}, one cluster slot):
  *   P{u:ID}:grant:GID   claim (string, TTL claim_ttl), as for event triggers
- *   P{u:ID}:waits       hash GID -> "due RS rule RS cancel_on" of each pending
- *                       wait (short values: listpack-encoded), read whole by
- *                       CANCEL and by the "already pending" check
- *   P{u:ID}:wait:GID    string "timers RS timer-member RS queue RS kind RS
- *                       maxlen RS soft-reason RS grant": the wait's body, the
- *                       grant finished at schedule time (issued_at = due)
+ *   P{u:ID}:w           hash: the member's pending waits, field = rule id,
+ *                       value = a short body (see "waits"); field RS = the
+ *                       member's subjects (device US ip). Gone with the last wait.
  *   P{u:ID}:cnt:RULE    zset messageId -> ts, the count window
  *   P{u:ID}:inact:RULE  string: the `last` whose silence fired
  * Per Kafka partition:
- *   Ptimers:TOPIC:PART      zset "GID|RULE|ID" -> due
+ *   Ptimers:m:TOPIC:PART    zset member -> its earliest due wait
  *   Pseen:TOPIC:PART:RULE   zset ID -> last activity (ms), per inactivity rule
+ * Shared:
+ *   Pwtpl               hash template id -> a wait template (content-addressed,
+ *                       written once, read by the poll and by CANCEL)
+ * The layout of the builds before this one (a string body and a timer per
+ * wait: P{u:ID}:waits, P{u:ID}:wait:GID, Ptimers:TOPIC:PART) is still read:
+ * its waits fire, cancel and count as pending until none is left.
  * (RS = \x1e, cancel_on names are \x1f-delimited.) */
 #include "state_redis.h"
 #include "policy.h"
@@ -198,30 +201,67 @@
     "  redis.call('SET', claim, '1', 'PX', ttl)\n" \
     "  return {1}\n" \
     "end\n" \
-    /* issue: 'x' report only; 'g' claim+push; 's' record a pending wait \
-     * (its body keeps the policy subjects: recipient, device, IP, pool) */ \
+    /* Waits (docs/time.md "Waits in Redis"): a body starts with its due \
+     * time; its third part is the trigger's occurrence (what the grant id \
+     * is made of), the same for a resend and for a redelivered trigger. */ \
+    "local function wait_due(b) return tonumber(string.match(b, '^[^\\30]*'), 36) end\n" \
+    "local function wait_occ(b) return parts(b, 4)[3] end\n" \
+    /* The member's entry in the timer set is the earliest due time of its \
+     * waits; none left: the hash (its subjects alone) and the entry go. */ \
+    "local function retime(w, tkey, user)\n" \
+    "  local all, min = redis.call('HGETALL', w), nil\n" \
+    "  for k = 1, #all, 2 do\n" \
+    "    if all[k] ~= RS then\n" \
+    "      local d = wait_due(all[k + 1])\n" \
+    "      if not min or d < min then min = d end\n" \
+    "    end\n" \
+    "  end\n" \
+    "  if min then redis.call('ZADD', tkey, min, user)\n" \
+    "  else redis.call('DEL', w); redis.call('ZREM', tkey, user) end\n" \
+    "end\n" \
+    /* A pending wait: at most one per rule and member (a second trigger is \
+     * `already pending`); the field is the rule's id, or id US due when an \
+     * overdue one of the rule has not fired yet. The member's subjects \
+     * (device US ip) are kept once, in field RS, by its first wait; a body's \
+     * fourth part is '' (the member's) or '=' and its own. The template (the \
+     * grant's constant text, content-addressed) is written once. */ \
+    "local function schedule(claim)\n" \
+    "  local w, legacy, tkey, user, rule = nx(), nx(), nx(), nx(), nx()\n" \
+    "  local now, due, head, tail, subj, T, id, tpl = tonumber(nx()), tonumber(nx()), nx(), nx(), nx(), nx(), nx(), nx()\n" \
+    "  if redis.call('EXISTS', claim) == 1 then return {0} end\n" \
+    /* a wait of the rule kept in the layout of the builds before this one */ \
+    "  local old = redis.call('HGETALL', legacy)\n" \
+    "  for k = 1, #old, 2 do\n" \
+    "    local o = parts(old[k + 1], 3)\n" \
+    "    if o[2] == rule and tonumber(o[1]) >= now then return {3} end\n" \
+    "  end\n" \
+    "  local all, meta, taken, other, occ = redis.call('HGETALL', w), nil, false, false, wait_occ(head)\n" \
+    "  for k = 1, #all, 2 do\n" \
+    "    local f = all[k]\n" \
+    "    if f == RS then meta = all[k + 1]\n" \
+    "    elseif f == rule or string.sub(f, 1, #rule + 1) == rule .. US then\n" \
+    "      if f == rule then taken = true end\n" \
+    /* this very wait (a resend, a redelivery) before another pending one */ \
+    "      if wait_occ(all[k + 1]) == occ then return {2} end\n" \
+    "      if wait_due(all[k + 1]) >= now then other = true end\n" \
+    "    end\n" \
+    "  end\n" \
+    "  if other then return {3} end\n" \
+    "  if not meta then redis.call('HSET', w, RS, subj); meta = subj end\n" \
+    "  local field = taken and (rule .. US .. string.format('%d', due)) or rule\n" \
+    "  redis.call('HSET', w, field, head .. RS .. (meta == subj and '' or '=' .. subj) .. RS .. tail)\n" \
+    "  redis.call('ZADD', tkey, 'LT', due, user)\n" \
+    "  if redis.call('HEXISTS', T, id) == 0 then redis.call('HSET', T, id, tpl) end\n" \
+    "  return {2}\n" \
+    "end\n" \
+    /* issue: 'x' report only; 'g' claim+push; 's' record a pending wait */ \
     "local function issue()\n" \
     "  local mode = nx()\n" \
     "  if mode == 'x' then return {5} end\n" \
-    "  local claim, ttl, queue, kind, maxlen, json = nx(), nx(), nx(), nx(), nx(), nx()\n" \
-    "  if mode == 'g' then return push(claim, ttl, queue, kind, maxlen, json, read_pol()) end\n" \
-    "  local waits, wkey, gid, timers, tm, rule = nx(), nx(), nx(), nx(), nx(), nx()\n" \
-    "  local now, due, why, cancel = tonumber(nx()), nx(), nx(), nx()\n" \
-    "  local target, dev, ip, pool = nx(), nx(), nx(), nx()\n" \
-    "  if redis.call('EXISTS', claim) == 1 then return {0} end\n" \
-    /* this very wait (a resend) before another pending one of the rule */ \
-    "  local all, other = redis.call('HGETALL', waits), false\n" \
-    "  for k = 1, #all, 2 do\n" \
-    "    if all[k] == gid then return {2} end\n" \
-    "    local w = parts(all[k + 1], 3)\n" \
-    "    if w[2] == rule and tonumber(w[1]) >= now then other = true end\n" \
-    "  end\n" \
-    "  if other then return {3} end\n" \
-    "  redis.call('HSET', waits, gid, due .. RS .. rule .. RS .. cancel)\n" \
-    "  redis.call('SET', wkey, timers .. RS .. tm .. RS .. queue .. RS .. kind .. RS .. maxlen .. RS .. why .. RS ..\n" \
-    "    target .. RS .. dev .. RS .. ip .. RS .. pool .. RS .. json)\n" \
-    "  redis.call('ZADD', timers, due, tm)\n" \
-    "  return {2}\n" \
+    "  local claim, ttl = nx(), nx()\n" \
+    "  if mode == 's' then return schedule(claim) end\n" \
+    "  local queue, kind, maxlen, json = nx(), nx(), nx(), nx()\n" \
+    "  return push(claim, ttl, queue, kind, maxlen, json, read_pol())\n" \
     "end\n"
 
 /* Every script that reads its arguments with nx() starts here: the
@@ -244,22 +284,44 @@ static const char LUA_COUNT[] = LUA_START
     "if before == n - 1 and after == n then return issue() end\n"
     "return {4, after}\n";
 
-/* CANCEL: waits, wait-key prefix, ts, event name. Waits due before ts have
- * fired (or are firing): never cancelled. */
+/* CANCEL: the member's waits, its legacy waits hash and wait-key prefix
+ * (builds before this one), the timer set, the member, ts, the event name,
+ * the templates' hash. Waits due before ts have fired (or are firing): never
+ * cancelled. A wait's cancel_on names lead its template. */
 static const char LUA_CANCEL[] = LUA_START
-    "local waits, wpfx, ts, name = nx(), nx(), tonumber(nx()), nx()\n"
+    "local w, waits, wpfx, tkey, user, ts, name, T = nx(), nx(), nx(), nx(), nx(), tonumber(nx()), nx(), nx()\n"
     "local out = {6}\n"
     "local all = redis.call('HGETALL', waits)\n"
     "for k = 1, #all, 2 do\n"
-    "  local gid, w = all[k], parts(all[k + 1], 3)\n"
-    "  if tonumber(w[1]) >= ts and string.find(w[3], US .. name .. US, 1, true) then\n"
+    "  local gid, o = all[k], parts(all[k + 1], 3)\n"
+    "  if tonumber(o[1]) >= ts and string.find(o[3], US .. name .. US, 1, true) then\n"
     "    local body = redis.call('GET', wpfx .. gid)\n"
     "    redis.call('HDEL', waits, gid)\n"
     "    redis.call('DEL', wpfx .. gid)\n"
     "    if body then local b = parts(body, 3); redis.call('ZREM', b[1], b[2]) end\n"
-    "    out[#out + 1] = w[2]\n"
+    "    out[#out + 1] = o[2]\n"
     "  end\n"
     "end\n"
+    "all = redis.call('HGETALL', w)\n"
+    "local names, gone = {}, false\n"
+    "for k = 1, #all, 2 do\n"
+    "  local f, b = all[k], all[k + 1]\n"
+    "  if f ~= RS and wait_due(b) >= ts then\n"
+    "    local id = parts(b, 3)[2]\n"
+    "    local c = names[id]\n"
+    "    if not c then\n"
+    "      local t = redis.call('HGET', T, id) or ''\n"
+    "      c = string.sub(t, 1, (string.find(t, RS, 1, true) or (#t + 1)) - 1)\n"
+    "      names[id] = c\n"
+    "    end\n"
+    "    if string.find(c, US .. name .. US, 1, true) then\n"
+    "      redis.call('HDEL', w, f)\n"
+    "      gone = true\n"
+    "      out[#out + 1] = string.match(f, '^[^\\31]*')\n"
+    "    end\n"
+    "  end\n"
+    "end\n"
+    "if gone then retime(w, tkey, user) end\n"
     "return out\n";
 
 /* TOUCHES: the TOUCH intents of a batch of events, as (last-seen set, ts,
@@ -279,7 +341,69 @@ static const char LUA_TOUCHES[] =
     "for _, key in ipairs(order) do redis.call(unpack(by[key])) end\n"
     "return {7}\n";
 
-/* FIRE a due wait: waits, wait key, gid, timers, timer member, mode ('g' or
+/* FIRE_W a due wait: the member's waits, the timer set, the member, the
+ * wait's field and body as the poll read them (anything else: it was
+ * cancelled or fired meanwhile), mode ('g' or 'd' = drop: the rule is gone
+ * or disabled), claim, ttl, queue, kind, maxlen, the grant (rebuilt by the
+ * daemon from the body and its template), the soft reason, then the policy
+ * block of the rule as it is now (limits are checked at the grant moment). */
+static const char LUA_FIRE_W[] = LUA_START
+    "local w, tkey, user, field, body, mode = nx(), nx(), nx(), nx(), nx(), nx()\n"
+    "local claim, ttl, queue, kind, maxlen, json, why = nx(), nx(), nx(), nx(), nx(), nx(), nx()\n"
+    "local p = read_pol()\n"
+    "if redis.call('HGET', w, field) ~= body then return {8} end\n"
+    "if mode ~= 'd' and why == '' then guard(queue, kind) end\n"
+    "redis.call('HDEL', w, field)\n"
+    "retime(w, tkey, user)\n"
+    "if mode == 'd' then return {9} end\n"
+    "if why ~= '' then return {5, why} end\n"
+    "return push(claim, ttl, queue, kind, maxlen, json, p)\n";
+
+/* RETIME: waits, timer set, member: a timer entry that the poll found with
+ * nothing due (left by a cancel on another partition, after the topic's
+ * partitions changed) gets the member's earliest due time again. */
+static const char LUA_RETIME[] = LUA_START "retime(nx(), nx(), nx())\nreturn {8}\n";
+
+/* The poll of a partition's waits (read only, sent with EVAL): the timer
+ * set, the key prefix, now, the limit. Returns {members read, quads,
+ * (member, field, body, subjects)..., (template id, template)...}; a
+ * member with nothing due comes with field '' (RETIME it). Each member's
+ * waits come in due order. */
+static const char LUA_POLL_W[] =
+    "local RS = '\\30'\n"
+    "local tkey, P, now, lim = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]\n"
+    "local us = redis.call('ZRANGEBYSCORE', tkey, '-inf', ARGV[3], 'LIMIT', 0, lim)\n"
+    "local out, ids, seen = {#us, 0}, {}, {}\n"
+    "for _, u in ipairs(us) do\n"
+    "  local all = redis.call('HGETALL', P .. '{u:' .. u .. '}:w')\n"
+    "  local meta, due = '', {}\n"
+    "  for k = 1, #all, 2 do\n"
+    "    if all[k] == RS then meta = all[k + 1]\n"
+    "    else\n"
+    "      local b = all[k + 1]\n"
+    "      local d = tonumber(string.match(b, '^[^\\30]*'), 36)\n"
+    "      if d and d <= now then due[#due + 1] = {d, all[k], b} end\n"
+    "    end\n"
+    "  end\n"
+    "  table.sort(due, function(x, y) return x[1] < y[1] end)\n"
+    "  if #due == 0 then due[1] = {0, '', ''} end\n"
+    "  for _, e in ipairs(due) do\n"
+    "    out[#out + 1] = u; out[#out + 1] = e[2]; out[#out + 1] = e[3]; out[#out + 1] = meta\n"
+    "    out[2] = out[2] + 1\n"
+    "    if e[2] ~= '' then\n"
+    "      local id = string.match(e[3], '^[^\\30]*\\30([^\\30]*)')\n"
+    "      if id and not seen[id] then seen[id] = true; ids[#ids + 1] = id end\n"
+    "    end\n"
+    "  end\n"
+    "end\n"
+    "for _, id in ipairs(ids) do\n"
+    "  out[#out + 1] = id; out[#out + 1] = redis.call('HGET', P .. 'wtpl', id) or ''\n"
+    "end\n"
+    "return out\n";
+
+/* FIRE a due wait of the layout of the builds before this one (a
+ * hash field plus a string body per wait, a timer per wait): waits, wait
+ * key, gid, timers, timer member, mode ('g' or
  * 'd' = drop: the rule is gone or disabled), claim, ttl, then the policy
  * block of the rule as it is now (limits are checked at the grant moment);
  * its subjects come from the body (written by this build: 11 fields; a body
@@ -378,7 +502,7 @@ static const char LUA_LOOP[] = LUA_START
     "end\n"
     "return {10, n}\n";
 
-enum { S_ISSUE, S_COUNT, S_CANCEL, S_TOUCHES, S_FIRE, S_INACT, S_STATS, S_LOOP, S_N };
+enum { S_ISSUE, S_COUNT, S_CANCEL, S_TOUCHES, S_FIRE, S_INACT, S_STATS, S_LOOP, S_FIRE_W, S_RETIME, S_N };
 
 /* ---- argument vectors ------------------------------------------------------ */
 
@@ -673,8 +797,13 @@ void redis_store_flush(redis_store_t *st) {
 static void k_member(redis_store_t *st, argv_b *a, const char *user, const char *what, const char *tail) {
     a_fmt(a, "%s{u:%s}:%s%s", st->cfg->key_prefix, user, what, tail ? tail : "");
 }
+/* the timer sets of a partition: per wait (the layout of the builds before
+ * this one, still polled) and per member (m:) */
 static void k_timers(redis_store_t *st, argv_b *a, const char *topic, int32_t part) {
     a_fmt(a, "%stimers:%s:%d", st->cfg->key_prefix, topic, (int)part);
+}
+static void k_wtimers(redis_store_t *st, argv_b *a, const char *topic, int32_t part) {
+    a_fmt(a, "%stimers:m:%s:%d", st->cfg->key_prefix, topic, (int)part);
 }
 static void k_seen(redis_store_t *st, argv_b *a, const char *topic, int32_t part, const char *rule) {
     a_fmt(a, "%sseen:%s:%d:%s", st->cfg->key_prefix, topic, (int)part, rule);
@@ -720,11 +849,178 @@ static void add_policy(redis_store_t *st, argv_b *a, const rule_t *r, const char
     else a_str(a, "");
 }
 
+/* ---- waits -------------------------------------------------------------------
+ * A pending wait is kept as a body of a few short values in the member's
+ * hash and a template shared by the waits of one rule version, variant,
+ * channel and trigger name (docs/time.md "Waits in Redis"): the open grant
+ * record with the parts that come from the trigger (state.h REC_*) replaced
+ * by marker bytes; JSON text never holds raw control characters. A part that
+ * cannot be rebuilt from the body (a grant id not made the usual way, a
+ * message id that needs escaping) stays in the template as it is: such a
+ * template serves one wait, and the wait is still exact. The poll returns the
+ * due bodies with their templates and the daemon rebuilds each grant. */
+enum { M_GID = 1, M_TARGET, M_VALUE, M_CUT, M_MESSAGE, M_TMSGID, M_TUSER, M_TTS, M_END };
+/* template: cancel_on, soft reason, queue, kind, maxlen, expires_in, pool, flags ('i': an inactivity trigger), record */
+#define TPL_PARTS 9
+/* body: due (base 36), template id, occurrence, subjects ('' = the member's, '=' dev US ip: set by the
+ * schedule script), due - trigger time (base 36), value, target ('' = the member), message ('' = null),
+ * deliver_after - due (base 36, '' = 0); empty parts at the end are left out. Every byte counts: a body
+ * of at most 64 bytes keeps the member's hash in Redis's compact encoding (hash-max-listpack-value). */
+#define BODY_PARTS 9
+#define BODY_MIN 5
+enum { B_DUE, B_TPL, B_OCC, B_SUBJ, B_TDELTA, B_VALUE, B_TARGET, B_MESSAGE, B_DELIVER };
+#define TPL_ID_LEN 8
+
+/* v in base 36 (what Lua's tonumber(s, 36) reads) */
+static void sb_b36(strbuf *b, long long v) {
+    char t[24];
+    int n = 0;
+    unsigned long long u = v < 0 ? 0ULL - (unsigned long long)v : (unsigned long long)v;
+    do {
+        t[n++] = "0123456789abcdefghijklmnopqrstuvwxyz"[u % 36];
+        u /= 36;
+    } while (u);
+    if (v < 0) sb_putc(b, '-');
+    while (n) sb_putc(b, t[--n]);
+}
+
+static int hole_is(const char *rec, const size_t h[2], const char *s, size_t n) {
+    return h[1] - h[0] == n && !memcmp(rec + h[0], s, n);
+}
+
+/* The occurrence of a trigger for its grant id: the message id, when the
+ * record holds it as a plain JSON string; else (inactivity) occ. NULL: none
+ * that can be rebuilt. */
+static const char *wait_occurrence(const intent_t *in, const char *occ, char *buf, size_t cap) {
+    if (occ) return occ;
+    if (!in->rec) return NULL;
+    const size_t *h = in->rec_holes[REC_TMSGID];
+    const char *p = in->rec + h[0];
+    size_t n = h[1] - h[0];
+    if (n < 2 || p[0] != '"' || p[n - 1] != '"' || n - 2 >= cap || memchr(p, '\\', n)) return NULL;
+    memcpy(buf, p + 1, n - 2);
+    buf[n - 2] = '\0';
+    return buf;
+}
+
+static int has_sep(const char *s) { return strchr(s, '\x1e') || strchr(s, '\x1f'); }
+
+/* Splits the wait of intent in (due at `due`, delivered from `deliver`) into
+ * its template (tpl) and body. occ: the occurrence when the record has no
+ * message id (inactivity); trig_ts: the trigger's time. */
+static void wait_split(redis_store_t *st, const intent_t *in, const char *occ, int64_t trig_ts, int64_t due,
+                       int64_t deliver, const char *queue, size_t qlen, int list, long long maxlen, strbuf *tpl,
+                       strbuf *body) {
+    const rule_t *r = in->rule;
+    int inact = r->kind == TRIG_INACTIVITY;
+    char obuf[128], gid[40], iso[40];
+    const char *rec = in->rec && !in->reason ? in->rec : NULL;
+    const char *o = rec ? wait_occurrence(in, occ, obuf, sizeof obuf) : NULL;
+    if (!o || has_sep(o)) o = in->grant_id; /* unique per occurrence all the same */
+    for (size_t k = 0; rec && k < in->rec_len; k++)
+        if ((unsigned char)rec[k] < M_END) rec = NULL; /* cannot happen in JSON; never mistake a byte for a marker */
+
+    sb_reset(tpl);
+    for (size_t i = 0; i < in->n_cancel_on; i++) {
+        if (!i) sb_putc(tpl, '\x1f');
+        sb_puts(tpl, in->cancel_on[i]);
+        sb_putc(tpl, '\x1f');
+    }
+    char num[64];
+    sb_putc(tpl, '\x1e');
+    sb_puts(tpl, in->reason ? in->reason : "");
+    sb_putc(tpl, '\x1e');
+    sb_append(tpl, queue, qlen);
+    sb_putc(tpl, '\x1e');
+    sb_puts(tpl, list ? "list" : "stream");
+    snprintf(num, sizeof num, "\x1e%lld\x1e%lld\x1e", maxlen, rec ? in->expires_in_ms : -1LL);
+    sb_puts(tpl, num);
+    sb_puts(tpl, in->pool ? in->pool : "");
+    sb_puts(tpl, inact ? "\x1ei\x1e" : "\x1e\x1e");
+
+    sb_reset(body);
+    /* the body's target and value are only read through their markers */
+    const char *target = "", *value = "", *message = "";
+    size_t value_n = 0, message_n = 0;
+    if (rec) {
+        const size_t(*h)[2] = (const size_t(*)[2])in->rec_holes;
+        strbuf *t = &st->tmp;
+        int mark[REC_N_HOLES];
+        engine_grant_id(r->id, in->user, o, gid);
+        sb_reset(t);
+        sb_putc(t, '"');
+        sb_puts(t, gid);
+        sb_putc(t, '"');
+        mark[REC_GID] = hole_is(rec, h[REC_GID], t->s, t->len);
+        sb_reset(t);
+        sb_json_str(t, in->user, strlen(in->user));
+        mark[REC_TUSER] = hole_is(rec, h[REC_TUSER], t->s, t->len);
+        if (!hole_is(rec, h[REC_TARGET], t->s, t->len)) target = in->target_user;
+        mark[REC_TARGET] = !has_sep(target);
+        if (!mark[REC_TARGET]) target = "";
+        value = rec + h[REC_VALUE][0];
+        value_n = h[REC_VALUE][1] - h[REC_VALUE][0];
+        mark[REC_VALUE] = 1;
+        message = rec + h[REC_MESSAGE][0];
+        message_n = h[REC_MESSAGE][1] - h[REC_MESSAGE][0];
+        if (message_n == 4 && !memcmp(message, "null", 4)) message_n = 0;
+        mark[REC_MESSAGE] = 1;
+        sb_reset(t);
+        if (inact) sb_puts(t, "null");
+        else sb_json_str(t, o, strlen(o));
+        mark[REC_TMSGID] = hole_is(rec, h[REC_TMSGID], t->s, t->len);
+        format_iso8601_ms(trig_ts, iso + 1, sizeof iso - 2);
+        iso[0] = '"';
+        size_t il = strlen(iso);
+        iso[il] = '"';
+        mark[REC_TTS] = trig_ts != INT64_MIN && hole_is(rec, h[REC_TTS], iso, il + 1);
+        static const char markers[REC_N_HOLES] = {M_GID, M_TARGET, M_VALUE, M_MESSAGE, M_TMSGID, M_TUSER, M_TTS};
+        size_t at = 0;
+        for (int k = 0; k < REC_N_HOLES; k++) {
+            if (k == REC_MESSAGE) { /* the cut (expires_at's value) lies between value and message */
+                sb_append(tpl, rec + at, in->rec_cut - at);
+                sb_putc(tpl, M_CUT);
+                at = in->rec_cut;
+            }
+            if (!mark[k]) continue;
+            sb_append(tpl, rec + at, h[k][0] - at);
+            sb_putc(tpl, markers[k]);
+            at = h[k][1];
+        }
+        sb_append(tpl, rec + at, in->rec_len - at);
+    }
+    uint64_t h1, h2;
+    hash64x2(tpl->s, tpl->len, 0x77a17, 0x7e3b1a7e, &h1, &h2);
+    char id[TPL_ID_LEN + 1]; /* 47 bits */
+    for (int k = 0; k < TPL_ID_LEN; k++, h1 /= 62)
+        id[k] = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"[h1 % 62];
+    id[TPL_ID_LEN] = '\0';
+
+    /* head: due, id, occurrence; the schedule script adds the subjects; then the tail */
+    sb_b36(body, due);
+    sb_putc(body, '\x1e');
+    sb_puts(body, id);
+    sb_putc(body, '\x1e');
+    sb_puts(body, o);
+    sb_putc(body, '\0');
+    sb_b36(body, trig_ts != INT64_MIN ? due - trig_ts : 0);
+    sb_putc(body, '\x1e');
+    sb_append(body, value, value_n);
+    sb_putc(body, '\x1e');
+    sb_puts(body, target);
+    sb_putc(body, '\x1e');
+    sb_append(body, message, message_n);
+    sb_putc(body, '\x1e');
+    if (deliver > due) sb_b36(body, deliver - due);
+    while (body->len && body->s[body->len - 1] == '\x1e') body->len--;
+}
+
 /* The issue block (LUA_PRELUDE's issue()) for a decision whose moment has
- * come at `at`: a hard reason is reported; a rule that waits schedules (the
- * grant finished now, issued at its due time); a soft reason is reported;
+ * come at `at`: a hard reason is reported; a rule that waits schedules (see
+ * "waits": occ and trig_ts as for wait_split); a soft reason is reported;
  * otherwise claim + push the grant issued at `at`. */
-static void add_issue(redis_store_t *st, argv_b *a, const intent_t *in, int64_t at, const char *topic, int32_t part) {
+static void add_issue(redis_store_t *st, argv_b *a, const intent_t *in, int64_t at, const char *topic, int32_t part,
+                      const char *occ, int64_t trig_ts) {
     int hard = in->reason && !in->reason_soft;
     if (hard || (in->reason && in->wait_ms <= 0)) {
         a_str(a, "x");
@@ -738,42 +1034,44 @@ static void add_issue(redis_store_t *st, argv_b *a, const intent_t *in, int64_t 
     const channel_cfg_t *ch = config_channel(st->cfg, in->channel);
     sb_reset(&st->tmp);
     config_channel_key(st->cfg, ch, in->channel, &st->tmp);
+    /* quiet hours: delivered at their end, in the member's zone (else the configured one) */
+    int64_t deliver = when;
+    if (in->rec && !in->reason)
+        deliver = policy_quiet_until(&st->quiet, in->tz ? in->tz : st->cfg->timezone, st->cfg->quiet_start_min,
+                                     st->cfg->quiet_end_min, when);
+    if (waits) {
+        char *queue = xstrndup(st->tmp.s ? st->tmp.s : "", st->tmp.len);
+        strbuf tpl;
+        sb_init(&tpl);
+        wait_split(st, in, occ, trig_ts, when, deliver, queue, strlen(queue), ch->kind == OUT_LIST,
+                   ch->kind == OUT_LIST ? 0 : ch->maxlen, &tpl, &st->json);
+        free(queue);
+        k_member(st, a, in->user, "w", NULL);
+        k_member(st, a, in->user, "waits", NULL);
+        k_wtimers(st, a, topic, part);
+        a_str(a, in->user);
+        a_str(a, in->rule->id);
+        a_ll(a, at);
+        a_ll(a, when);
+        size_t head = strlen(st->json.s); /* wait_split: head NUL tail */
+        a_add(a, st->json.s, head);
+        a_add(a, st->json.s + head + 1, st->json.len - head - 1);
+        a_fmt(a, "%s\x1f%s", in->device ? in->device : "", in->ip ? in->ip : "");
+        a_fmt(a, "%swtpl", st->cfg->key_prefix);
+        const char *id = st->json.s + strcspn(st->json.s, "\x1e") + 1;
+        a_add(a, id, TPL_ID_LEN);
+        a_add(a, tpl.s ? tpl.s : "", tpl.len);
+        sb_free(&tpl);
+        return;
+    }
     a_add(a, st->tmp.s, st->tmp.len);
     a_str(a, ch->kind == OUT_LIST ? "list" : "stream");
     a_ll(a, ch->kind == OUT_LIST ? 0 : ch->maxlen);
     sb_reset(&st->json);
-    if (in->rec && !in->reason) {
-        /* quiet hours: delivered at their end, in the member's zone (else the configured one) */
-        int64_t deliver = policy_quiet_until(&st->quiet, in->tz ? in->tz : st->cfg->timezone, st->cfg->quiet_start_min,
-                                             st->cfg->quiet_end_min, when);
-        engine_finish_grant_at(in->rec, in->rec_len, in->rec_cut, in->expires_in_ms, when, deliver, &st->json);
-    }
+    if (in->rec && !in->reason) engine_finish_grant_at(in->rec, in->rec_len, in->rec_cut, in->expires_in_ms, when, deliver, &st->json);
     a_add(a, st->json.s ? st->json.s : "", st->json.len);
-    if (!waits) {
-        add_policy(st, a, in->rule, in->variant, in->grant_id, in->user, in->target_user, in->device ? in->device : "",
-                   in->ip ? in->ip : "", in->pool ? in->pool : "", in->group, in->group_occ, at);
-        return;
-    }
-    k_member(st, a, in->user, "waits", NULL);
-    k_member(st, a, in->user, "wait:", in->grant_id);
-    a_str(a, in->grant_id);
-    k_timers(st, a, topic, part);
-    a_fmt(a, "%s|%s|%s", in->grant_id, in->rule->id, in->user);
-    a_str(a, in->rule->id);
-    a_ll(a, at);
-    a_ll(a, when);
-    a_str(a, in->reason ? in->reason : "");
-    sb_reset(&st->tmp);
-    for (size_t i = 0; i < in->n_cancel_on; i++) {
-        if (!i) sb_putc(&st->tmp, '\x1f');
-        sb_puts(&st->tmp, in->cancel_on[i]);
-        sb_putc(&st->tmp, '\x1f');
-    }
-    a_add(a, st->tmp.s ? st->tmp.s : "", st->tmp.len);
-    a_str(a, in->target_user);
-    a_str(a, in->device ? in->device : "");
-    a_str(a, in->ip ? in->ip : "");
-    a_str(a, in->pool ? in->pool : "");
+    add_policy(st, a, in->rule, in->variant, in->grant_id, in->user, in->target_user, in->device ? in->device : "",
+               in->ip ? in->ip : "", in->pool ? in->pool : "", in->group, in->group_occ, at);
 }
 
 /* ---- lifecycle ---------------------------------------------------------------- */
@@ -788,8 +1086,8 @@ redis_store_t *redis_store_new(redis_sink_t *sink, const config_t *cfg, ruleset_
     sb_init(&st->json);
     a_init(&st->tb);
     a_init(&st->sb);
-    static const char *const lua[S_N] = {LUA_ISSUE, LUA_COUNT, LUA_CANCEL, LUA_TOUCHES, LUA_FIRE, LUA_INACT, LUA_STATS,
-                                         LUA_LOOP};
+    static const char *const lua[S_N] = {LUA_ISSUE, LUA_COUNT,  LUA_CANCEL, LUA_TOUCHES, LUA_FIRE,
+                                         LUA_INACT, LUA_STATS, LUA_LOOP,   LUA_FIRE_W,  LUA_RETIME};
     if (redis_sink_set_prelude(sink, LUA_SHARED) != 0) {
         redis_store_free(st);
         return NULL;
@@ -884,7 +1182,7 @@ int redis_store_apply(redis_store_t *st, const intent_t *in, const char *topic, 
         return 0;
     case INTENT_GRANT:
     case INTENT_SCHEDULE:
-        add_issue(st, &a, in, in->ts, topic, partition);
+        add_issue(st, &a, in, in->ts, topic, partition, NULL, in->trigger ? in->trigger->ts_ms : INT64_MIN);
         if (a.len[0] == 1 && a.buf.s[0] == 'x') { /* nothing to write */
             stat_reason(st, in->rule->id, in->variant, in->user, in->reason, in->ts);
             a_free(&a);
@@ -899,14 +1197,18 @@ int redis_store_apply(redis_store_t *st, const intent_t *in, const char *topic, 
         a_ll(&a, in->within_ms + 60000); /* the window's own pruning is exact; the TTL only collects garbage */
         a_ll(&a, in->count);
         a_str(&a, in->occurrence);
-        add_issue(st, &a, in, in->ts, topic, partition);
+        add_issue(st, &a, in, in->ts, topic, partition, NULL, in->trigger ? in->trigger->ts_ms : INT64_MIN);
         a_send_x(st, &a, S_COUNT, cb, ud, in->rule->id, in->variant, in->user, in->reason);
         return 1;
     case INTENT_CANCEL:
+        k_member(st, &a, in->user, "w", NULL);
         k_member(st, &a, in->user, "waits", NULL);
         k_member(st, &a, in->user, "wait:", NULL);
+        k_wtimers(st, &a, topic, partition);
+        a_str(&a, in->user);
         a_ll(&a, in->ts);
         a_str(&a, in->event);
+        a_fmt(&a, "%swtpl", st->cfg->key_prefix);
         a_send_x(st, &a, S_CANCEL, cb, ud, NULL, NULL, in->user, NULL);
         return 1;
     case INTENT_TOUCH: {
@@ -953,7 +1255,8 @@ typedef struct round {
 
 typedef struct read_ctx {
     round_t *r;
-    char *rule_id;   /* NULL: the timers read */
+    char *rule_id;   /* NULL: a timers read */
+    int waits;       /* the per-member timers (LUA_POLL_W), else the per-wait ones */
 } read_ctx;
 
 static void round_step(round_t *r) {
@@ -1020,6 +1323,192 @@ static void fire_timers(round_t *r, const redisReply *rep) {
     }
 }
 
+/* Splits s (n bytes) at RS into at most max parts (the last takes the rest);
+ * returns how many. */
+static int split_rs(const char *s, size_t n, const char **p, size_t *l, int max) {
+    int k = 0;
+    while (k < max - 1) {
+        const char *q = memchr(s, '\x1e', n);
+        if (!q) break;
+        p[k] = s;
+        l[k++] = (size_t)(q - s);
+        n -= (size_t)(q - s) + 1;
+        s = q + 1;
+    }
+    p[k] = s;
+    l[k++] = n;
+    return k;
+}
+
+/* a base-36 number of a body (sb_b36) */
+static long long num_of(const char *s, size_t n) {
+    char b[32];
+    if (n >= sizeof b) n = sizeof b - 1;
+    memcpy(b, s, n);
+    b[n] = '\0';
+    return strtoll(b, NULL, 36);
+}
+
+/* Rebuilds a wait's open record from its template record (t, tn bytes) and
+ * body parts into rec; *cut is where expires_at's value goes. */
+static void wait_rebuild(const char *t, size_t tn, const char *const *bp, const size_t *bl, const char *rule,
+                         const char *user, const char *occ, const char *target, int inact, int64_t due, strbuf *rec,
+                         size_t *cut) {
+    sb_reset(rec);
+    *cut = 0;
+    char gid[40], iso[40];
+    for (size_t k = 0; k < tn; k++) {
+        unsigned char c = (unsigned char)t[k];
+        if (c >= M_END) {
+            size_t run = 1;
+            while (k + run < tn && (unsigned char)t[k + run] >= M_END) run++;
+            sb_append(rec, t + k, run);
+            k += run - 1;
+            continue;
+        }
+        switch (c) {
+        case M_GID:
+            engine_grant_id(rule, user, occ, gid);
+            sb_putc(rec, '"');
+            sb_puts(rec, gid);
+            sb_putc(rec, '"');
+            break;
+        case M_TARGET: sb_json_str(rec, *target ? target : user, strlen(*target ? target : user)); break;
+        case M_VALUE:
+            if (bl[B_VALUE]) sb_append(rec, bp[B_VALUE], bl[B_VALUE]);
+            else sb_puts(rec, "null");
+            break;
+        case M_CUT: *cut = rec->len; break;
+        case M_MESSAGE:
+            if (bl[B_MESSAGE]) sb_append(rec, bp[B_MESSAGE], bl[B_MESSAGE]);
+            else sb_puts(rec, "null");
+            break;
+        case M_TMSGID:
+            if (inact) sb_puts(rec, "null");
+            else sb_json_str(rec, occ, strlen(occ));
+            break;
+        case M_TUSER: sb_json_str(rec, user, strlen(user)); break;
+        case M_TTS:
+            format_iso8601_ms(due - num_of(bp[B_TDELTA], bl[B_TDELTA]), iso, sizeof iso);
+            sb_putc(rec, '"');
+            sb_puts(rec, iso);
+            sb_putc(rec, '"');
+            break;
+        default: break;
+        }
+    }
+}
+
+/* The templates of a poll's reply: (id, text) pairs from element `from`. */
+static const redisReply *tpl_find(const redisReply *rep, size_t from, const char *id, size_t n) {
+    for (size_t i = from; i + 1 < rep->elements; i += 2) {
+        const redisReply *k = rep->element[i], *v = rep->element[i + 1];
+        if (k->type == REDIS_REPLY_STRING && k->len == n && !memcmp(k->str, id, n) && v->type == REDIS_REPLY_STRING &&
+            v->len)
+            return v;
+    }
+    return NULL;
+}
+
+/* The reply of LUA_POLL_W: every due wait is rebuilt and fired (FIRE_W). */
+static void fire_waits(round_t *r, const redisReply *rep) {
+    redis_store_t *st = r->st;
+    const ruleset_t *rs = *st->rules;
+    if (rep->elements < 2 || rep->element[0]->type != REDIS_REPLY_INTEGER ||
+        rep->element[1]->type != REDIS_REPLY_INTEGER)
+        return;
+    if (rep->element[0]->integer >= POLL_LIMIT) r->more = 1;
+    size_t nq = (size_t)rep->element[1]->integer, tfrom = 2 + 4 * nq;
+    if (tfrom > rep->elements) return;
+    strbuf rec;
+    sb_init(&rec);
+    for (size_t q = 0; q < nq; q++) {
+        const redisReply *const *e = (const redisReply *const *)rep->element + 2 + 4 * q;
+        if (e[0]->type != REDIS_REPLY_STRING || e[1]->type != REDIS_REPLY_STRING || e[2]->type != REDIS_REPLY_STRING ||
+            e[3]->type != REDIS_REPLY_STRING)
+            continue;
+        char *user = xstrndup(e[0]->str, e[0]->len);
+        argv_b a;
+        a_init(&a);
+        if (!e[1]->len) { /* nothing due: the entry was early */
+            k_member(st, &a, user, "w", NULL);
+            k_wtimers(st, &a, r->topic, r->part);
+            a_str(&a, user);
+            a_send_x(st, &a, S_RETIME, on_fire_reply, st, NULL, NULL, NULL, NULL);
+            free(user);
+            continue;
+        }
+        char *rule = xstrndup(e[1]->str, strcspn(e[1]->str, "\x1f"));
+        const char *bp[BODY_PARTS], *tp[TPL_PARTS];
+        size_t bl[BODY_PARTS], tl[TPL_PARTS];
+        int nb = split_rs(e[2]->str, e[2]->len, bp, bl, BODY_PARTS);
+        for (int k = nb; k < BODY_PARTS; k++) bp[k] = "", bl[k] = 0;
+        const redisReply *tv = nb >= BODY_MIN ? tpl_find(rep, tfrom, bp[B_TPL], bl[B_TPL]) : NULL;
+        int nt = tv ? split_rs(tv->str, tv->len, tp, tl, TPL_PARTS) : 0;
+        const rule_t *rl = ruleset_find(rs, rule);
+        const char *why = !rl ? "rule removed" : !rl->enabled ? "rule disabled" : NULL;
+        if (!why && nt != TPL_PARTS) {
+            why = "wait unreadable";
+            log_error("wait_unreadable", "rule=%s user=%s body=\"%.*s\" template=%s", rule, user, (int)e[2]->len,
+                      e[2]->str, tv ? "malformed" : "missing");
+        }
+        int64_t due = nb >= BODY_MIN ? num_of(bp[B_DUE], bl[B_DUE]) : r->now;
+        char *occ = xstrndup(bp[B_OCC], bl[B_OCC]);
+        char *target = xstrndup(bp[B_TARGET], bl[B_TARGET]);
+        /* the subjects: the member's (field RS), or the wait's own */
+        const char *sj = e[3]->str;
+        size_t sjn = e[3]->len;
+        if (bl[B_SUBJ] && bp[B_SUBJ][0] == '=') sj = bp[B_SUBJ] + 1, sjn = bl[B_SUBJ] - 1;
+        const char *us = memchr(sj, '\x1f', sjn);
+        char *dev = xstrndup(sj, us ? (size_t)(us - sj) : sjn);
+        char *ip = us ? xstrndup(us + 1, sjn - (size_t)(us + 1 - sj)) : xstrdup("");
+        char gid[40];
+        snprintf(gid, sizeof gid, "%s", occ);
+        sb_reset(&st->json);
+        if (nt == TPL_PARTS && tl[8]) {
+            size_t cut;
+            wait_rebuild(tp[8], tl[8], bp, bl, rule, user, occ, target, tl[7] == 1 && tp[7][0] == 'i', due, &rec,
+                         &cut);
+            int64_t deliver = due + num_of(bp[B_DELIVER], bl[B_DELIVER]);
+            engine_finish_grant_at(rec.s, rec.len, cut, num_of(tp[5], tl[5]), due, deliver, &st->json);
+            if (!strncmp(st->json.s, "{\"grant_id\":\"", 13) && st->json.len > 13 + GID_LEN) {
+                memcpy(gid, st->json.s + 13, GID_LEN);
+                gid[GID_LEN] = '\0';
+            }
+        }
+        if (why && strcmp(why, "wait unreadable"))
+            log_info("wait_dropped", "rule=%s user=%s grant_id=%s reason=\"%s\"", rule, user, gid, why);
+        k_member(st, &a, user, "w", NULL);
+        k_wtimers(st, &a, r->topic, r->part);
+        a_str(&a, user);
+        a_add(&a, e[1]->str, e[1]->len);
+        a_add(&a, e[2]->str, e[2]->len);
+        a_str(&a, why ? "d" : "g");
+        k_member(st, &a, user, "grant:", gid);
+        a_ll(&a, st->cfg->claim_ttl_ms > 0 ? st->cfg->claim_ttl_ms : 1);
+        for (int k = 2; k <= 4; k++) a_add(&a, nt == TPL_PARTS ? tp[k] : "", nt == TPL_PARTS ? tl[k] : 0);
+        a_add(&a, st->json.s ? st->json.s : "", st->json.len);
+        a_add(&a, nt == TPL_PARTS ? tp[1] : "", nt == TPL_PARTS ? tl[1] : 0);
+        const char *variant = rl ? engine_variant_name(rl, user) : NULL;
+        st->send_at = due;
+        if (why) {
+            a_str(&a, "0");
+        } else {
+            char *pool = xstrndup(tp[6], tl[6]);
+            add_policy(st, &a, rl, variant, gid, user, *target ? target : user, dev, ip, pool, NULL, NULL, due);
+            free(pool);
+        }
+        a_send_x(st, &a, S_FIRE_W, on_fire_reply, st, rule, variant, user, why);
+        free(occ);
+        free(target);
+        free(dev);
+        free(ip);
+        free(rule);
+        free(user);
+    }
+    sb_free(&rec);
+}
+
 static void fire_inactivity(round_t *r, const rule_t *rl, const redisReply *rep) {
     redis_store_t *st = r->st;
     for (size_t i = 0; i + 1 < rep->elements; i += 2) {
@@ -1037,7 +1526,9 @@ static void fire_inactivity(round_t *r, const rule_t *rl, const redisReply *rep)
         a_ll(&a, last);
         k_member(st, &a, user, "inact:", rl->id);
         a_ll(&a, st->cfg->claim_ttl_ms > 0 ? st->cfg->claim_ttl_ms : 1);
-        add_issue(st, &a, &in, at, r->topic, r->part);
+        char occ[40];
+        engine_inactivity_occurrence(last, occ);
+        add_issue(st, &a, &in, at, r->topic, r->part, occ, last);
         stat_add(st, rl->id, in.variant, "triggered");
         st->send_at = at;
         a_send_x(st, &a, S_INACT, on_inact_reply, st, rl->id, in.variant, user, in.reason);
@@ -1055,10 +1546,13 @@ static void on_poll_reply(void *ud, const redisReply *rep) {
                   rep->type == REDIS_REPLY_ERROR ? rep->str : "?");
         r->ok = 0;
     } else {
-        if (rep->elements >= 2 * POLL_LIMIT) r->more = 1;
-        if (!c->rule_id) {
+        if (c->waits) {
+            fire_waits(r, rep);
+        } else if (!c->rule_id) {
+            if (rep->elements >= 2 * POLL_LIMIT) r->more = 1;
             fire_timers(r, rep);
         } else {
+            if (rep->elements >= 2 * POLL_LIMIT) r->more = 1;
             const rule_t *rl = ruleset_find(*r->st->rules, c->rule_id);
             if (rl && rl->enabled && rl->kind == TRIG_INACTIVITY) fire_inactivity(r, rl, rep);
         }
@@ -1082,6 +1576,20 @@ static void poll_read(round_t *r, const char *rule_id, const char *key, int64_t 
     redis_sink_read(r->st->sink, 8, argv, lens, on_poll_reply, c);
 }
 
+static void poll_waits(round_t *r, const char *key, int64_t max) {
+    char maxs[32], lim[16];
+    snprintf(maxs, sizeof maxs, "%lld", (long long)max);
+    snprintf(lim, sizeof lim, "%d", POLL_LIMIT);
+    const char *argv[7] = {"EVAL", LUA_POLL_W, "0", key, r->st->cfg->key_prefix, maxs, lim};
+    size_t lens[7];
+    for (int i = 0; i < 7; i++) lens[i] = strlen(argv[i]);
+    read_ctx *c = xcalloc(1, sizeof *c);
+    c->r = r;
+    c->waits = 1;
+    r->outstanding++;
+    redis_sink_read(r->st->sink, 7, argv, lens, on_poll_reply, c);
+}
+
 void redis_store_poll(redis_store_t *st, const char *topic, int32_t partition, int64_t now, int64_t inact_now,
                       void (*done)(void *ud, int more, int ok), void *ud) {
     round_t *r = xcalloc(1, sizeof *r);
@@ -1096,6 +1604,9 @@ void redis_store_poll(redis_store_t *st, const char *topic, int32_t partition, i
     redis_store_flush(st); /* the reads see every touch before them */
     argv_b k;
     a_init(&k);
+    k_wtimers(st, &k, topic, partition);
+    poll_waits(r, k.buf.s, now);
+    a_reset(&k);
     k_timers(st, &k, topic, partition);
     poll_read(r, NULL, k.buf.s, now);
     const ruleset_t *rs = *st->rules;

@@ -73,6 +73,18 @@ def stream_grants(client, prefix="bd:"):
     return out
 
 
+def pending_waits(client, prefix="bd:"):
+    """Waits pending in Redis: the fields of the members' wait hashes (field
+    RS holds a member's subjects, not a wait), plus any left in the per-wait
+    layout of earlier builds."""
+    n = 0
+    for k in client.scan_iter(match=prefix + "{u:*}:w"):
+        n += sum(1 for f in client.hkeys(k) if f != "\x1e")
+    for k in client.scan_iter(match=prefix + "{u:*}:waits"):
+        n += client.hlen(k)
+    return n
+
+
 def owned_partitions(daemon):
     """The partitions whose timers the daemon polls now, from its log."""
     owned = set()
@@ -163,8 +175,8 @@ class TimeTest(IntegrationTest):
             if g["rule"] == "winback":
                 self.assertEqual(iso_to_ms(g["issued_at"]), iso_to_ms(g["trigger"]["timestamp"]) + 3000)
         c = self.env.client()
-        self.assertEqual(list(c.scan_iter(match="bd:{u:*}:wait:*")), [])
-        self.assertEqual(c.hlen("bd:{u:u1}:waits"), 0)
+        self.assertEqual(list(c.scan_iter(match="bd:{u:*}:w")), [], "a member's wait hash outlived its waits")
+        self.assertEqual(list(c.scan_iter(match="bd:timers:m:*")), [])
 
     # ------------------------------------------------------------------ b
     def test_b_kill9_with_waits_pending(self):
@@ -181,8 +193,9 @@ class TimeTest(IntegrationTest):
         self.env.kafka.produce(path)
         self.env.wait_all_committed(timeout=20)   # every wait is in Redis
         c = self.env.client()
-        pending = sum(c.zcard(k) for k in c.scan_iter(match="bd:timers:*"))
-        self.assertEqual(pending, 32)
+        self.assertEqual(pending_waits(c), 32)
+        # one timer per member, at its earliest wait
+        self.assertEqual(sum(c.zcard(k) for k in c.scan_iter(match="bd:timers:m:*")), 16)
         d1.kill9()
         killed = now_ms()
         # the daemon stays down past the short waits' due time: they are overdue at restart
@@ -221,14 +234,14 @@ class TimeTest(IntegrationTest):
         self.env.wait_all_committed(timeout=20)
         c = self.env.client()
         theirs = owned_partitions(d2)
-        left = sum(c.zcard("bd:timers:%s:%d" % (TOPIC, p)) for p in theirs)
+        left = sum(c.zcard("bd:timers:m:%s:%d" % (TOPIC, p)) for p in theirs)
         self.assertGreater(left, 0, "no pending wait on the partitions of the daemon to stop")
         self.assertEqual(d2.terminate(), 0)
         wait_for(lambda: owned_partitions(d1) == {0, 1, 2, 3}, 30, "the survivor to own every partition")
         _, ids1 = self.replay_ids(path1, b + 60000)
         self.assertEqual(len(ids1), 23)
         self.wait_ids(ids1, 20, "the stopped daemon's timers to fire on the survivor")
-        self.assertEqual(sum(c.zcard("bd:timers:%s:%d" % (TOPIC, p)) for p in theirs), 0)
+        self.assertEqual(sum(c.zcard("bd:timers:m:%s:%d" % (TOPIC, p)) for p in theirs), 0)
 
         d3 = self.env.start_daemon(timeout=30)
         wait_for(lambda: (owned_partitions(d1) and owned_partitions(d3) and
@@ -258,7 +271,7 @@ class TimeTest(IntegrationTest):
         wait_for(self.quiet, 5, "no timer left")
         self.assertLiveEqualsReplay(rep_ids)
         c = self.env.client()
-        self.assertEqual(c.hlen("bd:{u:c1}:waits"), 0)
+        self.assertFalse(c.exists("bd:{u:c1}:w"))
         self.assertEqual(list(c.scan_iter(match="bd:{u:c1}:grant:*")), [])
 
     # ------------------------------------------------------------------ e
@@ -274,7 +287,7 @@ class TimeTest(IntegrationTest):
         self.env.kafka.produce(path)
         self.env.wait_all_committed(timeout=20)
         c = self.env.client()
-        self.assertEqual(sum(c.zcard(k) for k in c.scan_iter(match="bd:timers:*")), 12)
+        self.assertEqual(pending_waits(c), 12)
         # remove `gone`, change `kept` (value 5 -> 7): its pending waits keep what was decided
         (self.env.rules_dir / "gone.yaml").unlink()
         (self.env.rules_dir / "kept.yaml").write_text(kept.replace("value: 5", "value: 7"))
@@ -291,6 +304,50 @@ class TimeTest(IntegrationTest):
         old = self.env.write_rules({"gone.yaml": gone, "kept.yaml": kept}, self.env.dir / "old-rules")
         rep = replay(old, path, config=self.env.config_path, until=iso(b + 60000))
         self.assertEqual({g["grant_id"] for g in rep.grants if g["rule"] == "kept"}, {g["grant_id"] for g in live})
+
+    # ------------------------------------------------------------------ f
+    def test_f_waits_of_the_previous_layout_fire_and_cancel(self):
+        """An upgrade keeps the waits that a build before the per-member layout
+        wrote (a string body per wait, a timer per wait): they fire once, a
+        cancel reaches them, and they still count as pending for their rule."""
+        old = rule("old", "{event: Product Added}", "{benefit: coupon, sku: O, value: 1, channel: email}",
+                   "wait: 2s\ncancel_on: [Order Completed]\n")
+        d, = self.start({"old.yaml": old})
+        wait_for(lambda: owned_partitions(d) == {0, 1, 2, 3}, 30, "the daemon to own every partition")
+        c = self.env.client()
+        queue = "bd:grants:email"
+        due = now_ms() + 3000
+        legacy = {}
+        for user, gid in (("x1", "g" + "1" * 32), ("x2", "g" + "2" * 32)):
+            part = 0
+            timers, tm = "bd:timers:%s:%d" % (TOPIC, part), "%s|old|%s" % (gid, user)
+            grant = {"grant_id": gid, "rule": "old", "rule_version": "v0", "variant": None, "user_id": user,
+                     "benefit": {"type": "coupon", "sku": "O", "value": 1, "code": None, "expires_at": None},
+                     "channel": "email", "message": None,
+                     "trigger": {"event": "Product Added", "message_id": "old-" + user, "user_id": user,
+                                 "timestamp": iso(due - 2000)},
+                     "issued_at": iso(due), "deliver_after": iso(due)}
+            body = "\x1e".join([timers, tm, queue, "stream", "0", "", user, "", "", "", json.dumps(grant)])
+            c.hset("bd:{u:%s}:waits" % user, gid, "%d\x1eold\x1e\x1fOrder Completed\x1f" % due)
+            c.set("bd:{u:%s}:wait:%s" % (user, gid), body)
+            c.zadd(timers, {tm: due})
+            legacy[user] = gid
+        b = now_ms() - 200
+        evs = [tev("Product Added", "x1", "x1-new", b),          # the legacy wait of `old` is pending
+               tev("Order Completed", "x2", "x2-order", b + 1)]  # cancels x2's legacy wait
+        self.env.kafka.produce(self.events_file(evs))
+        self.env.wait_all_committed(timeout=20)
+        wait_for(lambda: stream_grants(c), 15, "the legacy wait to fire")
+        wait_for(self.quiet, 10, "every timer to be spent")
+        time.sleep(0.5)
+        live = stream_grants(c)
+        self.assertEqual([g["grant_id"] for g in live], [legacy["x1"]], live)
+        self.assertEqual(live[0]["issued_at"], iso(due))
+        self.assertEqual(pending_waits(c), 0)
+        self.assertEqual(list(c.scan_iter(match="bd:{u:*}:wait:*")), [])
+        stats = c.hgetall("bd:stats:old:-")
+        self.assertEqual(stats.get("already pending"), "1", stats)
+        self.assertEqual(stats.get("cancelled"), "1", stats)
 
 
 if __name__ == "__main__":
