@@ -10,10 +10,12 @@
 #include "../enrich/enrich.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 /* One output line, kept until the end so lines can be ordered by issue time.
  * Its text is in replay_state.text (one buffer for all lines: an allocation
@@ -105,6 +107,55 @@ static void rv_free(revisits *q) {
             free(e);
         }
     free(q->b);
+}
+
+/* The input's lines, read a large block at a time and handed out in place:
+ * getline copied every line out of stdio's buffer (~6% of replay). */
+typedef struct line_reader {
+    int fd;
+    char *buf;
+    size_t cap, start, end;   /* buf[start..end): read, not yet handed out */
+    int eof, err;
+} line_reader;
+
+#define READ_BLOCK (256 * 1024) /* stays in cache while its lines are parsed */
+
+/* The next line, its '\n' replaced by a NUL (the last line may lack one),
+ * its length in *len; valid until the next call. NULL at the end of the
+ * input or after a read error (err). */
+static char *next_line(line_reader *lr, size_t *len) {
+    for (;;) {
+        char *line = lr->buf + lr->start;
+        char *nl = lr->end > lr->start ? memchr(line, '\n', lr->end - lr->start) : NULL;
+        if (nl) {
+            *len = (size_t)(nl - line);
+            *nl = '\0';
+            lr->start += *len + 1;
+            return line;
+        }
+        if (lr->eof) {
+            if (lr->start == lr->end) return NULL;
+            *len = lr->end - lr->start;
+            line[*len] = '\0'; /* cap > end: room kept for it */
+            lr->start = lr->end;
+            return line;
+        }
+        /* the partial line to the front, then a block after it */
+        size_t have = lr->end - lr->start;
+        memmove(lr->buf, line, have);
+        lr->start = 0;
+        lr->end = have;
+        if (lr->cap - lr->end < READ_BLOCK + 1) {
+            lr->cap = lr->end + READ_BLOCK + 1;
+            lr->buf = xrealloc(lr->buf, lr->cap);
+        }
+        ssize_t n;
+        do n = read(lr->fd, lr->buf + lr->end, lr->cap - lr->end - 1);
+        while (n < 0 && errno == EINTR);
+        if (n < 0) lr->err = 1;
+        if (n <= 0) lr->eof = 1;
+        else lr->end += (size_t)n;
+    }
 }
 
 typedef struct replay_state {
@@ -281,11 +332,10 @@ int replay_main(int argc, char **argv) {
     diag_t diag;
     diag_init(&diag);
     ruleset_t *rs = NULL;
-    FILE *in = NULL;
+    line_reader in = {.fd = -1};
     replay_state r = {.explain = explain};
     engine_t eng;
     engine_init(&eng);
-    char *line = NULL;
 
     if (config_path && config_load(&cfg, config_path, &diag) != 0) {
         diag_print(&diag, stderr);
@@ -355,8 +405,8 @@ int replay_main(int argc, char **argv) {
         diag_print(&diag, stderr);
         goto out;
     }
-    in = strcmp(input, "-") == 0 ? stdin : fopen(input, "r");
-    if (!in) {
+    in.fd = strcmp(input, "-") == 0 ? STDIN_FILENO : open(input, O_RDONLY);
+    if (in.fd < 0) {
         fprintf(stderr, "benefitd replay: %s: %s\n", input, strerror(errno));
         goto out;
     }
@@ -365,7 +415,6 @@ int replay_main(int argc, char **argv) {
     int need_profile = enrich_needs_profile(&r.en, rs);
     bd_clock_t clk;
     clock_init_virtual(&clk, 0);
-    size_t cap = 0;
     ssize_t len;
     long lineno = 0, nevents = 0;
     int64_t clock_ms = 0;  /* the virtual clock's high-water mark: the latest event time seen */
@@ -377,12 +426,14 @@ int replay_main(int argc, char **argv) {
     event_t evs[2];
     event_t *cur = NULL, *nxt = &evs[0];
     for (;;) {
-        len = getline(&line, &cap, in);
+        size_t n;
+        char *line = next_line(&in, &n);
+        len = line ? (ssize_t)n : -1;
         const char *bad = NULL;
         char reason[128];
         if (len != -1) {
             lineno++;
-            while (len > 0 && (line[len - 1] == '\n' || line[len - 1] == '\r')) line[--len] = '\0';
+            while (len > 0 && line[len - 1] == '\r') line[--len] = '\0';
             if (len == 0) continue;
             if (decode_event(&cfg.decoder, line, (size_t)len, clock_ms, nxt, reason, sizeof reason) != 0) {
                 bad = reason;
@@ -408,7 +459,7 @@ int replay_main(int argc, char **argv) {
         cur = nxt;
         nxt = cur == &evs[0] ? &evs[1] : &evs[0];
     }
-    if (ferror(in)) {
+    if (in.err) {
         fprintf(stderr, "benefitd replay: read error on %s\n", input);
         rc = 1;
     }
@@ -446,8 +497,8 @@ out:
     sb_free(&r.text);
     store_free(r.store);
     rv_free(&r.rv);
-    free(line);
-    if (in && in != stdin) fclose(in);
+    free(in.buf);
+    if (in.fd > STDIN_FILENO) close(in.fd);
     engine_free(&eng);
     if (rs) ruleset_free(rs);
     enrich_free(&r.en);   /* after the rules: their expressions may call plugin functions */
