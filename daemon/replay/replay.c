@@ -124,6 +124,10 @@ typedef struct line_reader {
  * its length in *len; valid until the next call. NULL at the end of the
  * input or after a read error (err). */
 static char *next_line(line_reader *lr, size_t *len) {
+    if (!lr->buf) {
+        lr->cap = READ_BLOCK + 1;
+        lr->buf = xmalloc(lr->cap);
+    }
     for (;;) {
         char *line = lr->buf + lr->start;
         char *nl = lr->end > lr->start ? memchr(line, '\n', lr->end - lr->start) : NULL;
@@ -142,7 +146,7 @@ static char *next_line(line_reader *lr, size_t *len) {
         }
         /* the partial line to the front, then a block after it */
         size_t have = lr->end - lr->start;
-        memmove(lr->buf, line, have);
+        if (have && lr->start) memmove(lr->buf, line, have);
         lr->start = 0;
         lr->end = have;
         if (lr->cap - lr->end < READ_BLOCK + 1) {
