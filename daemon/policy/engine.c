@@ -86,12 +86,14 @@ void engine_inactivity_occurrence(int64_t last_ms, char out[40]) {
  * whatever the event, so a member never flips between arms. */
 static const variant_t *pick_variant(const rule_t *r, const char *user_id) {
     if (r->n_variants == 0 || r->total_weight <= 0) return NULL;
-    strbuf b;
-    sb_init(&b);
-    sb_append(&b, r->id, strlen(r->id) + 1);
-    sb_puts(&b, user_id);
-    uint64_t h = hash64(b.s, b.len, 7);
-    sb_free(&b);
+    /* on the stack: this runs for every rule with variants of every event */
+    char small[512];
+    size_t a = strlen(r->id) + 1, u = strlen(user_id);
+    char *buf = a + u <= sizeof small ? small : xmalloc(a + u);
+    memcpy(buf, r->id, a);
+    memcpy(buf + a, user_id, u);
+    uint64_t h = hash64(buf, a + u, 7);
+    if (buf != small) free(buf);
     uint64_t slot = h % (uint64_t)r->total_weight;
     for (size_t i = 0; i < r->n_variants; i++) {
         if (slot < (uint64_t)r->variants[i].weight) return &r->variants[i];

@@ -1580,7 +1580,7 @@ static void poll_waits(round_t *r, const char *key, int64_t max) {
     char maxs[32], lim[16];
     snprintf(maxs, sizeof maxs, "%lld", (long long)max);
     snprintf(lim, sizeof lim, "%d", POLL_LIMIT);
-    const char *argv[7] = {"EVAL", LUA_POLL_W, "0", key, r->st->cfg->key_prefix, maxs, lim};
+    const char *argv[7] = {"EVAL_RO", LUA_POLL_W, "0", key, r->st->cfg->key_prefix, maxs, lim};
     size_t lens[7];
     for (int i = 0; i < 7; i++) lens[i] = strlen(argv[i]);
     read_ctx *c = xcalloc(1, sizeof *c);
