@@ -565,6 +565,7 @@ struct redis_store {
     engine_t *eng;
     int sh[S_N];
     strbuf tmp, json;
+    strbuf tpl, queue, rec; /* waits: a template being built, its queue; a record being rebuilt */
     rs_stats_t stats;
     policy_day_cache day;
     /* the pending batch of touches: triples in tb, one (cb, ud) per intent */
@@ -1040,12 +1041,12 @@ static void add_issue(redis_store_t *st, argv_b *a, const intent_t *in, int64_t 
         deliver = policy_quiet_until(&st->quiet, in->tz ? in->tz : st->cfg->timezone, st->cfg->quiet_start_min,
                                      st->cfg->quiet_end_min, when);
     if (waits) {
-        char *queue = xstrndup(st->tmp.s ? st->tmp.s : "", st->tmp.len);
-        strbuf tpl;
-        sb_init(&tpl);
-        wait_split(st, in, occ, trig_ts, when, deliver, queue, strlen(queue), ch->kind == OUT_LIST,
-                   ch->kind == OUT_LIST ? 0 : ch->maxlen, &tpl, &st->json);
-        free(queue);
+        /* wait_split takes st->tmp for its own work */
+        sb_reset(&st->queue);
+        sb_append(&st->queue, st->tmp.s ? st->tmp.s : "", st->tmp.len);
+        strbuf *tpl = &st->tpl;
+        wait_split(st, in, occ, trig_ts, when, deliver, st->queue.s, st->queue.len, ch->kind == OUT_LIST,
+                   ch->kind == OUT_LIST ? 0 : ch->maxlen, tpl, &st->json);
         k_member(st, a, in->user, "w", NULL);
         k_member(st, a, in->user, "waits", NULL);
         k_wtimers(st, a, topic, part);
@@ -1060,8 +1061,7 @@ static void add_issue(redis_store_t *st, argv_b *a, const intent_t *in, int64_t 
         a_fmt(a, "%swtpl", st->cfg->key_prefix);
         const char *id = st->json.s + strcspn(st->json.s, "\x1e") + 1;
         a_add(a, id, TPL_ID_LEN);
-        a_add(a, tpl.s ? tpl.s : "", tpl.len);
-        sb_free(&tpl);
+        a_add(a, tpl->s ? tpl->s : "", tpl->len);
         return;
     }
     a_add(a, st->tmp.s, st->tmp.len);
@@ -1084,6 +1084,9 @@ redis_store_t *redis_store_new(redis_sink_t *sink, const config_t *cfg, ruleset_
     st->eng = eng;
     sb_init(&st->tmp);
     sb_init(&st->json);
+    sb_init(&st->tpl);
+    sb_init(&st->queue);
+    sb_init(&st->rec);
     a_init(&st->tb);
     a_init(&st->sb);
     static const char *const lua[S_N] = {LUA_ISSUE, LUA_COUNT,  LUA_CANCEL, LUA_TOUCHES, LUA_FIRE,
@@ -1149,6 +1152,9 @@ void redis_store_free(redis_store_t *st) {
     inact_clear(st);
     sb_free(&st->tmp);
     sb_free(&st->json);
+    sb_free(&st->tpl);
+    sb_free(&st->queue);
+    sb_free(&st->rec);
     free(st);
 }
 
@@ -1420,8 +1426,7 @@ static void fire_waits(round_t *r, const redisReply *rep) {
     if (rep->element[0]->integer >= POLL_LIMIT) r->more = 1;
     size_t nq = (size_t)rep->element[1]->integer, tfrom = 2 + 4 * nq;
     if (tfrom > rep->elements) return;
-    strbuf rec;
-    sb_init(&rec);
+    strbuf *rec = &st->rec;
     for (size_t q = 0; q < nq; q++) {
         const redisReply *const *e = (const redisReply *const *)rep->element + 2 + 4 * q;
         if (e[0]->type != REDIS_REPLY_STRING || e[1]->type != REDIS_REPLY_STRING || e[2]->type != REDIS_REPLY_STRING ||
@@ -1467,10 +1472,12 @@ static void fire_waits(round_t *r, const redisReply *rep) {
         sb_reset(&st->json);
         if (nt == TPL_PARTS && tl[8]) {
             size_t cut;
-            wait_rebuild(tp[8], tl[8], bp, bl, rule, user, occ, target, tl[7] == 1 && tp[7][0] == 'i', due, &rec,
+            wait_rebuild(tp[8], tl[8], bp, bl, rule, user, occ, target, tl[7] == 1 && tp[7][0] == 'i', due, rec,
                          &cut);
             int64_t deliver = due + num_of(bp[B_DELIVER], bl[B_DELIVER]);
-            engine_finish_grant_at(rec.s, rec.len, cut, num_of(tp[5], tl[5]), due, deliver, &st->json);
+            char ex[24];
+            snprintf(ex, sizeof ex, "%.*s", (int)(tl[5] < sizeof ex ? tl[5] : sizeof ex - 1), tp[5]);
+            engine_finish_grant_at(rec->s, rec->len, cut, strtoll(ex, NULL, 10), due, deliver, &st->json);
             if (!strncmp(st->json.s, "{\"grant_id\":\"", 13) && st->json.len > 13 + GID_LEN) {
                 memcpy(gid, st->json.s + 13, GID_LEN);
                 gid[GID_LEN] = '\0';
@@ -1506,7 +1513,6 @@ static void fire_waits(round_t *r, const redisReply *rep) {
         free(rule);
         free(user);
     }
-    sb_free(&rec);
 }
 
 static void fire_inactivity(round_t *r, const rule_t *rl, const redisReply *rep) {

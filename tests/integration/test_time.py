@@ -166,6 +166,21 @@ class TimeTest(IntegrationTest):
         wait_for(self.quiet, 10, "every timer and silence to be spent")
         live = self.assertLiveEqualsReplay(rep_ids)
         self.env.wait_all_committed(timeout=20)
+        # a wait's grant is rebuilt from a short body when it fires: every field
+        # but the clock's is replay's, and expires_at keeps its distance to issued_at
+        clock = ("issued_at", "deliver_after", "_pushed_ms")
+        by_id = {g["grant_id"]: g for g in rep.grants}
+        for g in live:
+            want = by_id[g["grant_id"]]
+            strip = lambda x: {k: (dict(v, expires_at=None) if k == "benefit" else v)  # noqa: E731
+                               for k, v in x.items() if k not in clock}
+            self.assertEqual(strip(g), strip(want))
+            for x in (g, want):
+                exp = x["benefit"]["expires_at"]
+                x["_ttl"] = exp and iso_to_ms(exp) - iso_to_ms(x["issued_at"])
+            self.assertEqual(g["_ttl"], want["_ttl"], g)
+        self.assertEqual({g["message"] for g in live if g["rule"] == "cart"},
+                         {"Lamp is still in your cart", "Chair is still in your cart"})
         # waits are issued at their due time: processing time + 2s
         for g in live:
             if g["rule"] in ("cart", "post"):
@@ -348,6 +363,40 @@ class TimeTest(IntegrationTest):
         stats = c.hgetall("bd:stats:old:-")
         self.assertEqual(stats.get("already pending"), "1", stats)
         self.assertEqual(stats.get("cancelled"), "1", stats)
+
+    # ------------------------------------------------------------------ g
+    def test_g_wait_parts_that_the_body_cannot_rebuild(self):
+        """A wait is kept as a short body plus a shared template; what the body
+        cannot rebuild (a message id that needs escaping, a recipient other than
+        the member, an unusual value) still comes back exactly, as replay has it."""
+        refer = rule("refer", "{event: Signed Up}",
+                     "{benefit: points, sku: REF, value: properties.points, to: properties.referrer_id, "
+                     "channel: email, message: \"{{user_id}} joined: {{properties.points}} points\"}",
+                     "wait: 2s\n")
+        d, = self.start({"refer.yaml": refer})
+        b = now_ms() - 500
+        evs = [tev("Signed Up", "n1", 'q"1\\x', b, referrer_id="r1", points=250),   # escaped id, another recipient
+               tev("Signed Up", "n2", "plain-2", b + 1, referrer_id="n2", points=12.5),
+               tev("Signed Up", "n3", "\u00e9t\u00e9-3", b + 2, referrer_id="r3", points=-1)]
+        path = self.events_file(evs)
+        rep, rep_ids = self.replay_ids(path, b + 60000)
+        self.assertEqual(len(rep_ids), 3)
+        self.env.kafka.produce(path)
+        self.wait_ids(rep_ids, 20, "the three waits to fire")
+        wait_for(self.quiet, 10, "every timer to be spent")
+        live = self.assertLiveEqualsReplay(rep_ids)
+        by_id = {g["grant_id"]: g for g in rep.grants}
+        for g in live:
+            want = dict(by_id[g["grant_id"]])
+            for k in ("issued_at", "deliver_after"):
+                want.pop(k)
+                g.pop(k)
+            g.pop("_pushed_ms")
+            self.assertEqual(g, want)
+        self.assertEqual({g["user_id"] for g in live}, {"r1", "n2", "r3"})
+        self.assertEqual({g["trigger"]["message_id"] for g in live}, {'q"1\\x', "plain-2", "\u00e9t\u00e9-3"})
+        c = self.env.client()
+        self.assertEqual(c.hlen("bd:wtpl") >= 2, True, "the escaped id's wait keeps its own template")
 
 
 if __name__ == "__main__":
