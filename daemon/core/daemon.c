@@ -629,7 +629,9 @@ static void on_intent(void *ud, const event_t *ev, const intent_t *in) {
         a->target = xstrdup(in->target_user);
     }
     kafka_source_hold(d->cur_tok);
-    if (!redis_store_apply(d->store, in, d->cur_topic, d->cur_partition, on_intent_ack, a)) {
+    int queued = redis_store_apply(d->store, in, d->cur_topic, d->cur_partition, on_intent_ack, a);
+    if (queued == 2) return; /* answered at once: on_intent_ack has run */
+    if (!queued) {
         /* nothing to write (a reason that needs no state) */
         kafka_source_release(a->tok);
         free(a->grant_json);
@@ -1309,6 +1311,7 @@ static void poller_mark(void *ud, const char *topic, int32_t partition) {
     p->next = d->pollers;
     d->pollers = p;
     log_info("timers_owned", "topic=%s partition=%d", topic, (int)partition);
+    redis_store_forget(d->store); /* its members' waits were another daemon's to change */
     event_active(p->ev, EV_TIMEOUT, 0);
 }
 
@@ -1325,6 +1328,7 @@ static void sync_pollers(daemon_state *d) {
         *pp = p->next;
         if (d->last_poller == p) d->last_poller = NULL;
         log_info("timers_released", "topic=%s partition=%d", p->topic, (int)p->partition);
+        redis_store_forget(d->store);
         event_del(p->ev);
         metrics_gauge_remove(p->lag);
         p->dead = 1;
@@ -1423,6 +1427,8 @@ static void on_assignment(void *ud, int n) {
 
 static void on_sink_state(void *ud, int ready) {
     daemon_state *d = ud;
+    /* a Redis that restarted may have lost the last second of writes (AOF everysec) */
+    redis_store_forget(d->store);
     if (!d->src) return;
     update_backpressure(d);
     if (ready) pollers_kick(d);
@@ -1470,14 +1476,14 @@ static void log_stats(daemon_state *d) {
     redis_store_stats(d->store, &t);
     log_info("stats", "consumed=%llu decoded=%llu dead_letter=%llu grants=%llu pushed=%llu repeats=%llu refused=%llu "
              "suppressed=%llu "
-             "inflight=%zu redis_reconnects=%llu scheduled=%llu already_pending=%llu cancelled=%llu "
+             "inflight=%zu redis_reconnects=%llu scheduled=%llu already_pending=%llu pending_known=%llu cancelled=%llu "
              "timers_fired=%llu timer_repeats=%llu waits_dropped=%llu inactivity_fired=%llu read_holds=%llu",
              (unsigned long long)kafka_source_consumed(d->src), (unsigned long long)d->events_ok,
              (unsigned long long)d->events_dead, (unsigned long long)d->grants_sent,
              (unsigned long long)d->grants_pushed, (unsigned long long)d->grants_repeat,
              (unsigned long long)d->grants_refused, (unsigned long long)d->suppressed, redis_sink_inflight(d->sink), (unsigned long long)reconnects,
              (unsigned long long)d->scheduled, (unsigned long long)d->already_pending,
-             (unsigned long long)d->cancelled, (unsigned long long)t.fired, (unsigned long long)t.fired_repeats,
+             (unsigned long long)t.pending_known, (unsigned long long)d->cancelled, (unsigned long long)t.fired, (unsigned long long)t.fired_repeats,
              (unsigned long long)t.dropped, (unsigned long long)t.inact_fired, (unsigned long long)d->read_holds);
 }
 

@@ -558,6 +558,31 @@ typedef struct inact_rule {
     size_t n_events;   /* 0 = any event */
 } inact_rule;
 
+/* ---- waits known pending ---------------------------------------------------
+ * Most triggers of a rule that waits come while the member's wait of that rule
+ * is pending (44% of the bench's schedules answered `already pending`). While
+ * this daemon owns a member's partition it is the only writer of the member's
+ * waits, so it can answer that itself: a direct-mapped table of members with
+ * the (rule, due, occurrence) of waits whose schedule Redis acknowledged as
+ * recorded. A trigger of such a rule with due >= now and another occurrence
+ * is what the schedule script would call `already pending`. Anything else
+ * (a miss, an overdue or unconfirmed wait, the same occurrence, a layout of
+ * earlier builds) asks Redis. A CANCEL of the member drops its slot when it
+ * is sent, and a schedule's answer is kept only if no CANCEL touched its slot
+ * since it was sent; redis_store_forget drops everything. */
+#define PEND_SLOTS 32768
+#define PEND_RULES 4
+#define PEND_USER 40
+
+typedef struct pend_slot {
+    char user[PEND_USER];       /* "" = free */
+    uint64_t cancel_sent;       /* send number of the last CANCEL that hashed here */
+    struct {
+        uint64_t rule, occ;     /* rule 0 = free */
+        int64_t due;
+    } w[PEND_RULES];
+} pend_slot;
+
 struct redis_store {
     redis_sink_t *sink;
     const config_t *cfg;
@@ -581,6 +606,8 @@ struct redis_store {
     argv_b sb;        /* the pending batch of counters (LUA_STATS triples) */
     int sb_recent;    /* ... holding holdout assignments ('r'), which a LOOP reads */
     int64_t send_at;  /* the decision time of what is being sent (holdout assignments) */
+    pend_slot *pend;  /* PEND_SLOTS, allocated on first use */
+    uint64_t sends;   /* calls sent, numbering them for the pend table */
 };
 static void a_str(argv_b *a, const char *s) { a_add(a, s ? s : "", s ? strlen(s) : 0); }
 static void a_fmt(argv_b *a, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -612,9 +639,15 @@ typedef struct call_ctx {
     /* what the stats need when the reply comes (NULL: count nothing) */
     char *rule, *variant, *user, *reason;
     int64_t at;
+    /* a schedule, to remember when Redis answers RS_SCHEDULED (pend_seen) */
+    int pend;
+    uint64_t pend_rule, pend_occ, pend_sent;
+    int64_t pend_due;
 } call_ctx;
 
+
 static void stats_flush(redis_store_t *st);
+static void pend_seen(redis_store_t *st, const char *user, uint64_t rule, uint64_t occ, int64_t due, uint64_t sent);
 
 /* ---- stats decided in C (docs/policy.md "Stats") --------------------------- */
 
@@ -718,6 +751,7 @@ static void on_call_reply(void *ud, const redisReply *reply) {
             if (reply->element[i]->type == REDIS_REPLY_STRING)
                 stat_reason(st, reply->element[i]->str, variant_now(st, reply->element[i]->str, c->user), c->user,
                             "cancelled", c->at);
+    if (c->pend && k == RS_SCHEDULED) pend_seen(st, c->user, c->pend_rule, c->pend_occ, c->pend_due, c->pend_sent);
     if (c->cb) c->cb(c->ud, k, n, k == RS_EXPLAINED || k == RS_DROPPED ? why : k == RS_PENDING ? "already pending" : NULL);
     free(c->rule);
     free(c->variant);
@@ -736,14 +770,64 @@ static void a_eval(redis_store_t *st, const argv_b *a, int script, sink_reply_cb
 
 static char *dup0(const char *s) { return s ? xstrdup(s) : NULL; }
 
+static uint64_t pend_hash(const char *s) { return hash_words(s, strlen(s)) | 1; /* never 0: 0 is a free entry */ }
+
+static pend_slot *pend_slot_of(redis_store_t *st, const char *user) {
+    if (strlen(user) >= PEND_USER) return NULL;
+    if (!st->pend) st->pend = xcalloc(PEND_SLOTS, sizeof *st->pend);
+    return &st->pend[pend_hash(user) & (PEND_SLOTS - 1)];
+}
+
+void redis_store_forget(redis_store_t *st) {
+    if (st && st->pend) memset(st->pend, 0, PEND_SLOTS * sizeof *st->pend);
+}
+
+/* 1: the member has a pending wait of the rule, due at or after now, from another occurrence. */
+static int pend_known(redis_store_t *st, const char *user, uint64_t rule, uint64_t occ, int64_t now) {
+    pend_slot *p = st->pend ? pend_slot_of(st, user) : NULL;
+    if (!p || strcmp(p->user, user)) return 0;
+    for (int k = 0; k < PEND_RULES; k++)
+        if (p->w[k].rule == rule) return p->w[k].due >= now && p->w[k].occ != occ;
+    return 0;
+}
+
+/* A schedule that Redis recorded (sent as call number sent). */
+static void pend_seen(redis_store_t *st, const char *user, uint64_t rule, uint64_t occ, int64_t due, uint64_t sent) {
+    pend_slot *p = pend_slot_of(st, user);
+    if (!p || p->cancel_sent >= sent) return; /* a CANCEL sent after it may have removed it */
+    if (strcmp(p->user, user)) {
+        uint64_t c = p->cancel_sent;
+        memset(p, 0, sizeof *p);
+        p->cancel_sent = c;
+        snprintf(p->user, sizeof p->user, "%s", user);
+    }
+    int k = 0;
+    while (k < PEND_RULES && p->w[k].rule && p->w[k].rule != rule) k++;
+    if (k == PEND_RULES) k = (int)(due % PEND_RULES); /* full: any will do */
+    p->w[k].rule = rule;
+    p->w[k].occ = occ;
+    p->w[k].due = due;
+}
+
+/* A CANCEL of user is being sent: whatever its slot holds may be gone. */
+static void pend_cancel(redis_store_t *st, const char *user) {
+    pend_slot *p = st->pend ? pend_slot_of(st, user) : NULL;
+    if (!p) return;
+    uint64_t c = st->sends;
+    memset(p, 0, sizeof *p);
+    p->cancel_sent = c;
+}
+
 /* Sends the script; rule/variant/user/reason (copied) are what its reply is
  * counted under (rule NULL: nothing to count but cancels of user). */
-static void a_send_x(redis_store_t *st, argv_b *a, int script, rs_done_cb cb, void *ud, const char *rule,
-                     const char *variant, const char *user, const char *reason) {
+static call_ctx *a_send_x(redis_store_t *st, argv_b *a, int script, rs_done_cb cb, void *ud, const char *rule,
+                          const char *variant, const char *user, const char *reason) {
     call_ctx *c = xcalloc(1, sizeof *c);
-    *c = (call_ctx){st, script, cb, ud, dup0(rule), dup0(variant), dup0(user), dup0(reason), st->send_at};
+    *c = (call_ctx){st, script, cb, ud, dup0(rule), dup0(variant), dup0(user), dup0(reason), st->send_at, 0, 0, 0, 0, 0};
+    c->pend_sent = ++st->sends;
     a_eval(st, a, script, on_call_reply, c);
     a_free(a);
+    return c; /* valid until the reply: the caller fills in at once */
 }
 
 
@@ -906,6 +990,12 @@ static const char *wait_occurrence(const intent_t *in, const char *occ, char *bu
 
 static int has_sep(const char *s) { return strchr(s, '\x1e') || strchr(s, '\x1f'); }
 
+/* The occurrence a wait's body keeps (wait_split). */
+static const char *wait_occ_of(const intent_t *in, const char *occ, char *buf, size_t cap) {
+    const char *o = in->rec && !in->reason ? wait_occurrence(in, occ, buf, cap) : NULL;
+    return o && !has_sep(o) ? o : in->grant_id; /* unique per occurrence all the same */
+}
+
 /* Splits the wait of intent in (due at `due`, delivered from `deliver`) into
  * its template (tpl) and body. occ: the occurrence when the record has no
  * message id (inactivity); trig_ts: the trigger's time. */
@@ -916,8 +1006,7 @@ static void wait_split(redis_store_t *st, const intent_t *in, const char *occ, i
     int inact = r->kind == TRIG_INACTIVITY;
     char obuf[128], gid[40], iso[40];
     const char *rec = in->rec && !in->reason ? in->rec : NULL;
-    const char *o = rec ? wait_occurrence(in, occ, obuf, sizeof obuf) : NULL;
-    if (!o || has_sep(o)) o = in->grant_id; /* unique per occurrence all the same */
+    const char *o = wait_occ_of(in, occ, obuf, sizeof obuf);
     for (size_t k = 0; rec && k < in->rec_len; k++)
         if ((unsigned char)rec[k] < M_END) rec = NULL; /* cannot happen in JSON; never mistake a byte for a marker */
 
@@ -1150,6 +1239,7 @@ void redis_store_free(redis_store_t *st) {
     a_free(&st->tb);
     a_free(&st->sb);
     inact_clear(st);
+    free(st->pend);
     sb_free(&st->tmp);
     sb_free(&st->json);
     sb_free(&st->tpl);
@@ -1187,15 +1277,37 @@ int redis_store_apply(redis_store_t *st, const intent_t *in, const char *topic, 
         stat_reason(st, in->rule->id, in->variant, in->user, in->reason, in->ts);
         return 0;
     case INTENT_GRANT:
-    case INTENT_SCHEDULE:
+    case INTENT_SCHEDULE: {
+        int sched = in->wait_ms > 0 && !(in->reason && !in->reason_soft);
+        uint64_t rule_h = 0, occ_h = 0;
+        if (sched) {
+            char obuf[128];
+            rule_h = pend_hash(in->rule->id);
+            occ_h = pend_hash(wait_occ_of(in, NULL, obuf, sizeof obuf));
+            if (pend_known(st, in->user, rule_h, occ_h, in->ts)) {
+                a_free(&a);
+                count_outcome(st, RS_PENDING, 0);
+                st->stats.pending_known++;
+                stat_reason(st, in->rule->id, in->variant, in->user, "already pending", in->ts);
+                if (cb) cb(ud, RS_PENDING, 0, "already pending");
+                return 2;
+            }
+        }
         add_issue(st, &a, in, in->ts, topic, partition, NULL, in->trigger ? in->trigger->ts_ms : INT64_MIN);
         if (a.len[0] == 1 && a.buf.s[0] == 'x') { /* nothing to write */
             stat_reason(st, in->rule->id, in->variant, in->user, in->reason, in->ts);
             a_free(&a);
             return 0;
         }
-        a_send_x(st, &a, S_ISSUE, cb, ud, in->rule->id, in->variant, in->user, in->reason);
+        call_ctx *c = a_send_x(st, &a, S_ISSUE, cb, ud, in->rule->id, in->variant, in->user, in->reason);
+        if (sched && c->user) {
+            c->pend = 1;
+            c->pend_rule = rule_h;
+            c->pend_occ = occ_h;
+            c->pend_due = in->ts + in->wait_ms;
+        }
         return 1;
+    }
     case INTENT_COUNT_GRANT:
         k_member(st, &a, in->user, "cnt:", in->rule->id);
         a_ll(&a, in->ts);
@@ -1207,6 +1319,7 @@ int redis_store_apply(redis_store_t *st, const intent_t *in, const char *topic, 
         a_send_x(st, &a, S_COUNT, cb, ud, in->rule->id, in->variant, in->user, in->reason);
         return 1;
     case INTENT_CANCEL:
+        pend_cancel(st, in->user);
         k_member(st, &a, in->user, "w", NULL);
         k_member(st, &a, in->user, "waits", NULL);
         k_member(st, &a, in->user, "wait:", NULL);

@@ -55,13 +55,20 @@ redis_store_t *redis_store_new(redis_sink_t *sink, const config_t *cfg, ruleset_
 void redis_store_free(redis_store_t *st);
 
 /* Executes one intent of an event read from topic/partition. Returns 1 when
- * a Redis write was queued (cb is called once, on its acknowledgement), 0
- * when the intent needed none (an explain: cb is not called).
+ * a Redis write was queued (cb is called once, on its acknowledgement), 2
+ * when the outcome was known without one (cb has been called, before the
+ * return: a trigger of a wait this daemon knows is pending), 0 when the
+ * intent needed none (an explain: cb is not called).
  * A TOUCH is only appended to the store's pending batch of touches, sent as
  * one call when it reaches 256 triples or at redis_store_flush; its cb gets
  * RS_TOUCHED (or RS_ERROR) on the batch's acknowledgement. */
 int redis_store_apply(redis_store_t *st, const intent_t *in, const char *topic, int32_t partition, rs_done_cb cb,
                       void *ud);
+
+/* Forgets what the store knows of pending waits without asking Redis (see
+ * redis_store_apply's 2): call when the connection changes state and when the
+ * owned partitions change, after which another writer may have been at work. */
+void redis_store_forget(redis_store_t *st);
 
 /* Sends the pending batch of touches, if any. Call at the end of each batch
  * of messages, and before waiting for acknowledgements (shutdown). A poll
@@ -84,6 +91,7 @@ void redis_store_poll(redis_store_t *st, const char *topic, int32_t partition, i
 
 typedef struct rs_stats {
     uint64_t fired, fired_repeats, dropped, stale, inact_fired, scheduled, cancelled, pending_hits, errors;
+    uint64_t pending_known; /* of pending_hits, those answered without a call (redis_store_apply's 2) */
     /* grant steps suppressed by policy (docs/policy.md) */
     uint64_t limited, budget, pool_empty, blocked;
 } rs_stats_t;

@@ -398,6 +398,40 @@ class TimeTest(IntegrationTest):
         c = self.env.client()
         self.assertEqual(c.hlen("bd:wtpl") >= 2, True, "the escaped id's wait keeps its own template")
 
+    # ------------------------------------------------------------------ h
+    def test_h_pending_known_to_the_daemon(self):
+        """A trigger while the member's wait is pending is answered by the daemon
+        from what Redis acknowledged (no call); a cancel makes it ask Redis again,
+        so the next trigger starts a new wait. Each step is committed before the
+        next is produced, so every answer is the daemon's, not a batch's."""
+        cart = rule("cart", "{event: Product Added}", "{benefit: coupon, sku: C, value: 1, channel: email}",
+                    "wait: 8s\ncancel_on: [Order Completed]\n")
+        d, = self.start({"cart.yaml": cart})
+        c = self.env.client()
+        b = now_ms() - 500
+        steps = [tev("Product Added", "p1", "p-1", b),          # scheduled
+                 tev("Product Added", "p1", "p-2", b + 1),      # already pending (known to the daemon)
+                 tev("Product Added", "p1", "p-1", b),          # the pending wait's own trigger again: Redis answers
+                 tev("Order Completed", "p1", "p-3", b + 2),    # cancelled
+                 tev("Product Added", "p1", "p-4", b + 3),      # a new wait
+                 tev("Product Added", "p1", "p-5", b + 4)]      # already pending again
+        for i, e in enumerate(steps):
+            self.env.kafka.produce(self.events_file([e], "step%d.jsonl" % i))
+            self.env.wait_all_committed(timeout=20)
+        self.assertEqual(pending_waits(c), 1)
+        path = self.events_file(steps, "all.jsonl")
+        rep, rep_ids = self.replay_ids(path, b + 60000)
+        self.assertEqual({g["trigger"]["message_id"] for g in rep.grants}, {"p-4"})
+        self.wait_ids(rep_ids, 20, "the wait of p-4 to fire")
+        wait_for(self.quiet, 10, "every timer to be spent")
+        self.assertLiveEqualsReplay(rep_ids)
+        stats = c.hgetall("bd:stats:cart:-")
+        self.assertEqual((stats.get("triggered"), stats.get("already pending"), stats.get("cancelled"),
+                          stats.get("granted")), ("5", "2", "1", "1"), stats)
+        self.assertEqual(d.terminate(), 0)
+        st = re.findall(r"event=stats .*already_pending=(\d+) pending_known=(\d+)", d.log())[-1]
+        self.assertEqual(st, ("2", "2"), "the daemon asked Redis about a wait it knew was pending")
+
 
 if __name__ == "__main__":
     unittest.main(verbosity=2)
