@@ -229,13 +229,17 @@
     "  local w, legacy, tkey, user, rule = nx(), nx(), nx(), nx(), nx()\n" \
     "  local now, due, head, tail, subj, T, id, tpl = tonumber(nx()), tonumber(nx()), nx(), nx(), nx(), nx(), nx(), nx()\n" \
     "  if redis.call('EXISTS', claim) == 1 then return {0} end\n" \
+    "  local occ = wait_occ(head)\n" \
+    /* the common answer first: the rule's wait, pending, of another trigger */ \
+    "  local cur = redis.call('HGET', w, rule)\n" \
+    "  if cur and wait_due(cur) >= now and wait_occ(cur) ~= occ then return {3} end\n" \
     /* a wait of the rule kept in the layout of the builds before this one */ \
     "  local old = redis.call('HGETALL', legacy)\n" \
     "  for k = 1, #old, 2 do\n" \
     "    local o = parts(old[k + 1], 3)\n" \
     "    if o[2] == rule and tonumber(o[1]) >= now then return {3} end\n" \
     "  end\n" \
-    "  local all, meta, taken, other, occ = redis.call('HGETALL', w), nil, false, false, wait_occ(head)\n" \
+    "  local all, meta, taken, other = redis.call('HGETALL', w), nil, false, false\n" \
     "  for k = 1, #all, 2 do\n" \
     "    local f = all[k]\n" \
     "    if f == RS then meta = all[k + 1]\n" \

@@ -373,7 +373,10 @@ class TimeTest(IntegrationTest):
                      "{benefit: points, sku: REF, value: properties.points, to: properties.referrer_id, "
                      "channel: email, message: \"{{user_id}} joined: {{properties.points}} points\"}",
                      "wait: 2s\n")
-        d, = self.start({"refer.yaml": refer})
+        # a soft reason travels in the template: reported at the due time, nothing pushed
+        shadow = rule("shadowed", "{event: Signed Up}", "{benefit: points, sku: SH, value: 1, channel: email}",
+                      "mode: shadow\nwait: 2s\n")
+        d, = self.start({"refer.yaml": refer, "shadowed.yaml": shadow})
         b = now_ms() - 500
         evs = [tev("Signed Up", "n1", 'q"1\\x', b, referrer_id="r1", points=250),   # escaped id, another recipient
                tev("Signed Up", "n2", "plain-2", b + 1, referrer_id="n2", points=12.5),
@@ -396,7 +399,9 @@ class TimeTest(IntegrationTest):
         self.assertEqual({g["user_id"] for g in live}, {"r1", "n2", "r3"})
         self.assertEqual({g["trigger"]["message_id"] for g in live}, {'q"1\\x', "plain-2", "\u00e9t\u00e9-3"})
         c = self.env.client()
-        self.assertEqual(c.hlen("bd:wtpl") >= 2, True, "the escaped id's wait keeps its own template")
+        self.assertGreaterEqual(c.hlen("bd:wtpl"), 3, "the escaped id's wait keeps its own template")
+        wait_for(lambda: c.hget("bd:stats:shadowed:-", "shadow") == "3", 10, "the shadow waits to be reported")
+        self.assertEqual(pending_waits(c), 0)
 
     # ------------------------------------------------------------------ h
     def test_h_pending_known_to_the_daemon(self):
