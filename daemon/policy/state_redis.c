@@ -85,14 +85,16 @@
      * wait's body. */ \
     "local function read_pol()\n" \
     "  if nx() ~= '1' then return nil end\n" \
-    "  local p = {at = tonumber(nx()), iso = nx(), gid = nx(), rule = nx(), user = nx(), target = nx(),\n" \
-    "             dev = nx(), ip = nx(), pool = nx(), P = nx()}\n" \
-    "  p.lu, p.pu, p.ld, p.pd, p.li, p.pi = tonumber(nx()), tonumber(nx()), tonumber(nx()), tonumber(nx()), tonumber(nx()), tonumber(nx())\n" \
-    "  p.budget, p.daily, p.day = tonumber(nx()), tonumber(nx()), nx()\n" \
-    "  p.fc, p.fp, p.skey = tonumber(nx()), tonumber(nx()), nx()\n" \
-    "  p.variant, p.lw, p.keep, p.grp = nx(), tonumber(nx()), tonumber(nx()), nx()\n" \
-    "  return p\n" \
+    /* one constructor: the table is sized once (fields are read in order) */ \
+    "  return {at = tonumber(nx()), iso = nx(), gid = nx(), rule = nx(), user = nx(), target = nx(),\n" \
+    "          dev = nx(), ip = nx(), pool = nx(), P = nx(),\n" \
+    "          lu = tonumber(nx()), pu = tonumber(nx()), ld = tonumber(nx()), pd = tonumber(nx()),\n" \
+    "          li = tonumber(nx()), pi = tonumber(nx()), budget = tonumber(nx()), daily = tonumber(nx()), day = nx(),\n" \
+    "          fc = tonumber(nx()), fp = tonumber(nx()), skey = nx(), variant = nx(), lw = tonumber(nx()),\n" \
+    "          keep = tonumber(nx()), grp = nx(), quiet = nx(), checks = false, bkey = false, dkey = false}\n" \
     "end\n" \
+    /* the blocklist's keys, per prefix (built once per batch) */ \
+    "local blk = {}\n" \
     /* The closed loop's recent hash of a member (docs/policy.md): a field \
      * is "rule RS variant RS ms RS window" (window: its rule's attribution \
      * window; dflt for a field written before windows were per rule). Fields \
@@ -119,20 +121,20 @@
     /* Read-only checks: the blocklist, then each limit (grants inside \
      * (at - period, +inf)), then the budgets. Returns the reason or nil. */ \
     "local function pol_check(p)\n" \
-    "  local L = p.P .. 'lim:' .. p.rule\n" \
     "  p.checks = {}\n" \
     "  if p.lu > 0 then p.checks[#p.checks + 1] = {p.P .. '{u:' .. p.target .. '}:lim:' .. p.rule, p.lu, p.pu, 'limit per_user'} end\n" \
-    "  if p.ld > 0 and p.dev ~= '' then p.checks[#p.checks + 1] = {L .. ':dev:' .. p.dev, p.ld, p.pd, 'limit per_device'} end\n" \
-    "  if p.li > 0 and p.ip ~= '' then p.checks[#p.checks + 1] = {L .. ':ip:' .. p.ip, p.li, p.pi, 'limit per_ip'} end\n" \
+    "  if p.ld > 0 and p.dev ~= '' then p.checks[#p.checks + 1] = {p.P .. 'lim:' .. p.rule .. ':dev:' .. p.dev, p.ld, p.pd, 'limit per_device'} end\n" \
+    "  if p.li > 0 and p.ip ~= '' then p.checks[#p.checks + 1] = {p.P .. 'lim:' .. p.rule .. ':ip:' .. p.ip, p.li, p.pi, 'limit per_ip'} end\n" \
     "  if p.fc > 0 then p.checks[#p.checks + 1] = {p.P .. '{u:' .. p.target .. '}:fcap', p.fc, p.fp, 'frequency cap'} end\n" \
     "  if p.budget > 0 then p.bkey = p.P .. 'budget:' .. p.rule end\n" \
     "  if p.daily > 0 then p.dkey = p.P .. 'budget:' .. p.rule .. ':' .. p.day end\n" \
-    "  local B = p.P .. 'block:'\n" \
+    "  local B = blk[p.P]\n" \
+    "  if not B then B = {p.P .. 'block:user', p.P .. 'block:device', p.P .. 'block:ip'}; blk[p.P] = B end\n" \
     /* most deployments block nobody: one EXISTS spares the four lookups */ \
-    "  if redis.call('EXISTS', B .. 'user', B .. 'device', B .. 'ip') > 0 and (redis.call('SISMEMBER', B .. 'user', p.target) == 1\n" \
-    "     or (p.user ~= p.target and redis.call('SISMEMBER', B .. 'user', p.user) == 1)\n" \
-    "     or (p.dev ~= '' and redis.call('SISMEMBER', B .. 'device', p.dev) == 1)\n" \
-    "     or (p.ip ~= '' and redis.call('SISMEMBER', B .. 'ip', p.ip) == 1)) then return 'blocklist' end\n" \
+    "  if redis.call('EXISTS', B[1], B[2], B[3]) > 0 and (redis.call('SISMEMBER', B[1], p.target) == 1\n" \
+    "     or (p.user ~= p.target and redis.call('SISMEMBER', B[1], p.user) == 1)\n" \
+    "     or (p.dev ~= '' and redis.call('SISMEMBER', B[2], p.dev) == 1)\n" \
+    "     or (p.ip ~= '' and redis.call('SISMEMBER', B[3], p.ip) == 1)) then return 'blocklist' end\n" \
     "  for _, c in ipairs(p.checks) do\n" \
     "    if redis.call('ZCOUNT', c[1], '(' .. string.format('%d', p.at - c[3]), '+inf') >= c[2] then return c[4] end\n" \
     "  end\n" \
@@ -193,9 +195,14 @@
     "  end\n" \
     "  if p and p.skey ~= '' then\n" \
     "    count(p.skey, 'granted')\n" \
-    /* the two times end the record: matched in its tail, not scanned for */ \
-    "    local ia, da = string.match(string.sub(json, -120), '\"issued_at\":\"([^\"]*)\",\"deliver_after\":\"([^\"]*)\"}$')\n" \
-    "    if ia and ia ~= da then count(p.skey, 'quiet hours') end\n" \
+    /* quiet hours held it back: the daemon says so ('1'/'0'); a record it \
+     * did not build (a wait of the earlier layout) ends with the two times */ \
+    "    local q = p.quiet == '1'\n" \
+    "    if p.quiet == '' then\n" \
+    "      local ia, da = string.match(string.sub(json, -120), '\"issued_at\":\"([^\"]*)\",\"deliver_after\":\"([^\"]*)\"}$')\n" \
+    "      q = ia and ia ~= da\n" \
+    "    end\n" \
+    "    if q then count(p.skey, 'quiet hours') end\n" \
     "  end\n" \
     "  if p and p.grp ~= '' then redis.call('SET', p.grp, p.gid, 'PX', ttl) end\n" \
     "  redis.call('SET', claim, '1', 'PX', ttl)\n" \
@@ -903,7 +910,7 @@ static void k_seen(redis_store_t *st, argv_b *a, const char *topic, int32_t part
  * FIRE: the script takes them from the wait's body). */
 static void add_policy(redis_store_t *st, argv_b *a, const rule_t *r, const char *variant, const char *gid,
                        const char *user, const char *target, const char *dev, const char *ip, const char *pool,
-                       const char *group, const char *group_occ, int64_t at) {
+                       const char *group, const char *group_occ, int64_t at, int quiet) {
     char iso[32];
     format_iso8601_ms(at, iso, sizeof iso);
     a_str(a, "1");
@@ -936,6 +943,7 @@ static void add_policy(redis_store_t *st, argv_b *a, const rule_t *r, const char
     /* the trigger's group claim (engine.c "groups"), in the trigger member's slot */
     if (group) a_fmt(a, "%s{u:%s}:grp:%s:%s", st->cfg->key_prefix, user, group, group_occ ? group_occ : "");
     else a_str(a, "");
+    a_str(a, quiet < 0 ? "" : quiet ? "1" : "0"); /* quiet hours delay the grant (-1: unknown) */
 }
 
 /* ---- waits -------------------------------------------------------------------
@@ -1164,7 +1172,7 @@ static void add_issue(redis_store_t *st, argv_b *a, const intent_t *in, int64_t 
     if (in->rec && !in->reason) engine_finish_grant_at(in->rec, in->rec_len, in->rec_cut, in->expires_in_ms, when, deliver, &st->json);
     a_add(a, st->json.s ? st->json.s : "", st->json.len);
     add_policy(st, a, in->rule, in->variant, in->grant_id, in->user, in->target_user, in->device ? in->device : "",
-               in->ip ? in->ip : "", in->pool ? in->pool : "", in->group, in->group_occ, at);
+               in->ip ? in->ip : "", in->pool ? in->pool : "", in->group, in->group_occ, at, deliver > when);
 }
 
 /* ---- lifecycle ---------------------------------------------------------------- */
@@ -1441,7 +1449,7 @@ static void fire_timers(round_t *r, const redisReply *rep) {
         int64_t due = sc->type == REDIS_REPLY_STRING ? (int64_t)strtod(sc->str, NULL) : r->now;
         st->send_at = due;
         if (why) a_str(&a, "0");
-        else add_policy(st, &a, rl, variant, gid, user, "", "", "", "", NULL, NULL, due);
+        else add_policy(st, &a, rl, variant, gid, user, "", "", "", "", NULL, NULL, due, -1);
         a_send_x(st, &a, S_FIRE, on_fire_reply, st, rule, variant, user, why);
     }
 }
@@ -1586,12 +1594,14 @@ static void fire_waits(round_t *r, const redisReply *rep) {
         char *ip = us ? xstrndup(us + 1, sjn - (size_t)(us + 1 - sj)) : xstrdup("");
         char gid[40];
         snprintf(gid, sizeof gid, "%s", occ);
+        int quiet = 0;
         sb_reset(&st->json);
         if (nt == TPL_PARTS && tl[8]) {
             size_t cut;
             wait_rebuild(tp[8], tl[8], bp, bl, rule, user, occ, target, tl[7] == 1 && tp[7][0] == 'i', due, rec,
                          &cut);
             int64_t deliver = due + num_of(bp[B_DELIVER], bl[B_DELIVER]);
+            quiet = deliver > due;
             char ex[24];
             snprintf(ex, sizeof ex, "%.*s", (int)(tl[5] < sizeof ex ? tl[5] : sizeof ex - 1), tp[5]);
             engine_finish_grant_at(rec->s, rec->len, cut, strtoll(ex, NULL, 10), due, deliver, &st->json);
@@ -1619,7 +1629,8 @@ static void fire_waits(round_t *r, const redisReply *rep) {
             a_str(&a, "0");
         } else {
             char *pool = xstrndup(tp[6], tl[6]);
-            add_policy(st, &a, rl, variant, gid, user, *target ? target : user, dev, ip, pool, NULL, NULL, due);
+            add_policy(st, &a, rl, variant, gid, user, *target ? target : user, dev, ip, pool, NULL, NULL, due,
+                       quiet);
             free(pool);
         }
         a_send_x(st, &a, S_FIRE_W, on_fire_reply, st, rule, variant, user, why);
