@@ -85,8 +85,9 @@ test-integration: all
 # The daemon built with ASan + UBSan under integration suites: any
 # sanitizer report in a daemon log fails its test (leaks are left to valgrind
 # on the unit suites: librdkafka's threads make LeakSanitizer noisy).
-# `make test` runs the profile suite and the pipeline tests that drive the
-# daemon's own paths this way, and the wait that fires every rebuild path (`check`, the stalled stop and the broker
+# `make test` runs the profile suite, the pipeline tests that drive the
+# daemon's own paths and the wait test that takes every path of a grant
+# rebuilt at fire time this way (`check`, the stalled stop and the broker
 # outage are left to the plain run and the fault suite, to keep CI short;
 # SAN_SUITES changes it).
 P_ := tests.integration.test_pipeline.PipelineTest.test_
