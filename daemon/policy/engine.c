@@ -501,6 +501,23 @@ static void event_tz(engine_t *e, const cJSON *v) {
     if (e->tz_cache[slot].ok > 0) memcpy(e->tz, z, n + 1);
 }
 
+/* The event's device, ip and timezone into e->device, e->ip, e->tz. */
+static void event_subjects(engine_t *e, const event_t *ev) {
+    /* the context's device, ip and timezone in one pass over its members
+     * (a lookup each was three scans); the first of a name, as a lookup finds */
+    const cJSON *dev = NULL, *ip = NULL, *tz = NULL;
+    for (const cJSON *c = ev->context ? ev->context->child : NULL; c && !(dev && ip && tz); c = c->next) {
+        const char *k = c->string;
+        if (!k) continue;
+        if (k[0] == 'd' && !dev && !strcmp(k, "device")) dev = c;
+        else if (k[0] == 'i' && !ip && !strcmp(k, "ip")) ip = c;
+        else if (k[0] == 't' && !tz && !strcmp(k, "timezone")) tz = c;
+    }
+    policy_subject_value(cJSON_IsObject(dev) ? cJSON_GetObjectItemCaseSensitive(dev, "id") : NULL, e->device);
+    policy_subject_value(ip, e->ip);
+    event_tz(e, tz);
+}
+
 void engine_run(engine_t *e, const ruleset_t *rs, const event_t *ev, const bd_clock_t *clk, intent_cb cb, void *ud) {
     int64_t now_ms = clock_now_ms(clk);
     refresh_index(e, rs);
@@ -535,24 +552,18 @@ void engine_run(engine_t *e, const ruleset_t *rs, const event_t *ev, const bd_cl
     eval_ctx_t ctx = {.ev = ev, .arena = &e->arena, .memo = &e->memo};
     groups g; /* only the first n / nclaimed entries are read: no 1 KiB memset per event */
     g.n = g.nclaimed = 0;
-    /* the context's device, ip and timezone in one pass over its members
-     * (a lookup each was three scans); the first of a name, as a lookup finds */
-    const cJSON *dev = NULL, *ip = NULL, *tz = NULL;
-    for (const cJSON *c = ev->context ? ev->context->child : NULL; c && !(dev && ip && tz); c = c->next) {
-        const char *k = c->string;
-        if (!k) continue;
-        if (k[0] == 'd' && !dev && !strcmp(k, "device")) dev = c;
-        else if (k[0] == 'i' && !ip && !strcmp(k, "ip")) ip = c;
-        else if (k[0] == 't' && !tz && !strcmp(k, "timezone")) tz = c;
-    }
-    policy_subject_value(cJSON_IsObject(dev) ? cJSON_GetObjectItemCaseSensitive(dev, "id") : NULL, e->device);
-    policy_subject_value(ip, e->ip);
-    event_tz(e, tz);
+    int have_subjects = 0;
     for (size_t i = 0; i < list->n; i++) {
         const rule_t *r = list->rules[i];
         if (!r->enabled || r->kind == TRIG_INACTIVITY) continue;
         if (r->where && !expr_test(r->where, &ctx)) continue;
         e->matched++;
+        /* Only intents read the subjects, and most events match no rule:
+         * they are worked out at the first rule that matches. */
+        if (!have_subjects) {
+            event_subjects(e, ev);
+            have_subjects = 1;
+        }
         rule_dec rd;
         decide_rule(e, &rd, r, ev, ev->message_id, &ctx, now_ms, &g);
         intent_t in = {0};
