@@ -346,11 +346,12 @@ static void decide_rule(engine_t *e, rule_dec *d, const rule_t *r, const event_t
     else if (group_lost)
         d->reason = "group lost";
     else if (v && v->holdout)
-        d->reason = "holdout";
+        d->reason = "holdout", d->soft = 1;
     else
         d->reason = build_grant(e, d, ev, ctx);
-    if (!d->reason && r->shadow) d->reason = "shadow";
-    d->soft = d->reason && (!strcmp(d->reason, "holdout") || !strcmp(d->reason, "shadow"));
+    /* soft is set where the reason is chosen: build_grant's reasons are
+     * never soft, so there is nothing to compare afterwards */
+    if (!d->reason && r->shadow) d->reason = "shadow", d->soft = 1;
 
     /* Holdout and shadow decisions stand for a grant that would have been
      * made, so they take the group slot: otherwise the control group would
@@ -441,8 +442,18 @@ static void refresh_index(engine_t *e, const ruleset_t *rs) {
     e->idx_gen = gen;
 }
 
+/* Two of these per event: a binary search without bsearch's call through
+ * the comparator for each probe. */
 static int has_name(char **v, size_t n, const char *name) {
-    return n && bsearch(&name, v, n, sizeof *v, cmp_cstr) != NULL;
+    size_t lo = 0, hi = n;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        int c = strcmp(v[mid], name);
+        if (c == 0) return 1;
+        if (c < 0) lo = mid + 1;
+        else hi = mid;
+    }
+    return 0;
 }
 
 /* Turns a rule's decision into its intent. */
