@@ -139,6 +139,10 @@ static cJSON *get_path(cJSON *root, const char *path) {
     return cur;
 }
 
+/* cJSON's own type tests, inline: they are calls into the shared library,
+ * a dozen an event. Same test as cJSON_IsObject and the like. */
+static inline int is_type(const cJSON *j, int type) { return j && (j->type & 0xFF) == type; }
+
 enum { F_TYPE, F_EVENT, F_USER, F_ANON, F_MID, F_TS, F_PROPS, F_CTX, F_TRAITS, F_N };
 
 /* s[0] and s[1] as one number; s is non-empty, so s[1] is readable. */
@@ -204,7 +208,7 @@ static void envelope_fields(const decode_map_t *m, cJSON *root, cJSON *out[F_N])
 }
 
 static const char *nonempty_string(const cJSON *j) {
-    return cJSON_IsString(j) && j->valuestring[0] ? j->valuestring : NULL;
+    return is_type(j, cJSON_String) && j->valuestring[0] ? j->valuestring : NULL;
 }
 
 /* 0000-01-01T00:00:00.000Z .. 9999-12-31T23:59:59.999Z in epoch ms. */
@@ -348,7 +352,7 @@ int decode_event(const decoder_t *d, const char *buf, size_t len, int64_t now_ms
     if (tree_too_deep(ev->root, 1, d->max_depth)) FAIL("nested too deep");
     while (end && end < buf + len && (*end == ' ' || *end == '\t' || *end == '\r' || *end == '\n')) end++;
     if (end && end < buf + len) FAIL("not JSON: trailing data");
-    if (!cJSON_IsObject(ev->root)) FAIL("not a JSON object");
+    if (!is_type(ev->root, cJSON_Object)) FAIL("not a JSON object");
 
     cJSON *fld[F_N];
     envelope_fields(&d->map, ev->root, fld);
@@ -370,10 +374,10 @@ int decode_event(const decoder_t *d, const char *buf, size_t len, int64_t now_ms
     }
 
     cJSON *uid = fld[F_USER];
-    if (!nonempty_string(uid) && !cJSON_IsNumber(uid)) uid = fld[F_ANON];
+    if (!nonempty_string(uid) && !is_type(uid, cJSON_Number)) uid = fld[F_ANON];
     if (nonempty_string(uid)) {
         ev->user_id = uid->valuestring;
-    } else if (cJSON_IsNumber(uid)) {
+    } else if (is_type(uid, cJSON_Number)) {
         /* Only whole numbers that a double holds exactly: anything else would
          * be rounded into another member's id. */
         double v = uid->valuedouble;
@@ -400,27 +404,37 @@ int decode_event(const decoder_t *d, const char *buf, size_t len, int64_t now_ms
     }
 
     cJSON *ts = fld[F_TS];
-    if (!ts || cJSON_IsNull(ts)) {
+    if (!ts || is_type(ts, cJSON_NULL)) {
         ev->ts_ms = now_ms;
-    } else if (cJSON_IsNumber(ts)) {
+    } else if (is_type(ts, cJSON_Number)) {
         /* Epoch ms within years 0000..9999, what ISO-8601 can also say; this
          * also refuses 1e400 (parsed as inf), whose conversion is undefined. */
         double v = ts->valuedouble;
         if (!(v >= TS_MIN_MS && v <= TS_MAX_MS)) FAIL("bad timestamp %.6g", v);
         ev->ts_ms = (int64_t)v;
-    } else if (cJSON_IsString(ts)) {
+    } else if (is_type(ts, cJSON_String)) {
         if (parse_iso8601_ms(ts->valuestring, &ev->ts_ms) != 0) FAIL("bad timestamp '%.40s'", ts->valuestring);
     } else {
         FAIL("bad timestamp");
     }
 
     const cJSON *props = fld[F_PROPS];
-    ev->properties = cJSON_IsObject(props) ? props : NULL;
+    ev->properties = is_type(props, cJSON_Object) ? props : NULL;
     const cJSON *ctx = fld[F_CTX];
-    ev->context = cJSON_IsObject(ctx) ? ctx : NULL;
+    ev->context = is_type(ctx, cJSON_Object) ? ctx : NULL;
     const cJSON *traits = fld[F_TRAITS];
-    if (!cJSON_IsObject(traits) && ev->context) traits = cJSON_GetObjectItemCaseSensitive(ev->context, "traits");
-    ev->traits = cJSON_IsObject(traits) ? traits : NULL;
+    if (!is_type(traits, cJSON_Object) && ev->context) {
+        /* cJSON_GetObjectItemCaseSensitive's lookup (up to a member without
+         * a name), with the first byte settling most members without a
+         * strcmp call: a track event has no traits of its own */
+        traits = NULL;
+        for (const cJSON *c = ev->context->child; c && c->string; c = c->next)
+            if (c->string[0] == 't' && !strcmp(c->string, "traits")) {
+                traits = c;
+                break;
+            }
+    }
+    ev->traits = is_type(traits, cJSON_Object) ? traits : NULL;
     return 0;
 }
 
