@@ -150,6 +150,25 @@ static inline uint16_t two_bytes(const char *s) {
     return (uint16_t)((unsigned char)s[0] | (unsigned)(unsigned char)s[1] << 8);
 }
 
+#define KEY2(a, b) ((uint16_t)((unsigned char)(a) | (unsigned)(unsigned char)(b) << 8))
+
+/* The field of the default map a name's first two bytes can be, or -1: the
+ * default paths all differ in their first two bytes. */
+static inline int default_field(uint16_t k) {
+    switch (k) {
+    case KEY2('t', 'y'): return F_TYPE;
+    case KEY2('e', 'v'): return F_EVENT;
+    case KEY2('u', 's'): return F_USER;
+    case KEY2('a', 'n'): return F_ANON;
+    case KEY2('m', 'e'): return F_MID;
+    case KEY2('t', 'i'): return F_TS;
+    case KEY2('p', 'r'): return F_PROPS;
+    case KEY2('c', 'o'): return F_CTX;
+    case KEY2('t', 'r'): return F_TRAITS;
+    default: return -1;
+    }
+}
+
 /* The envelope's fields, each the first match as get_path finds it: the
  * top-level names in one pass over the root's members (each lookup was a
  * scan of its own, with a strcmp per member), dotted paths by get_path. */
@@ -158,32 +177,35 @@ static void envelope_fields(const decode_map_t *m, cJSON *root, cJSON *out[F_N])
                              m->timestamp, m->properties, m->context, m->traits};
     int top[F_N], n_top = 0;
     uint16_t key[F_N]; /* top[k]'s first two bytes */
-    /* The default map's plan (every path a top-level name) is known from
-     * the pointers: scanning its paths for dots cost nine strchr calls an
-     * event. The arrays are this file's, so the same pointer is the same
-     * text. */
-    static const uint16_t default_key[F_N] = {'t' | 'y' << 8, 'e' | 'v' << 8, 'u' | 's' << 8,
-                                              'a' | 'n' << 8, 'm' | 'e' << 8, 't' | 'i' << 8,
-                                              'p' | 'r' << 8, 'c' | 'o' << 8, 't' | 'r' << 8};
+    /* The default map is known from the pointers (the arrays are this
+     * file's, so the same pointer is the same text): no path to scan for
+     * dots (nine strchr calls an event), and a member's first two bytes name
+     * the one field it can be, where the general loop below tries each
+     * wanted name in turn. */
     if (m->type == P_TYPE && m->event == P_EVENT && m->user_id == P_USER && m->anonymous_id == P_ANON &&
         m->message_id == P_MID && m->timestamp == P_TS && m->properties == P_PROPS && m->context == P_CTX &&
         m->traits == P_TRAITS) {
-        for (int f = 0; f < F_N; f++) {
-            out[f] = NULL;
-            key[f] = default_key[f];
-            top[f] = f;
+        for (int f = 0; f < F_N; f++) out[f] = NULL;
+        int left = F_N;
+        for (cJSON *c = root->child; c && left; c = c->next) {
+            const char *name = c->string;
+            if (!name || !name[0]) continue;
+            int f = default_field(two_bytes(name));
+            /* found already: later members of that name do not count */
+            if (f < 0 || out[f] || strcmp(name + 2, path[f] + 2) != 0) continue;
+            out[f] = c;
+            left--;
         }
-        n_top = F_N;
-    } else {
-        for (int f = 0; f < F_N; f++) {
-            out[f] = NULL;
-            if (!path[f] || !*path[f]) continue;
-            if (strchr(path[f], '.')) {
-                out[f] = get_path(root, path[f]);
-            } else {
-                key[n_top] = two_bytes(path[f]);
-                top[n_top++] = f;
-            }
+        return;
+    }
+    for (int f = 0; f < F_N; f++) {
+        out[f] = NULL;
+        if (!path[f] || !*path[f]) continue;
+        if (strchr(path[f], '.')) {
+            out[f] = get_path(root, path[f]);
+        } else {
+            key[n_top] = two_bytes(path[f]);
+            top[n_top++] = f;
         }
     }
     for (cJSON *c = root->child; c && n_top; c = c->next) {
