@@ -189,6 +189,7 @@ struct daemon_state {
     bd_clock_t clock;
     poller *pollers;
     poller *last_poller;   /* find_poller's cache; cleared when a poller goes */
+    int pollers_added;     /* by the sync_pollers in progress */
     kafka_source_t *src;
     struct event *sig_int, *sig_term, *sig_hup, *stats_ev, *drain_ev, *watchdog_ev;
     int stopping;
@@ -1311,14 +1312,18 @@ static void poller_mark(void *ud, const char *topic, int32_t partition) {
     p->next = d->pollers;
     d->pollers = p;
     log_info("timers_owned", "topic=%s partition=%d", topic, (int)partition);
-    redis_store_forget(d->store); /* its members' waits were another daemon's to change */
+    d->pollers_added++;
     event_active(p->ev, EV_TIMEOUT, 0);
 }
 
 /* Brings the pollers in line with the partitions owned now. */
 static void sync_pollers(daemon_state *d) {
     for (poller *p = d->pollers; p; p = p->next) p->seen = 0;
+    d->pollers_added = 0;
     if (d->src) kafka_source_each_partition(d->src, poller_mark, d);
+    /* the members of a partition gained or lost were another daemon's to
+     * change: what the store knows of their waits may be stale */
+    int changed = d->pollers_added > 0;
     for (poller **pp = &d->pollers; *pp;) {
         poller *p = *pp;
         if (p->seen) {
@@ -1328,12 +1333,13 @@ static void sync_pollers(daemon_state *d) {
         *pp = p->next;
         if (d->last_poller == p) d->last_poller = NULL;
         log_info("timers_released", "topic=%s partition=%d", p->topic, (int)p->partition);
-        redis_store_forget(d->store);
+        changed = 1;
         event_del(p->ev);
         metrics_gauge_remove(p->lag);
         p->dead = 1;
         poller_reap(p);
     }
+    if (changed) redis_store_forget(d->store);
 }
 
 static void pollers_kick(daemon_state *d) {

@@ -985,27 +985,23 @@ static int hole_is(const char *rec, const size_t h[2], const char *s, size_t n) 
     return h[1] - h[0] == n && !memcmp(rec + h[0], s, n);
 }
 
-/* The occurrence of a trigger for its grant id: the message id, when the
- * record holds it as a plain JSON string; else (inactivity) occ. NULL: none
- * that can be rebuilt. */
-static const char *wait_occurrence(const intent_t *in, const char *occ, char *buf, size_t cap) {
-    if (occ) return occ;
-    if (!in->rec) return NULL;
+static int has_sep(const char *s) { return strchr(s, '\x1e') || strchr(s, '\x1f'); }
+
+/* The occurrence a wait's body keeps (wait_split), what its grant id is
+ * made of: occ when the record has no message id (inactivity), else the
+ * trigger's message id when the record holds it as a plain JSON string;
+ * otherwise (no record, a message id that needs escaping) the grant id,
+ * unique per occurrence all the same. */
+static const char *wait_occ_of(const intent_t *in, const char *occ, char *buf, size_t cap) {
+    if (!in->rec || in->reason) return in->grant_id;
+    if (occ) return has_sep(occ) ? in->grant_id : occ;
     const size_t *h = in->rec_holes[REC_TMSGID];
     const char *p = in->rec + h[0];
     size_t n = h[1] - h[0];
-    if (n < 2 || p[0] != '"' || p[n - 1] != '"' || n - 2 >= cap || memchr(p, '\\', n)) return NULL;
+    if (n < 2 || p[0] != '"' || p[n - 1] != '"' || n - 2 >= cap || memchr(p, '\\', n)) return in->grant_id;
     memcpy(buf, p + 1, n - 2);
     buf[n - 2] = '\0';
-    return buf;
-}
-
-static int has_sep(const char *s) { return strchr(s, '\x1e') || strchr(s, '\x1f'); }
-
-/* The occurrence a wait's body keeps (wait_split). */
-static const char *wait_occ_of(const intent_t *in, const char *occ, char *buf, size_t cap) {
-    const char *o = in->rec && !in->reason ? wait_occurrence(in, occ, buf, cap) : NULL;
-    return o && !has_sep(o) ? o : in->grant_id; /* unique per occurrence all the same */
+    return has_sep(buf) ? in->grant_id : buf;
 }
 
 /* Splits the wait of intent in (due at `due`, delivered from `deliver`) into
