@@ -335,21 +335,21 @@ static const char LUA_CANCEL[] = LUA_START
     "if gone then retime(w, tkey, user) end\n"
     "return out\n";
 
-/* TOUCHES: the TOUCH intents of a batch of events, as (last-seen set, ts,
- * member) triples, one per inactivity rule an event feeds. GT: never back, so
- * the order of the triples does not matter and a resend changes nothing. */
-/* One ZADD GT per key, not per triple: a call from Lua costs Redis more
- * than the work of one element, and a batch's touches fall on a few keys
- * (one per partition and inactivity rule). GT is applied element by element,
- * in order, so the result is that of one call per triple. */
-static const char LUA_TOUCHES[] =
-    "local by, order = {}, {}\n"
-    "for k = 1, #ARGV, 3 do\n"
-    "  local t = by[ARGV[k]]\n"
-    "  if not t then t = {'ZADD', ARGV[k], 'GT'}; by[ARGV[k]] = t; order[#order + 1] = ARGV[k] end\n"
-    "  t[#t + 1] = ARGV[k + 1]; t[#t + 1] = ARGV[k + 2]\n"
+/* TOUCHES: the TOUCH intents of a batch of events, grouped by last-seen set
+ * (one per partition and inactivity rule): the number of groups, then per
+ * group the set, n, and n (ts, member) pairs, in the order the intents came.
+ * One ZADD GT per set: a call from Lua costs Redis more than the work of one
+ * element, and every argument of a batch costs Redis a Lua string (the set's
+ * name is sent once per group, not per pair). GT is applied element by
+ * element, in order, so the result is that of one call per pair, and a
+ * resend changes nothing. */
+static const char LUA_TOUCHES[] = LUA_START
+    "local k = i + 2\n"
+    "for _ = 1, tonumber(A[i + 1]) do\n"
+    "  local n = tonumber(A[k + 1])\n"
+    "  redis.call('ZADD', A[k], 'GT', unpack(A, k + 2, k + 1 + 2 * n))\n"
+    "  k = k + 2 + 2 * n\n"
     "end\n"
-    "for _, key in ipairs(order) do redis.call(unpack(by[key])) end\n"
     "return {7}\n";
 
 /* FIRE_W a due wait: the member's waits, the timer set, the member, the
@@ -876,6 +876,36 @@ static void stats_flush(redis_store_t *st) {
     st->sb_recent = 0;
 }
 
+/* The batch's (set, ts, member) triples in tb as LUA_TOUCHES takes them:
+ * grouped by set in the order each set first comes, pairs in their order. */
+static void touches_grouped(const argv_b *tb, argv_b *out) {
+    int n = tb->n / 3, ng = 0;
+    /* group[i]: the group of triple i; first[g], cnt[g]: its first triple, its size */
+    int *group = xmalloc(3 * ((size_t)n + 1) * sizeof *group), *first = group + n + 1, *cnt = first + n + 1;
+#define TKEY(i) (tb->buf.s + tb->off[3 * (i)])
+#define TLEN(i) (tb->len[3 * (i)])
+    for (int i = 0; i < n; i++) {
+        int g = 0;
+        while (g < ng && !(TLEN(first[g]) == TLEN(i) && !memcmp(TKEY(first[g]), TKEY(i), TLEN(i)))) g++;
+        if (g == ng) first[ng] = i, cnt[ng++] = 0;
+        group[i] = g;
+        cnt[g]++;
+    }
+    a_ll(out, ng);
+    for (int g = 0; g < ng; g++) {
+        a_add(out, TKEY(first[g]), TLEN(first[g]));
+        a_ll(out, cnt[g]);
+        for (int i = first[g]; i < n; i++) {
+            if (group[i] != g) continue;
+            a_add(out, tb->buf.s + tb->off[3 * i + 1], tb->len[3 * i + 1]);
+            a_add(out, tb->buf.s + tb->off[3 * i + 2], tb->len[3 * i + 2]);
+        }
+    }
+#undef TKEY
+#undef TLEN
+    free(group);
+}
+
 void redis_store_flush(redis_store_t *st) {
     if (!st) return;
     stats_flush(st);
@@ -884,7 +914,11 @@ void redis_store_flush(redis_store_t *st) {
     *c = (batch_ctx){st, st->tcb, st->tcb_n};
     st->tcb = NULL;
     st->tcb_n = st->tcb_cap = 0;
-    a_eval(st, &st->tb, S_TOUCHES, on_batch_reply, c);
+    argv_b g;
+    a_init(&g);
+    touches_grouped(&st->tb, &g);
+    a_eval(st, &g, S_TOUCHES, on_batch_reply, c);
+    a_free(&g);
     a_reset(&st->tb);
 }
 
@@ -1194,8 +1228,7 @@ redis_store_t *redis_store_new(redis_sink_t *sink, const config_t *cfg, ruleset_
     }
     for (int i = 0; i < S_N; i++) {
         /* the nx() readers take their arguments in place */
-        st->sh[i] = i == S_TOUCHES || i == S_STATS ? redis_sink_add_script(sink, lua[i])
-                                                   : redis_sink_add_cursor_script(sink, lua[i]);
+        st->sh[i] = i == S_STATS ? redis_sink_add_script(sink, lua[i]) : redis_sink_add_cursor_script(sink, lua[i]);
         if (st->sh[i] < 0) {
             redis_store_free(st);
             return NULL;
