@@ -2,18 +2,19 @@
  * (state.h) and its timers, with the outcomes of state_mem.c (docs/time.md is
  * the contract; "Redis keys" there is the layout).
  *
- * Every intent that needs state is one EVALSHA of a script carried by the
- * sink (redis_sink.h): ordered on one connection, held until acknowledged,
- * resent after a reconnect. TOUCH intents are the exception: they are
- * batched (up to 256 ZADD GT triples per call, see redis_store_flush). Each script is idempotent under resend: a wait
- * is keyed by its grant id, a count occurrence by the message id, a grant by
+ * Every intent that needs state is one call of a script carried by the sink
+ * (redis_sink.h): ordered on one connection, held until acknowledged, resent
+ * after a reconnect. TOUCH intents are the exception: they are batched (up
+ * to 256 touches per call, grouped by last-seen set, see redis_store_flush).
+ * Each script is idempotent under resend: a wait is known by its rule and
+ * its trigger's occurrence, a count occurrence by the message id, a grant by
  * its claim, an inactivity firing by a marker holding the silence's start.
  *
  * Timers live in Redis, per Kafka partition: the daemon polls the partitions
  * it owns (redis_store_poll), so ownership of timers moves with a rebalance
  * and a restarted daemon fires what fell due while it was down. A poll reads
- * only what is due (ZRANGEBYSCORE -inf now LIMIT 0 500): a million pending
- * waits cost one empty range read per tick. */
+ * only what is due (the members whose earliest wait is due, at most 500):
+ * a million pending waits cost one empty range read per tick. */
 #ifndef BENEFITD_STATE_REDIS_H
 #define BENEFITD_STATE_REDIS_H
 
@@ -60,7 +61,7 @@ void redis_store_free(redis_store_t *st);
  * return: a trigger of a wait this daemon knows is pending), 0 when the
  * intent needed none (an explain: cb is not called).
  * A TOUCH is only appended to the store's pending batch of touches, sent as
- * one call when it reaches 256 triples or at redis_store_flush; its cb gets
+ * one call when it reaches 256 touches or at redis_store_flush; its cb gets
  * RS_TOUCHED (or RS_ERROR) on the batch's acknowledgement. */
 int redis_store_apply(redis_store_t *st, const intent_t *in, const char *topic, int32_t partition, rs_done_cb cb,
                       void *ud);
