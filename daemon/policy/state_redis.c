@@ -392,6 +392,7 @@ static const char LUA_POLL_W[] =
     "    if all[k] == RS then meta = all[k + 1]\n"
     "    else\n"
     "      local b = all[k + 1]\n"
+    /* wait_due of the prelude: the poll runs outside the batch script */
     "      local d = tonumber(string.match(b, '^[^\\30]*'), 36)\n"
     "      if d and d <= now then due[#due + 1] = {d, all[k], b} end\n"
     "    end\n"
@@ -993,6 +994,7 @@ static void add_policy(redis_store_t *st, argv_b *a, const rule_t *r, const char
 enum { M_GID = 1, M_TARGET, M_VALUE, M_CUT, M_MESSAGE, M_TMSGID, M_TUSER, M_TTS, M_END };
 /* template: cancel_on, soft reason, queue, kind, maxlen, expires_in, pool, flags ('i': an inactivity trigger), record */
 #define TPL_PARTS 9
+enum { T_CANCEL, T_WHY, T_QUEUE, T_KIND, T_MAXLEN, T_EXPIRES, T_POOL, T_FLAGS, T_REC };
 /* body: due (base 36), template id, occurrence, subjects ('' = the member's, '=' dev US ip: set by the
  * schedule script), due - trigger time (base 36), value, target ('' = the member), message ('' = null),
  * deliver_after - due (base 36, '' = 0); empty parts at the end are left out. Every byte counts: a body
@@ -1500,13 +1502,13 @@ static int split_rs(const char *s, size_t n, const char **p, size_t *l, int max)
     return k;
 }
 
-/* a base-36 number of a body (sb_b36) */
-static long long num_of(const char *s, size_t n) {
+/* a number of n bytes at s: base 36 in a body (sb_b36), 10 in a template */
+static long long num_of(const char *s, size_t n, int base) {
     char b[32];
     if (n >= sizeof b) n = sizeof b - 1;
     memcpy(b, s, n);
     b[n] = '\0';
-    return strtoll(b, NULL, 36);
+    return strtoll(b, NULL, base);
 }
 
 /* Rebuilds a wait's open record from its template record (t, tn bytes) and
@@ -1549,7 +1551,7 @@ static void wait_rebuild(const char *t, size_t tn, const char *const *bp, const 
             break;
         case M_TUSER: sb_json_str(rec, user, strlen(user)); break;
         case M_TTS:
-            format_iso8601_ms(due - num_of(bp[B_TDELTA], bl[B_TDELTA]), iso, sizeof iso);
+            format_iso8601_ms(due - num_of(bp[B_TDELTA], bl[B_TDELTA], 36), iso, sizeof iso);
             sb_putc(rec, '"');
             sb_puts(rec, iso);
             sb_putc(rec, '"');
@@ -1611,7 +1613,7 @@ static void fire_waits(round_t *r, const redisReply *rep) {
             log_error("wait_unreadable", "rule=%s user=%s body=\"%.*s\" template=%s", rule, user, (int)e[2]->len,
                       e[2]->str, tv ? "malformed" : "missing");
         }
-        int64_t due = nb >= BODY_MIN ? num_of(bp[B_DUE], bl[B_DUE]) : r->now;
+        int64_t due = nb >= BODY_MIN ? num_of(bp[B_DUE], bl[B_DUE], 36) : r->now;
         char *occ = xstrndup(bp[B_OCC], bl[B_OCC]);
         char *target = xstrndup(bp[B_TARGET], bl[B_TARGET]);
         /* the subjects: the member's (field RS), or the wait's own */
@@ -1625,15 +1627,14 @@ static void fire_waits(round_t *r, const redisReply *rep) {
         snprintf(gid, sizeof gid, "%s", occ);
         int quiet = 0;
         sb_reset(&st->json);
-        if (nt == TPL_PARTS && tl[8]) {
+        if (nt == TPL_PARTS && tl[T_REC]) {
             size_t cut;
-            wait_rebuild(tp[8], tl[8], bp, bl, rule, user, occ, target, tl[7] == 1 && tp[7][0] == 'i', due, rec,
-                         &cut);
-            int64_t deliver = due + num_of(bp[B_DELIVER], bl[B_DELIVER]);
+            int inact = tl[T_FLAGS] == 1 && tp[T_FLAGS][0] == 'i';
+            wait_rebuild(tp[T_REC], tl[T_REC], bp, bl, rule, user, occ, target, inact, due, rec, &cut);
+            int64_t deliver = due + num_of(bp[B_DELIVER], bl[B_DELIVER], 36);
             quiet = deliver > due;
-            char ex[24];
-            snprintf(ex, sizeof ex, "%.*s", (int)(tl[5] < sizeof ex ? tl[5] : sizeof ex - 1), tp[5]);
-            engine_finish_grant_at(rec->s, rec->len, cut, strtoll(ex, NULL, 10), due, deliver, &st->json);
+            engine_finish_grant_at(rec->s, rec->len, cut, num_of(tp[T_EXPIRES], tl[T_EXPIRES], 10), due, deliver,
+                                   &st->json);
             if (!strncmp(st->json.s, "{\"grant_id\":\"", 13) && st->json.len > 13 + GID_LEN) {
                 memcpy(gid, st->json.s + 13, GID_LEN);
                 gid[GID_LEN] = '\0';
@@ -1649,15 +1650,15 @@ static void fire_waits(round_t *r, const redisReply *rep) {
         a_str(&a, why ? "d" : "g");
         k_member(st, &a, user, "grant:", gid);
         a_ll(&a, st->cfg->claim_ttl_ms > 0 ? st->cfg->claim_ttl_ms : 1);
-        for (int k = 2; k <= 4; k++) a_add(&a, nt == TPL_PARTS ? tp[k] : "", nt == TPL_PARTS ? tl[k] : 0);
+        for (int k = T_QUEUE; k <= T_MAXLEN; k++) a_add(&a, nt == TPL_PARTS ? tp[k] : "", nt == TPL_PARTS ? tl[k] : 0);
         a_add(&a, st->json.s ? st->json.s : "", st->json.len);
-        a_add(&a, nt == TPL_PARTS ? tp[1] : "", nt == TPL_PARTS ? tl[1] : 0);
+        a_add(&a, nt == TPL_PARTS ? tp[T_WHY] : "", nt == TPL_PARTS ? tl[T_WHY] : 0);
         const char *variant = rl ? engine_variant_name(rl, user) : NULL;
         st->send_at = due;
         if (why) {
             a_str(&a, "0");
         } else {
-            char *pool = xstrndup(tp[6], tl[6]);
+            char *pool = xstrndup(tp[T_POOL], tl[T_POOL]);
             add_policy(st, &a, rl, variant, gid, user, *target ? target : user, dev, ip, pool, NULL, NULL, due,
                        quiet);
             free(pool);
