@@ -78,6 +78,17 @@ void engine_grant_id(const char *rule_id, const char *user_id, const char *occur
     if (buf != small) free(buf);
 }
 
+int64_t engine_activity_mark(long long resolution_ms, const char *user, int64_t ts) {
+    int64_t res = resolution_ms;
+    if (res <= 1) return ts;
+    uint64_t h = 1469598103934665603ull; /* FNV-1a: the same member, the same shift, on every build */
+    for (const unsigned char *p = (const unsigned char *)user; *p; p++) h = (h ^ *p) * 1099511628211ull;
+    int64_t off = (int64_t)(h % (uint64_t)res), d = ts - off;
+    int64_t q = d / res - (d % res < 0); /* floor */
+    int64_t end = off + q * res;
+    return end == ts ? ts : end + res;
+}
+
 void engine_inactivity_occurrence(int64_t last_ms, char out[40]) {
     snprintf(out, 40, "inactive:%lld", (long long)last_ms);
 }

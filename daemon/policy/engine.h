@@ -106,6 +106,15 @@ void engine_grant_id(const char *rule_id, const char *user_id, const char *occur
 /* The occurrence of an inactivity grant: "inactive:" + the epoch ms of the
  * activity that started the silence (so live and replay agree). */
 void engine_inactivity_occurrence(int64_t last_ms, char out[40]);
+/* The activity time that an inactivity rule records for user's event at ts:
+ * ts itself, or with a `resolution` (the rule's resolution_ms) the end of the member's step holding ts
+ * (steps of resolution_ms, shifted per member by a hash of the id so that
+ * the silences of members seen on the same day do not all end at one
+ * instant). Never before ts, so a silence is never cut short; at most one
+ * step after it. Both stores record this value, so live and replay agree on
+ * `last` and the grant id built from it, and the Redis store writes a
+ * member's activity once per step instead of once per event. */
+int64_t engine_activity_mark(long long resolution_ms, const char *user, int64_t ts);
 
 /* Completes an open grant record issued at `at`: expires_at = at + expires_in
  * (null when expires_in_ms < 0), issued_at = deliver_after = at. Appends to out. */

@@ -1023,6 +1023,7 @@ static void touch(store_t *s, const ruleset_t *rs, const intent_t *in) {
         int counts = r->n_events == 0;
         for (size_t j = 0; !counts && j < r->n_events; j++) counts = !strcmp(r->events[j], in->event);
         if (!counts) continue;
+        int64_t mark = engine_activity_mark(r->resolution_ms, in->user, in->ts);
         inact_t *st = NULL;
         size_t idx = 0;
         const char *id = s->inact_id[k];
@@ -1041,9 +1042,9 @@ static void touch(store_t *s, const ruleset_t *rs, const intent_t *in) {
             st = &m->ina[idx];
             memset(st, 0, sizeof *st);
             st->rule_id = id;
-            st->last = in->ts;
+            st->last = mark;
         }
-        if (in->ts > st->last) st->last = in->ts;
+        if (mark > st->last) st->last = mark;
         if (!st->armed) {
             st->armed = 1;
             heap_push(s, (timer_t_){.due = st->last + r->inactive_ms, .kind = T_INACT, .m = m, .ina = idx});

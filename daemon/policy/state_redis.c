@@ -93,7 +93,7 @@
     "          fc = tonumber(nx()), fp = tonumber(nx()), skey = nx(), variant = nx(), lw = tonumber(nx()),\n" \
     "          keep = tonumber(nx()), grp = nx(), quiet = nx(), checks = false, bkey = false, dkey = false}\n" \
     "end\n" \
-    /* the blocklist's keys, per prefix (built once per batch) */ \
+    /* the blocklist's keys, per prefix, and whether any exists (once per batch) */ \
     "local blk = {}\n" \
     /* The closed loop's recent hash of a member (docs/policy.md): a field \
      * is "rule RS variant RS ms RS window" (window: its rule's attribution \
@@ -129,9 +129,14 @@
     "  if p.budget > 0 then p.bkey = p.P .. 'budget:' .. p.rule end\n" \
     "  if p.daily > 0 then p.dkey = p.P .. 'budget:' .. p.rule .. ':' .. p.day end\n" \
     "  local B = blk[p.P]\n" \
-    "  if not B then B = {p.P .. 'block:user', p.P .. 'block:device', p.P .. 'block:ip'}; blk[p.P] = B end\n" \
-    /* most deployments block nobody: one EXISTS spares the four lookups */ \
-    "  if redis.call('EXISTS', B[1], B[2], B[3]) > 0 and (redis.call('SISMEMBER', B[1], p.target) == 1\n" \
+    /* most deployments block nobody: one EXISTS per batch spares the four \
+     * lookups (nothing else writes while a batch runs) */ \
+    "  if not B then\n" \
+    "    B = {p.P .. 'block:user', p.P .. 'block:device', p.P .. 'block:ip'}\n" \
+    "    B[4] = redis.call('EXISTS', B[1], B[2], B[3]) > 0\n" \
+    "    blk[p.P] = B\n" \
+    "  end\n" \
+    "  if B[4] and (redis.call('SISMEMBER', B[1], p.target) == 1\n" \
     "     or (p.user ~= p.target and redis.call('SISMEMBER', B[1], p.user) == 1)\n" \
     "     or (p.dev ~= '' and redis.call('SISMEMBER', B[2], p.dev) == 1)\n" \
     "     or (p.ip ~= '' and redis.call('SISMEMBER', B[3], p.ip) == 1)) then return 'blocklist' end\n" \
@@ -235,9 +240,13 @@
     "local function schedule(claim)\n" \
     "  local w, legacy, tkey, user, rule = nx(), nx(), nx(), nx(), nx()\n" \
     "  local now, due, head, tail, subj, T, id, tpl = tonumber(nx()), tonumber(nx()), nx(), nx(), nx(), nx(), nx(), nx()\n" \
+    /* the template before any answer, so that every answer tells the daemon \
+     * it is written; '' = the daemon knows it is */ \
+    "  if tpl ~= '' and redis.call('HEXISTS', T, id) == 0 then redis.call('HSET', T, id, tpl) end\n" \
     "  if redis.call('EXISTS', claim) == 1 then return {0} end\n" \
     "  local occ = wait_occ(head)\n" \
-    /* the common answer first: the rule's wait, pending, of another trigger */ \
+    /* the common answer first: the rule's wait, pending, of another trigger \
+     * (the daemon answers it itself while the member stays in its table) */ \
     "  local cur = redis.call('HGET', w, rule)\n" \
     "  if cur and wait_due(cur) >= now and wait_occ(cur) ~= occ then return {3} end\n" \
     /* a wait of the rule kept in the layout of the builds before this one */ \
@@ -258,11 +267,10 @@
     "    end\n" \
     "  end\n" \
     "  if other then return {3} end\n" \
-    "  if not meta then redis.call('HSET', w, RS, subj); meta = subj end\n" \
     "  local field = taken and (rule .. US .. string.format('%d', due)) or rule\n" \
-    "  redis.call('HSET', w, field, head .. RS .. (meta == subj and '' or '=' .. subj) .. RS .. tail)\n" \
+    "  if not meta then redis.call('HSET', w, RS, subj, field, head .. RS .. RS .. tail)\n" \
+    "  else redis.call('HSET', w, field, head .. RS .. (meta == subj and '' or '=' .. subj) .. RS .. tail) end\n" \
     "  redis.call('ZADD', tkey, 'LT', due, user)\n" \
-    "  if redis.call('HEXISTS', T, id) == 0 then redis.call('HSET', T, id, tpl) end\n" \
     "  return {2}\n" \
     "end\n" \
     /* issue: 'x' report only; 'g' claim+push; 's' record a pending wait */ \
@@ -289,8 +297,7 @@ static const char LUA_COUNT[] = LUA_START
     "precheck()\n"
     "redis.call('ZREMRANGEBYSCORE', key, '-inf', floor)\n"
     "local before = redis.call('ZCARD', key)\n"
-    "redis.call('ZADD', key, 'NX', ts, occ)\n"
-    "local after = redis.call('ZCARD', key)\n"
+    "local after = before + redis.call('ZADD', key, 'NX', ts, occ)\n"
     "redis.call('PEXPIRE', key, ttl)\n"
     "if before == n - 1 and after == n then return issue() end\n"
     "return {4, after}\n";
@@ -568,6 +575,7 @@ typedef struct inact_rule {
     char *id;
     char **events;
     size_t n_events;   /* 0 = any event */
+    long long resolution_ms;
 } inact_rule;
 
 /* ---- waits known pending ---------------------------------------------------
@@ -582,18 +590,49 @@ typedef struct inact_rule {
  * earlier builds) asks Redis. A CANCEL of the member drops its slot when it
  * is sent, and a schedule's answer is kept only if no CANCEL touched its slot
  * since it was sent; redis_store_forget drops everything. */
-#define PEND_SLOTS 32768
+/* 131072 slots of 112 bytes (14 MB, touched as members come): at 32768 a
+ * bench of 100,000 members found 17% of its pending triggers here, the rest
+ * evicted by other members of the slot. A member is known by a 64-bit hash
+ * of its id (two members that collide would need 2^32 members to be likely). */
+#define PEND_SLOTS 131072
 #define PEND_RULES 4
-#define PEND_USER 40
 
 typedef struct pend_slot {
-    char user[PEND_USER];       /* "" = free */
+    uint64_t user;              /* pend_hash of the member's id; 0 = free */
     uint64_t cancel_sent;       /* send number of the last CANCEL that hashed here */
     struct {
         uint64_t rule, occ;     /* rule 0 = free */
         int64_t due;
     } w[PEND_RULES];
 } pend_slot;
+
+/* ---- activity marks known written -----------------------------------------
+ * With a `resolution`, a member's activity mark (engine_activity_mark) moves
+ * once per step, and every other event of the step would send a score the
+ * last-seen set already holds (ZADD GT: no change). Per (member, rule) the
+ * store keeps the mark it last sent, and sends a touch only for a later one.
+ * A hit needs only that Redis holds at least that mark, which stays true:
+ * scores only grow, and the one removal (the silence firing) comes
+ * inactive_for >= resolution after the mark, so every event after it has a
+ * later mark. Set-associative (a member evicts the way with the oldest
+ * mark); a miss only sends what would have been sent anyway. Allocated when
+ * a rule first has a resolution; dropped by redis_store_forget. */
+#define SEEN_SETS (1 << 16)
+#define SEEN_WAYS 4
+
+/* ---- wait templates known written ------------------------------------------
+ * A template (docs/time.md) is written once and never removed, and a daemon
+ * schedules waits of a handful of them: once a schedule's answer says its
+ * template is in Redis, later schedules send its id alone. Ids are 8 base62
+ * characters, kept as a uint64 in an open-addressed table, cleared when 3/4
+ * full (and by redis_store_forget). */
+#define TPLK_SLOTS 4096
+#define TPL_ID_LEN 8
+
+typedef struct seen_slot {
+    uint64_t key;   /* hash of member and rule; 0 = free */
+    int64_t mark;
+} seen_slot;
 
 struct redis_store {
     redis_sink_t *sink;
@@ -619,7 +658,11 @@ struct redis_store {
     int sb_recent;    /* ... holding holdout assignments ('r'), which a LOOP reads */
     int64_t send_at;  /* the decision time of what is being sent (holdout assignments) */
     pend_slot *pend;  /* PEND_SLOTS, allocated on first use */
+    seen_slot *seen;  /* SEEN_SETS x SEEN_WAYS, allocated on first use */
     uint64_t sends;   /* calls sent, numbering them for the pend table */
+    uint64_t *tplk;   /* TPLK_SLOTS template ids known written, allocated on first use */
+    size_t tplk_n;
+    uint64_t tpl_sent; /* the template id that add_issue just sent with its text (0: none) */
 };
 static void a_str(argv_b *a, const char *s) { a_add(a, s ? s : "", s ? strlen(s) : 0); }
 static void a_fmt(argv_b *a, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -651,6 +694,7 @@ typedef struct call_ctx {
     /* what the stats need when the reply comes (NULL: count nothing) */
     char *rule, *variant, *user, *reason;
     int64_t at;
+    uint64_t tpl;     /* a template sent with its text: known written once answered */
     /* a schedule, to remember when Redis answers RS_SCHEDULED (pend_seen) */
     int pend;
     uint64_t pend_rule, pend_occ, pend_sent;
@@ -660,6 +704,7 @@ typedef struct call_ctx {
 
 static void stats_flush(redis_store_t *st);
 static void pend_seen(redis_store_t *st, const char *user, uint64_t rule, uint64_t occ, int64_t due, uint64_t sent);
+static void tplk_learn(redis_store_t *st, uint64_t k);
 
 /* ---- stats decided in C (docs/policy.md "Stats") --------------------------- */
 
@@ -763,6 +808,9 @@ static void on_call_reply(void *ud, const redisReply *reply) {
             if (reply->element[i]->type == REDIS_REPLY_STRING)
                 stat_reason(st, reply->element[i]->str, variant_now(st, reply->element[i]->str, c->user), c->user,
                             "cancelled", c->at);
+    /* only the schedule step answers these, and it writes the template first
+     * (a count below N or a stale silence never reach it) */
+    if (c->tpl && (k == RS_REPEAT || k == RS_SCHEDULED || k == RS_PENDING)) tplk_learn(st, c->tpl);
     if (c->pend && k == RS_SCHEDULED) pend_seen(st, c->user, c->pend_rule, c->pend_occ, c->pend_due, c->pend_sent);
     if (c->cb) c->cb(c->ud, k, n, k == RS_EXPLAINED || k == RS_DROPPED ? why : k == RS_PENDING ? "already pending" : NULL);
     free(c->rule);
@@ -784,20 +832,69 @@ static char *dup0(const char *s) { return s ? xstrdup(s) : NULL; }
 
 static uint64_t pend_hash(const char *s) { return hash_words(s, strlen(s)) | 1; /* never 0: 0 is a free entry */ }
 
-static pend_slot *pend_slot_of(redis_store_t *st, const char *user) {
-    if (strlen(user) >= PEND_USER) return NULL;
+static pend_slot *pend_slot_of(redis_store_t *st, uint64_t user_h) {
     if (!st->pend) st->pend = xcalloc(PEND_SLOTS, sizeof *st->pend);
-    return &st->pend[pend_hash(user) & (PEND_SLOTS - 1)];
+    return &st->pend[(user_h >> 1) & (PEND_SLOTS - 1)];
+}
+
+static uint64_t tplk_key(const char *id) {
+    uint64_t k = 0;
+    memcpy(&k, id, TPL_ID_LEN);
+    return k;
+}
+
+static size_t tplk_find(const redis_store_t *st, uint64_t k) {
+    size_t i = (size_t)(hash_words(&k, sizeof k) & (TPLK_SLOTS - 1));
+    while (st->tplk[i] && st->tplk[i] != k) i = (i + 1) & (TPLK_SLOTS - 1);
+    return i;
+}
+
+static int tplk_known(const redis_store_t *st, uint64_t k) { return st->tplk && st->tplk[tplk_find(st, k)] == k; }
+
+static void tplk_learn(redis_store_t *st, uint64_t k) {
+    if (!st->tplk) st->tplk = xcalloc(TPLK_SLOTS, sizeof *st->tplk);
+    size_t i = tplk_find(st, k);
+    if (st->tplk[i] == k) return;
+    if (st->tplk_n >= TPLK_SLOTS / 4 * 3) {
+        memset(st->tplk, 0, TPLK_SLOTS * sizeof *st->tplk);
+        st->tplk_n = 0;
+        i = tplk_find(st, k);
+    }
+    st->tplk[i] = k;
+    st->tplk_n++;
 }
 
 void redis_store_forget(redis_store_t *st) {
+    if (st && st->tplk) memset(st->tplk, 0, TPLK_SLOTS * sizeof *st->tplk), st->tplk_n = 0;
     if (st && st->pend) memset(st->pend, 0, PEND_SLOTS * sizeof *st->pend);
+    if (st && st->seen) memset(st->seen, 0, (size_t)SEEN_SETS * SEEN_WAYS * sizeof *st->seen);
+}
+
+/* 1: mark (or a later one) was already sent for (user, rule); else records
+ * it as sent and returns 0. */
+static int seen_sent(redis_store_t *st, const char *user, const char *rule, int64_t mark) {
+    if (!st->seen) st->seen = xcalloc((size_t)SEEN_SETS * SEEN_WAYS, sizeof *st->seen);
+    uint64_t key = hash_words(user, strlen(user)) * 31 + hash_words(rule, strlen(rule));
+    key |= 1; /* never 0: 0 is a free way */
+    seen_slot *set = &st->seen[(key >> 7) % SEEN_SETS * SEEN_WAYS], *victim = set;
+    for (int k = 0; k < SEEN_WAYS; k++) {
+        if (set[k].key == key) {
+            if (set[k].mark >= mark) return 1;
+            set[k].mark = mark;
+            return 0;
+        }
+        if (set[k].mark < victim->mark) victim = &set[k];
+    }
+    victim->key = key;
+    victim->mark = mark;
+    return 0;
 }
 
 /* 1: the member has a pending wait of the rule, due at or after now, from another occurrence. */
 static int pend_known(redis_store_t *st, const char *user, uint64_t rule, uint64_t occ, int64_t now) {
-    pend_slot *p = st->pend ? pend_slot_of(st, user) : NULL;
-    if (!p || strcmp(p->user, user)) return 0;
+    uint64_t u = pend_hash(user);
+    pend_slot *p = st->pend ? pend_slot_of(st, u) : NULL;
+    if (!p || p->user != u) return 0;
     for (int k = 0; k < PEND_RULES; k++)
         if (p->w[k].rule == rule) return p->w[k].due >= now && p->w[k].occ != occ;
     return 0;
@@ -805,13 +902,14 @@ static int pend_known(redis_store_t *st, const char *user, uint64_t rule, uint64
 
 /* A schedule that Redis recorded (sent as call number sent). */
 static void pend_seen(redis_store_t *st, const char *user, uint64_t rule, uint64_t occ, int64_t due, uint64_t sent) {
-    pend_slot *p = pend_slot_of(st, user);
-    if (!p || p->cancel_sent >= sent) return; /* a CANCEL sent after it may have removed it */
-    if (strcmp(p->user, user)) {
+    uint64_t u = pend_hash(user);
+    pend_slot *p = pend_slot_of(st, u);
+    if (p->cancel_sent >= sent) return; /* a CANCEL sent after it may have removed it */
+    if (p->user != u) {
         uint64_t c = p->cancel_sent;
         memset(p, 0, sizeof *p);
         p->cancel_sent = c;
-        snprintf(p->user, sizeof p->user, "%s", user);
+        p->user = u;
     }
     int k = 0;
     while (k < PEND_RULES && p->w[k].rule && p->w[k].rule != rule) k++;
@@ -823,8 +921,8 @@ static void pend_seen(redis_store_t *st, const char *user, uint64_t rule, uint64
 
 /* A CANCEL of user is being sent: whatever its slot holds may be gone. */
 static void pend_cancel(redis_store_t *st, const char *user) {
-    pend_slot *p = st->pend ? pend_slot_of(st, user) : NULL;
-    if (!p) return;
+    if (!st->pend) return;
+    pend_slot *p = pend_slot_of(st, pend_hash(user));
     uint64_t c = st->sends;
     memset(p, 0, sizeof *p);
     p->cancel_sent = c;
@@ -835,7 +933,9 @@ static void pend_cancel(redis_store_t *st, const char *user) {
 static call_ctx *a_send_x(redis_store_t *st, argv_b *a, int script, rs_done_cb cb, void *ud, const char *rule,
                           const char *variant, const char *user, const char *reason) {
     call_ctx *c = xcalloc(1, sizeof *c);
-    *c = (call_ctx){st, script, cb, ud, dup0(rule), dup0(variant), dup0(user), dup0(reason), st->send_at, 0, 0, 0, 0, 0};
+    *c = (call_ctx){st, script, cb, ud, dup0(rule), dup0(variant), dup0(user), dup0(reason), st->send_at, st->tpl_sent,
+                    0, 0, 0, 0, 0};
+    st->tpl_sent = 0;
     c->pend_sent = ++st->sends;
     a_eval(st, a, script, on_call_reply, c);
     a_free(a);
@@ -1002,7 +1102,6 @@ enum { T_CANCEL, T_WHY, T_QUEUE, T_KIND, T_MAXLEN, T_EXPIRES, T_POOL, T_FLAGS, T
 #define BODY_PARTS 9
 #define BODY_MIN 5
 enum { B_DUE, B_TPL, B_OCC, B_SUBJ, B_TDELTA, B_VALUE, B_TARGET, B_MESSAGE, B_DELIVER };
-#define TPL_ID_LEN 8
 
 /* v in base 36 (what Lua's tonumber(s, 36) reads) */
 static void sb_b36(strbuf *b, long long v) {
@@ -1194,7 +1293,13 @@ static void add_issue(redis_store_t *st, argv_b *a, const intent_t *in, int64_t 
         a_fmt(a, "%swtpl", st->cfg->key_prefix);
         const char *id = st->json.s + strcspn(st->json.s, "\x1e") + 1;
         a_add(a, id, TPL_ID_LEN);
-        a_add(a, tpl->s ? tpl->s : "", tpl->len);
+        uint64_t k = tplk_key(id);
+        if (tplk_known(st, k)) {
+            a_add(a, "", 0);
+        } else {
+            a_add(a, tpl->s ? tpl->s : "", tpl->len);
+            st->tpl_sent = k;
+        }
         return;
     }
     a_add(a, st->tmp.s, st->tmp.len);
@@ -1267,6 +1372,7 @@ static void inact_refresh(redis_store_t *st) {
         inact_rule *c = &st->inact[st->n_inact++];
         c->id = xstrdup(r->id);
         c->n_events = r->n_events;
+        c->resolution_ms = r->resolution_ms;
         c->events = r->n_events ? xcalloc(r->n_events, sizeof *c->events) : NULL;
         for (size_t j = 0; j < r->n_events; j++) c->events[j] = xstrdup(r->events[j]);
     }
@@ -1283,6 +1389,8 @@ void redis_store_free(redis_store_t *st) {
     a_free(&st->sb);
     inact_clear(st);
     free(st->pend);
+    free(st->seen);
+    free(st->tplk);
     sb_free(&st->tmp);
     sb_free(&st->json);
     sb_free(&st->tpl);
@@ -1376,16 +1484,19 @@ int redis_store_apply(redis_store_t *st, const intent_t *in, const char *topic, 
     case INTENT_TOUCH: {
         /* Appended to the pending batch (redis_store_flush sends it). */
         inact_refresh(st);
-        char ts[32];
-        int tslen = snprintf(ts, sizeof ts, "%lld", (long long)in->ts);
         size_t added = 0;
         for (size_t i = 0; i < st->n_inact; i++) {
             const inact_rule *r = &st->inact[i];
             int counts = r->n_events == 0;
             for (size_t j = 0; !counts && j < r->n_events; j++) counts = !strcmp(r->events[j], in->event);
             if (!counts) continue;
+            int64_t mark = engine_activity_mark(r->resolution_ms, in->user, in->ts);
+            if (r->resolution_ms > 1 && seen_sent(st, in->user, r->id, mark)) {
+                st->stats.touches_skipped++;
+                continue;
+            }
             k_seen(st, &st->tb, topic, partition, r->id);
-            a_add(&st->tb, ts, (size_t)tslen);
+            a_ll(&st->tb, mark);
             a_str(&st->tb, in->user);
             added++;
         }

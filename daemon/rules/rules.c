@@ -58,7 +58,7 @@ typedef struct loader {
 static const char *const RULE_KEYS[] = {"id", "description", "enabled", "mode", "priority", "group",
                                         "active", "audience", "trigger", "wait", "cancel_on", "grant",
                                         "limits", "variants", "attribution_window", NULL};
-static const char *const TRIGGER_KEYS[] = {"event", "where", "count", "within", "inactive_for", "events", NULL};
+static const char *const TRIGGER_KEYS[] = {"event", "where", "count", "within", "inactive_for", "events", "resolution", NULL};
 static const char *const GRANT_KEYS[] = {"benefit", "sku", "value", "expires_in", "channel",
                                          "message", "to", "pool", NULL};
 static const char *const LIMIT_KEYS[] = {"per_user", "per_device", "per_ip", "budget", "daily_budget", NULL};
@@ -302,7 +302,7 @@ static void parse_trigger(loader *L, const ynode *m, rule_t *r) {
     yn_check_keys(m, L->file, TRIGGER_KEYS, L->d);
     const ynode *event = yn_get(m, "event"), *where = yn_get(m, "where"), *count = yn_get(m, "count"),
                 *within = yn_get(m, "within"), *inactive = yn_get(m, "inactive_for"),
-                *events = yn_get(m, "events");
+                *events = yn_get(m, "events"), *resolution = yn_get(m, "resolution");
 
     if (inactive) {
         r->kind = TRIG_INACTIVITY;
@@ -319,9 +319,17 @@ static void parse_trigger(loader *L, const ynode *m, rule_t *r) {
             if (ms <= 0) err_at(L, inactive, "'inactive_for' must be longer than 0");
             r->inactive_ms = ms;
         }
+        if (resolution && yn_duration(resolution, L->file, "resolution", &ms, L->d) == 0) {
+            /* a step longer than the silence would let a member who was never
+             * silent that long count as gone */
+            if (ms <= 0 || (r->inactive_ms > 0 && ms > r->inactive_ms))
+                err_at(L, resolution, "'resolution' must be longer than 0 and at most 'inactive_for'");
+            else r->resolution_ms = ms;
+        }
         if (events) parse_names(L, events, "events", &r->events, &r->n_events);
         return;
     }
+    if (resolution) err_at(L, key_node(m, "resolution"), "'resolution' goes with 'inactive_for' only");
 
     if (events) err_at(L, key_node(m, "events"), "'events' goes with 'inactive_for' only (use 'event')");
     if (event) parse_names(L, event, "event", &r->events, &r->n_events);

@@ -54,6 +54,7 @@ typedef struct rule {
     long long count;          /* TRIG_COUNT */
     long long within_ms;      /* TRIG_COUNT */
     long long inactive_ms;    /* TRIG_INACTIVITY */
+    long long resolution_ms;  /* TRIG_INACTIVITY: activity is recorded per step of this (0 = to the ms) */
     long long wait_ms;        /* 0 = immediate */
     char **cancel_on; size_t n_cancel_on;
     grant_spec_t grant;
