@@ -22,6 +22,10 @@ PLUGIN_TEST_OBJS  = $(BUILD)/tests/plugins/fake_host.o
 
 plugins: $(PLUGIN_SOS)
 
+# The Makefile's `all` names $(PLUGIN_SOS) before this file defines it (it is
+# included last), so `make all` alone built no plugin: named here again.
+all: $(PLUGIN_SOS)
+
 # Objects apart from $(BUILD)/plugins/<name>/ so the generic non-PIC %.o rule never
 # makes them; -MMD (in ALL_CFLAGS) writes $(BUILD)/plugins/pic/<name>.d.
 define plugin_rules

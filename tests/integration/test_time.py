@@ -437,6 +437,82 @@ class TimeTest(IntegrationTest):
         st = re.findall(r"event=stats .*already_pending=(\d+) pending_known=(\d+)", d.log())[-1]
         self.assertEqual(st, ("2", "2"), "the daemon asked Redis about a wait it knew was pending")
 
+    # ------------------------------------------------------------------ i
+    def test_i_inactivity_resolution(self):
+        """With `resolution: R` a member's activity is recorded at the end of
+        its step of R holding the event (steps shifted per member by FNV-1a of
+        its id): the silence, its grant id and its times start at that mark,
+        live as in replay, and the daemon sends a member's mark once."""
+        res_ms, quiet_ms = 2000, 4000   # 4s of silence: the seen set is read well before the first fires
+        winback = rule("winback", "{inactive_for: 4s, resolution: 2s}",
+                       "{benefit: coupon, sku: WB-R, value: 15, channel: email}")
+        d, = self.start({"winback.yaml": winback})
+        c = self.env.client()
+
+        def off(user):
+            h = 1469598103934665603
+            for ch in user.encode():
+                h = ((h ^ ch) * 1099511628211) & 0xFFFFFFFFFFFFFFFF
+            return h % res_ms
+
+        def mark(user, ts):   # the end of the member's step holding ts (ts itself on a step's end)
+            o = off(user)
+            return ts if (ts - o) % res_ms == 0 else o + ((ts - o) // res_ms + 1) * res_ms
+
+        def step_end(user, before):   # the last step end at or before `before`
+            o = off(user)
+            return o + (before - o) // res_ms * res_ms
+
+        now = now_ms()
+        b2, b3 = step_end("i2", now - 300), step_end("i3", now - 300)
+        evs = [tev("Page Viewed", "i1", "i1-1", now - 800),     # wherever its steps fall
+               tev("Page Viewed", "i1", "i1-2", now - 650),
+               tev("Page Viewed", "i1", "i1-3", now - 500),
+               tev("Page Viewed", "i1", "i1-4", now - 900),     # late: an earlier mark, not sent
+               tev("Page Viewed", "i2", "i2-1", b2 - 200),      # mark b2
+               tev("Page Viewed", "i2", "i2-2", b2),            # on a step's end: mark b2, not sent
+               tev("Page Viewed", "i2", "i2-3", b2 + 100),      # the next step: mark b2 + R
+               tev("Page Viewed", "i2", "i2-4", b2 + 200),      # not sent
+               tev("Page Viewed", "i3", "i3-1", b3 - 300),      # all three: mark b3
+               tev("Page Viewed", "i3", "i3-2", b3 - 100),
+               tev("Page Viewed", "i3", "i3-3", b3)]
+        marks, skipped = {}, 0
+        for e in evs:   # a member's events stay in order (one partition): a mark not above the last sent is skipped
+            u, m = e["userId"], mark(e["userId"], iso_to_ms(e["timestamp"]))
+            if u in marks and m <= marks[u]:
+                skipped += 1
+            else:
+                marks[u] = m
+        self.assertEqual(marks["i2"], b2 + res_ms)
+        self.assertEqual(marks["i3"], b3)
+        self.assertGreaterEqual(skipped, 5)   # i1's late event, two of i2's, two of i3's
+        path = self.events_file(evs)
+        rep, rep_ids = self.replay_ids(path, now + 60000)
+        self.assertEqual(len(rep_ids), 3)
+        self.assertEqual({g["user_id"]: g["trigger"]["timestamp"] for g in rep.grants},
+                         {u: iso(m) for u, m in marks.items()}, "replay does not count silence from the marks")
+        self.env.kafka.produce(path)
+
+        def seen():
+            return {u: int(s) for k in c.scan_iter(match="bd:seen:%s:*:winback" % TOPIC)
+                    for u, s in c.zrange(k, 0, -1, withscores=True)}
+        wait_for(lambda: seen() == marks, 3, "the seen set to hold each member's mark (%s)" % marks)
+        self.wait_ids(rep_ids, 15, "the three silences to fire")
+        wait_for(self.quiet, 5, "every silence to be spent")
+        live = self.assertLiveEqualsReplay(rep_ids)
+        by_id = {g["grant_id"]: g for g in rep.grants}
+        for g in live:
+            m = marks[g["user_id"]]
+            self.assertEqual(g["trigger"]["timestamp"], iso(m), g)
+            self.assertEqual(g["issued_at"], iso(m + quiet_ms), g)
+            self.assertGreaterEqual(g["_pushed_ms"], m + quiet_ms - 50, "fired before the mark's silence: %s" % g)
+            self.assertEqual({k: v for k, v in g.items() if k != "_pushed_ms"}, by_id[g["grant_id"]])
+            self.assertEqual(c.get("bd:{u:%s}:inact:winback" % g["user_id"]), str(m), "another silence fired")
+        self.assertEqual(d.terminate(), 0)
+        st = re.findall(r"event=stats .*touches_skipped=(\d+)", d.log())
+        self.assertTrue(st, "no stats line")
+        self.assertEqual(int(st[-1]), skipped, "touches skipped: the daemon sent a mark it had already sent")
+
 
 if __name__ == "__main__":
     unittest.main(verbosity=2)

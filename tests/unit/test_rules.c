@@ -419,6 +419,31 @@ static void test_trigger_shapes(void **state) {
                   "2:21: 'events' goes with 'inactive_for' only (use 'event')", NULL);
 }
 
+/* Loads text with the time shapes; returns the ruleset (NULL if refused) and
+ * the first message (or "") in first. */
+static ruleset_t *load_time(const char *text, char first[256]) {
+    diag_t d;
+    diag_init(&d);
+    ruleset_t *rs = ruleset_load_string_ex(FILE_NAME, text, strlen(text), "UTC", RULES_ALLOW_TIME, &d);
+    snprintf(first, 256, "%s", d.n ? d.msgs[0] : "");
+    diag_free(&d);
+    return rs;
+}
+
+static void test_inactivity_resolution(void **state) {
+    char msg[256];
+    ruleset_t *rs = load_time("id: a\ntrigger: {inactive_for: 30d, resolution: 1d}\ngrant: {benefit: coupon}\n", msg);
+    assert_string_equal(msg, "");
+    assert_non_null(rs);
+    assert_int_equal(ruleset_rule(rs, 0)->resolution_ms, 86400000LL);
+    assert_int_equal(ruleset_rule(rs, 0)->inactive_ms, 30 * 86400000LL);
+    ruleset_free(rs);
+    assert_null(load_time("id: a\ntrigger: {inactive_for: 1d, resolution: 2d}\ngrant: {benefit: coupon}\n", msg));
+    assert_string_equal(msg, FILE_NAME ":2:41: 'resolution' must be longer than 0 and at most 'inactive_for'");
+    assert_null(load_time("id: a\ntrigger: {event: E, resolution: 1h}\ngrant: {benefit: coupon}\n", msg));
+    assert_string_equal(msg, FILE_NAME ":2:21: 'resolution' goes with 'inactive_for' only");
+}
+
 static void test_unsupported_features(void **state) {
     expect_errors("id: later\n"
                   "audience: user.tier == 'gold'\n"
@@ -596,6 +621,7 @@ int main(void) {
         cmocka_unit_test(test_expression_error_columns),
         cmocka_unit_test(test_template_error_column),
         cmocka_unit_test(test_trigger_shapes),
+        cmocka_unit_test(test_inactivity_resolution),
         cmocka_unit_test(test_unsupported_features),
         cmocka_unit_test(test_unsupported_still_checked),
         cmocka_unit_test(test_variant_errors),

@@ -404,6 +404,66 @@ static void test_inactivity_once_per_silence_and_rearm(void **state) {
     world_free(&w);
 }
 
+/* With a resolution, `last` is the end of the member's step holding the
+ * activity: never before it, less than a step after, the same for every
+ * event of the step, and steps shifted per member. */
+static void test_activity_mark(void **state) {
+    const long long R = HOUR;
+    int64_t t = T0 + 5 * HOUR + 7;
+    int64_t m = engine_activity_mark(R, "u1", t);
+    assert_true(m >= t && m < t + R);
+    /* every time in (m - R, m] has the mark m; m + 1 starts the next step */
+    assert_int_equal(engine_activity_mark(R, "u1", m), m);
+    assert_int_equal(engine_activity_mark(R, "u1", m - R + 1), m);
+    assert_int_equal(engine_activity_mark(R, "u1", m + 1), m + R);
+    /* no resolution: the time itself */
+    assert_int_equal(engine_activity_mark(0, "u1", t), t);
+    /* members' steps are shifted: of 20 members, not all end where u1's does */
+    int other = 0;
+    char u[16];
+    for (int i = 2; i < 22; i++) {
+        snprintf(u, sizeof u, "u%d", i);
+        int64_t k = engine_activity_mark(R, u, t);
+        assert_true(k >= t && k < t + R);
+        other += k != m;
+    }
+    assert_true(other > 0);
+}
+
+static void test_inactivity_resolution(void **state) {
+    world w;
+    world_init(&w, "id: winback\n"
+                   "trigger: {inactive_for: 7d, resolution: 1d}\n"
+                   "grant: {benefit: coupon, sku: BACK}\n");
+    int64_t m = engine_activity_mark(DAY, "u1", T0);
+    /* events of the same step do not move the silence's start */
+    event_at(&w, "Page Viewed", "u1", "v1", T0, NULL);
+    if (m - T0 > 1) event_at(&w, "Page Viewed", "u1", "v2", m - 1, NULL);
+    advance(&w, m + 7 * DAY - 1);
+    assert_int_equal(w.n, 0);
+    advance(&w, m + 7 * DAY);
+    assert_int_equal(w.n, 1);
+    assert_int_equal(w.o[0].kind, OUT_GRANT);
+    assert_int_equal(w.o[0].at, m + 7 * DAY);
+    char id[40], occ[40], ts[32];
+    engine_inactivity_occurrence(m, occ);
+    engine_grant_id("winback", "u1", occ, id);
+    assert_string_equal(w.o[0].grant_id, id);
+    iso(m, ts);
+    ASSERT_FIELD(w.o[0].json, "trigger.timestamp", ts);
+    /* an event of the next step moves it by one step */
+    event_at(&w, "Page Viewed", "u1", "v3", m + 8 * DAY, NULL);
+    int64_t m2 = engine_activity_mark(DAY, "u1", m + 8 * DAY);
+    assert_int_equal(m2, m + 8 * DAY);
+    event_at(&w, "Page Viewed", "u1", "v4", m2 + 1, NULL);
+    advance(&w, m2 + DAY + 7 * DAY - 1);
+    assert_int_equal(w.n, 1);
+    advance(&w, m2 + DAY + 7 * DAY);
+    assert_int_equal(w.n, 2);
+    assert_int_equal(w.o[1].at, m2 + DAY + 7 * DAY);
+    world_free(&w);
+}
+
 static void test_inactivity_events_filter(void **state) {
     world w;
     world_init(&w, "id: no-orders\n"
@@ -552,6 +612,8 @@ int main(void) {
         cmocka_unit_test(test_count_then_wait),
         cmocka_unit_test(test_inactivity_once_per_silence_and_rearm),
         cmocka_unit_test(test_inactivity_events_filter),
+        cmocka_unit_test(test_activity_mark),
+        cmocka_unit_test(test_inactivity_resolution),
         cmocka_unit_test(test_shadow_wait_reports_at_due),
         cmocka_unit_test(test_wait_of_removed_disabled_changed_rule),
         cmocka_unit_test(test_deterministic),
