@@ -248,7 +248,8 @@
     /* the common answer first: the rule's wait, pending, of another trigger \
      * (the daemon answers it itself while the member stays in its table) */ \
     "  local cur = redis.call('HGET', w, rule)\n" \
-    "  if cur and wait_due(cur) >= now and wait_occ(cur) ~= occ then return {3} end\n" \
+    /* with the pending wait's due and occurrence, which the daemon learns */ \
+    "  if cur and wait_due(cur) >= now and wait_occ(cur) ~= occ then return {3, wait_due(cur), wait_occ(cur)} end\n" \
     /* a wait of the rule kept in the layout of the builds before this one */ \
     "  local old = redis.call('HGETALL', legacy)\n" \
     "  for k = 1, #old, 2 do\n" \
@@ -705,6 +706,7 @@ typedef struct call_ctx {
 static void stats_flush(redis_store_t *st);
 static void pend_seen(redis_store_t *st, const char *user, uint64_t rule, uint64_t occ, int64_t due, uint64_t sent);
 static void tplk_learn(redis_store_t *st, uint64_t k);
+static uint64_t pend_hash(const char *s);
 
 /* ---- stats decided in C (docs/policy.md "Stats") --------------------------- */
 
@@ -812,6 +814,16 @@ static void on_call_reply(void *ud, const redisReply *reply) {
      * (a count below N or a stale silence never reach it) */
     if (c->tpl && (k == RS_REPEAT || k == RS_SCHEDULED || k == RS_PENDING)) tplk_learn(st, c->tpl);
     if (c->pend && k == RS_SCHEDULED) pend_seen(st, c->user, c->pend_rule, c->pend_occ, c->pend_due, c->pend_sent);
+    /* `already pending`, with the pending wait's due and occurrence: the next
+     * trigger of the rule is answered here (after a CANCEL emptied the
+     * member's slot, say, or a restart) */
+    if (c->pend && k == RS_PENDING && reply->elements >= 3 && reply->element[1]->type == REDIS_REPLY_INTEGER &&
+        reply->element[2]->type == REDIS_REPLY_STRING) {
+        char occ[128];
+        snprintf(occ, sizeof occ, "%.*s", (int)reply->element[2]->len, reply->element[2]->str);
+        if (reply->element[2]->len < sizeof occ)
+            pend_seen(st, c->user, c->pend_rule, pend_hash(occ), reply->element[1]->integer, c->pend_sent);
+    }
     if (c->cb) c->cb(c->ud, k, n, k == RS_EXPLAINED || k == RS_DROPPED ? why : k == RS_PENDING ? "already pending" : NULL);
     free(c->rule);
     free(c->variant);
