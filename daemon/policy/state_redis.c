@@ -93,6 +93,9 @@
     "          fc = tonumber(nx()), fp = tonumber(nx()), skey = nx(), variant = nx(), lw = tonumber(nx()),\n" \
     "          keep = tonumber(nx()), grp = nx(), quiet = nx(), checks = false, bkey = false, dkey = false}\n" \
     "end\n" \
+    /* the cancel_on names of the wait templates read so far (a template never \
+     * changes: its id is its content's hash) */ \
+    "local tplnames = {}\n" \
     /* the blocklist's keys, per prefix, and whether any exists (once per batch) */ \
     "local blk = {}\n" \
     /* The closed loop's recent hash of a member (docs/policy.md): a field \
@@ -322,16 +325,16 @@ static const char LUA_CANCEL[] = LUA_START
     "  end\n"
     "end\n"
     "all = redis.call('HGETALL', w)\n"
-    "local names, gone = {}, false\n"
+    "local names, gone = tplnames, false\n"
     "for k = 1, #all, 2 do\n"
     "  local f, b = all[k], all[k + 1]\n"
     "  if f ~= RS and wait_due(b) >= ts then\n"
     "    local id = parts(b, 3)[2]\n"
     "    local c = names[id]\n"
     "    if not c then\n"
-    "      local t = redis.call('HGET', T, id) or ''\n"
-    "      c = string.sub(t, 1, (string.find(t, RS, 1, true) or (#t + 1)) - 1)\n"
-    "      names[id] = c\n"
+    "      local t = redis.call('HGET', T, id)\n"
+    "      c = t and string.sub(t, 1, (string.find(t, RS, 1, true) or (#t + 1)) - 1) or ''\n"
+    "      if t then names[id] = c end\n"
     "    end\n"
     "    if string.find(c, US .. name .. US, 1, true) then\n"
     "      redis.call('HDEL', w, f)\n"
