@@ -624,6 +624,11 @@ typedef struct pend_slot {
 #define SEEN_SETS (1 << 16)
 #define SEEN_WAYS 4
 
+typedef struct seen_slot {
+    uint64_t key;   /* hash of member and rule; 0 = free */
+    int64_t mark;
+} seen_slot;
+
 /* ---- wait templates known written ------------------------------------------
  * A template (docs/time.md) is written once and never removed, and a daemon
  * schedules waits of a handful of them: once a schedule's answer says its
@@ -632,11 +637,6 @@ typedef struct pend_slot {
  * full (and by redis_store_forget). */
 #define TPLK_SLOTS 4096
 #define TPL_ID_LEN 8
-
-typedef struct seen_slot {
-    uint64_t key;   /* hash of member and rule; 0 = free */
-    int64_t mark;
-} seen_slot;
 
 struct redis_store {
     redis_sink_t *sink;

@@ -407,11 +407,16 @@ class TimeTest(IntegrationTest):
     def test_h_pending_known_to_the_daemon(self):
         """A trigger while the member's wait is pending is answered by the daemon
         from what Redis acknowledged (no call); a cancel makes it ask Redis again,
-        so the next trigger starts a new wait. Each step is committed before the
-        next is produced, so every answer is the daemon's, not a batch's."""
+        so the next trigger starts a new wait. A cancel that leaves the wait (a
+        page view cancels another rule's waits) also makes it ask, and Redis's
+        `already pending` teaches it the wait again. Each step is committed
+        before the next is produced, so every answer is the daemon's, not a
+        batch's."""
         cart = rule("cart", "{event: Product Added}", "{benefit: coupon, sku: C, value: 1, channel: email}",
                     "wait: 8s\ncancel_on: [Order Completed]\n")
-        d, = self.start({"cart.yaml": cart})
+        other = rule("other", "{event: Never Sent}", "{benefit: coupon, sku: O, value: 1, channel: email}",
+                     "wait: 8s\ncancel_on: [Page Viewed]\n")
+        d, = self.start({"cart.yaml": cart, "other.yaml": other})
         c = self.env.client()
         b = now_ms() - 500
         steps = [tev("Product Added", "p1", "p-1", b),          # scheduled
@@ -419,7 +424,10 @@ class TimeTest(IntegrationTest):
                  tev("Product Added", "p1", "p-1", b),          # the pending wait's own trigger again: Redis answers
                  tev("Order Completed", "p1", "p-3", b + 2),    # cancelled
                  tev("Product Added", "p1", "p-4", b + 3),      # a new wait
-                 tev("Product Added", "p1", "p-5", b + 4)]      # already pending again
+                 tev("Product Added", "p1", "p-5", b + 4),      # already pending again
+                 tev("Page Viewed", "p1", "p-6", b + 5),        # a cancel of other's waits: the daemon forgets p1's
+                 tev("Product Added", "p1", "p-7", b + 6),      # already pending, Redis answers (and tells the wait)
+                 tev("Product Added", "p1", "p-8", b + 7)]      # already pending, known to the daemon again
         for i, e in enumerate(steps):
             self.env.kafka.produce(self.events_file([e], "step%d.jsonl" % i))
             self.env.wait_all_committed(timeout=20)
@@ -432,10 +440,10 @@ class TimeTest(IntegrationTest):
         self.assertLiveEqualsReplay(rep_ids)
         stats = c.hgetall("bd:stats:cart:-")
         self.assertEqual((stats.get("triggered"), stats.get("already pending"), stats.get("cancelled"),
-                          stats.get("granted")), ("5", "2", "1", "1"), stats)
+                          stats.get("granted")), ("7", "4", "1", "1"), stats)
         self.assertEqual(d.terminate(), 0)
         st = re.findall(r"event=stats .*already_pending=(\d+) pending_known=(\d+)", d.log())[-1]
-        self.assertEqual(st, ("2", "2"), "the daemon asked Redis about a wait it knew was pending")
+        self.assertEqual(st, ("4", "3"), "the daemon asked Redis about a wait it knew was pending")
 
     # ------------------------------------------------------------------ i
     def test_i_inactivity_resolution(self):

@@ -94,6 +94,17 @@ static void world_free(world *w) {
 
 static void advance(world *w, int64_t now) { store_advance(w->st, w->rs, &w->eng, now, on_out, w); }
 
+/* Nothing until at - 1, then exactly one grant, made at `at`. */
+static void expect_grant_at(world *w, int64_t at) {
+    int n = w->n;
+    advance(w, at - 1);
+    assert_int_equal(w->n, n);
+    advance(w, at);
+    assert_int_equal(w->n, n + 1);
+    assert_int_equal(w->o[n].kind, OUT_GRANT);
+    assert_int_equal(w->o[n].at, at);
+}
+
 /* One event, as replay feeds it: timers due before t fire, then the event. */
 static void event_at(world *w, const char *name, const char *user, const char *msgid, int64_t ts, const char *props) {
     char ts_s[32], json[512];
@@ -365,12 +376,7 @@ static void test_inactivity_once_per_silence_and_rearm(void **state) {
     world_init(&w, WINBACK);
     event_at(&w, "Page Viewed", "u1", "v1", T0, NULL);
     event_at(&w, "Page Viewed", "u1", "v2", T0 + 2 * DAY, NULL); /* moves the deadline to day 9 */
-    advance(&w, T0 + 9 * DAY - 1);
-    assert_int_equal(w.n, 0);
-    advance(&w, T0 + 9 * DAY);
-    assert_int_equal(w.n, 1);
-    assert_int_equal(w.o[0].kind, OUT_GRANT);
-    assert_int_equal(w.o[0].at, T0 + 9 * DAY);
+    expect_grant_at(&w, T0 + 9 * DAY);
     char id[40], occ[40], ts[32];
     engine_inactivity_occurrence(T0 + 2 * DAY, occ);
     assert_string_equal(occ, "inactive:1795687200000");
@@ -439,12 +445,7 @@ static void test_inactivity_resolution(void **state) {
     /* events of the same step do not move the silence's start */
     event_at(&w, "Page Viewed", "u1", "v1", T0, NULL);
     if (m - T0 > 1) event_at(&w, "Page Viewed", "u1", "v2", m - 1, NULL);
-    advance(&w, m + 7 * DAY - 1);
-    assert_int_equal(w.n, 0);
-    advance(&w, m + 7 * DAY);
-    assert_int_equal(w.n, 1);
-    assert_int_equal(w.o[0].kind, OUT_GRANT);
-    assert_int_equal(w.o[0].at, m + 7 * DAY);
+    expect_grant_at(&w, m + 7 * DAY);
     char id[40], occ[40], ts[32];
     engine_inactivity_occurrence(m, occ);
     engine_grant_id("winback", "u1", occ, id);
@@ -456,11 +457,7 @@ static void test_inactivity_resolution(void **state) {
     int64_t m2 = engine_activity_mark(DAY, "u1", m + 8 * DAY);
     assert_int_equal(m2, m + 8 * DAY);
     event_at(&w, "Page Viewed", "u1", "v4", m2 + 1, NULL);
-    advance(&w, m2 + DAY + 7 * DAY - 1);
-    assert_int_equal(w.n, 1);
-    advance(&w, m2 + DAY + 7 * DAY);
-    assert_int_equal(w.n, 2);
-    assert_int_equal(w.o[1].at, m2 + DAY + 7 * DAY);
+    expect_grant_at(&w, m2 + DAY + 7 * DAY);
     world_free(&w);
 }
 
