@@ -580,6 +580,7 @@ typedef struct inact_rule {
     char **events;
     size_t n_events;   /* 0 = any event */
     long long resolution_ms;
+    uint64_t id_hash;  /* of id, for the activity marks known written */
 } inact_rule;
 
 /* ---- waits known pending ---------------------------------------------------
@@ -709,7 +710,7 @@ typedef struct call_ctx {
 static void stats_flush(redis_store_t *st);
 static void pend_seen(redis_store_t *st, const char *user, uint64_t rule, uint64_t occ, int64_t due, uint64_t sent);
 static void tplk_learn(redis_store_t *st, uint64_t k);
-static uint64_t pend_hash(const char *s);
+static uint64_t pend_hash_n(const char *s, size_t n);
 
 /* ---- stats decided in C (docs/policy.md "Stats") --------------------------- */
 
@@ -821,12 +822,9 @@ static void on_call_reply(void *ud, const redisReply *reply) {
      * trigger of the rule is answered here (after a CANCEL emptied the
      * member's slot, say, or a restart) */
     if (c->pend && k == RS_PENDING && reply->elements >= 3 && reply->element[1]->type == REDIS_REPLY_INTEGER &&
-        reply->element[2]->type == REDIS_REPLY_STRING) {
-        char occ[128];
-        snprintf(occ, sizeof occ, "%.*s", (int)reply->element[2]->len, reply->element[2]->str);
-        if (reply->element[2]->len < sizeof occ)
-            pend_seen(st, c->user, c->pend_rule, pend_hash(occ), reply->element[1]->integer, c->pend_sent);
-    }
+        reply->element[2]->type == REDIS_REPLY_STRING)
+        pend_seen(st, c->user, c->pend_rule, pend_hash_n(reply->element[2]->str, reply->element[2]->len),
+                  reply->element[1]->integer, c->pend_sent);
     if (c->cb) c->cb(c->ud, k, n, k == RS_EXPLAINED || k == RS_DROPPED ? why : k == RS_PENDING ? "already pending" : NULL);
     free(c->rule);
     free(c->variant);
@@ -845,7 +843,8 @@ static void a_eval(redis_store_t *st, const argv_b *a, int script, sink_reply_cb
 
 static char *dup0(const char *s) { return s ? xstrdup(s) : NULL; }
 
-static uint64_t pend_hash(const char *s) { return hash_words(s, strlen(s)) | 1; /* never 0: 0 is a free entry */ }
+static uint64_t pend_hash_n(const char *s, size_t n) { return hash_words(s, n) | 1; /* never 0: 0 is a free entry */ }
+static uint64_t pend_hash(const char *s) { return pend_hash_n(s, strlen(s)); }
 
 static pend_slot *pend_slot_of(redis_store_t *st, uint64_t user_h) {
     if (!st->pend) st->pend = xcalloc(PEND_SLOTS, sizeof *st->pend);
@@ -885,11 +884,11 @@ void redis_store_forget(redis_store_t *st) {
     if (st && st->seen) memset(st->seen, 0, (size_t)SEEN_SETS * SEEN_WAYS * sizeof *st->seen);
 }
 
-/* 1: mark (or a later one) was already sent for (user, rule); else records
- * it as sent and returns 0. */
-static int seen_sent(redis_store_t *st, const char *user, const char *rule, int64_t mark) {
+/* 1: mark (or a later one) was already sent for (user, the rule whose id
+ * hashes to rule_h); else records it as sent and returns 0. */
+static int seen_sent(redis_store_t *st, const char *user, uint64_t rule_h, int64_t mark) {
     if (!st->seen) st->seen = xcalloc((size_t)SEEN_SETS * SEEN_WAYS, sizeof *st->seen);
-    uint64_t key = hash_words(user, strlen(user)) * 31 + hash_words(rule, strlen(rule));
+    uint64_t key = hash_words(user, strlen(user)) * 31 + rule_h;
     key |= 1; /* never 0: 0 is a free way */
     seen_slot *set = &st->seen[(key >> 7) % SEEN_SETS * SEEN_WAYS], *victim = set;
     for (int k = 0; k < SEEN_WAYS; k++) {
@@ -1388,6 +1387,7 @@ static void inact_refresh(redis_store_t *st) {
         c->id = xstrdup(r->id);
         c->n_events = r->n_events;
         c->resolution_ms = r->resolution_ms;
+        c->id_hash = hash_words(r->id, strlen(r->id));
         c->events = r->n_events ? xcalloc(r->n_events, sizeof *c->events) : NULL;
         for (size_t j = 0; j < r->n_events; j++) c->events[j] = xstrdup(r->events[j]);
     }
@@ -1506,7 +1506,7 @@ int redis_store_apply(redis_store_t *st, const intent_t *in, const char *topic, 
             for (size_t j = 0; !counts && j < r->n_events; j++) counts = !strcmp(r->events[j], in->event);
             if (!counts) continue;
             int64_t mark = engine_activity_mark(r->resolution_ms, in->user, in->ts);
-            if (r->resolution_ms > 1 && seen_sent(st, in->user, r->id, mark)) {
+            if (r->resolution_ms > 1 && seen_sent(st, in->user, r->id_hash, mark)) {
                 st->stats.touches_skipped++;
                 continue;
             }
