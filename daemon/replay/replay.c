@@ -8,6 +8,7 @@
 #include "../policy/stats.h"
 #include "../rules/rules.h"
 #include "../enrich/enrich.h"
+#include "spool.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -17,14 +18,6 @@
 #include <string.h>
 #include <unistd.h>
 
-/* One output line, kept until the end so lines can be ordered by issue time.
- * Its text is in replay_state.text (one buffer for all lines: an allocation
- * per line, and its free at exit, cost more than the copy). */
-typedef struct out_line {
-    int64_t at;
-    size_t seq;
-    size_t off, len;
-} out_line;
 
 /* Revisits plugins asked for (host->revisit_at): a min-heap by due time
  * (ties: request order), with the latest request per (plugin, member) in a
@@ -166,9 +159,7 @@ typedef struct replay_state {
     int explain;
     store_t *store;
     const ruleset_t *rs;
-    out_line *out;
-    size_t nout, capout;
-    strbuf text;              /* the lines' text, back to back */
+    spool out;                /* the lines, ordered by time at the end */
     size_t granted, suppressed, repeats, progress;
     enrich_t en;
     revisits rv;
@@ -191,15 +182,7 @@ static void after_plugins(replay_state *r, const char *user, plugin_run_t *run) 
     plugin_run_free(run);
 }
 
-static void emit(replay_state *r, int64_t at, const char *json, size_t len) {
-    if (r->nout == r->capout) {
-        r->capout = r->capout ? r->capout * 2 : 256;
-        r->out = xrealloc(r->out, r->capout * sizeof *r->out);
-    }
-    r->out[r->nout] = (out_line){at, r->nout, r->text.len, len};
-    sb_append(&r->text, json, len);
-    r->nout++;
-}
+static void emit(replay_state *r, int64_t at, const char *json, size_t len) { spool_add(&r->out, at, json, len); }
 
 /* What the store did. Count progress ("count 2/3") is not an explain line:
  * it is the normal state of a count rule, not a suppression, and would turn
@@ -287,12 +270,6 @@ static void add_stat(void *ud, const char *rule, const char *variant, const char
     stats_table_add(ud, rule, variant, field, v);
 }
 
-static int cmp_out(const void *a, const void *b) {
-    const out_line *x = a, *y = b;
-    if (x->at != y->at) return x->at < y->at ? -1 : 1;
-    return x->seq < y->seq ? -1 : x->seq > y->seq;
-}
-
 static void usage(FILE *f) {
     fputs("usage: benefitd replay --rules DIR [--config FILE] [--until TIME] [--explain] [--stats [--json]] "
           "[--pool NAME=FILE]... EVENTS.jsonl|-\n",
@@ -337,7 +314,7 @@ int replay_main(int argc, char **argv) {
     diag_init(&diag);
     ruleset_t *rs = NULL;
     line_reader in = {.fd = -1};
-    replay_state r = {.explain = explain};
+    replay_state r = {.explain = explain, .out = {.fd = -1}};
     engine_t eng;
     engine_init(&eng);
 
@@ -361,6 +338,10 @@ int replay_main(int argc, char **argv) {
      * replay hands them out in that order, so its output is reproducible
      * (live pops them at random, SPOP). Loaded before the rules so a bad
      * file is reported first. */
+    if (spool_open(&r.out) != 0) {
+        fprintf(stderr, "benefitd replay: no room for the output: %s\n", strerror(errno));
+        goto out;
+    }
     r.store = store_mem_new();
     store_mem_set_timezone(r.store, cfg.timezone);
     store_mem_set_policy(r.store, cfg.fcap_count, cfg.fcap_period_ms, cfg.quiet_start_min, cfg.quiet_end_min);
@@ -474,10 +455,9 @@ int replay_main(int argc, char **argv) {
         run_revisits(&r, &eng, &clk, end_ms);
         store_advance(r.store, rs, &eng, end_ms, on_out, &r);
     }
-    qsort(r.out, r.nout, sizeof *r.out, cmp_out);
-    for (size_t i = 0; i < r.nout; i++) {
-        fwrite(r.text.s + r.out[i].off, 1, r.out[i].len, stdout);
-        fputc('\n', stdout);
+    if (spool_write_ordered(&r.out, stdout) != 0) {
+        fprintf(stderr, "benefitd replay: writing the output: %s\n", strerror(errno));
+        rc = 1;
     }
     if (stats) {
         /* the same table as `benefitd stats`, from the in-memory counters */
@@ -497,8 +477,7 @@ int replay_main(int argc, char **argv) {
         fprintf(stderr, "replay: %zu wait(s) still pending at %s (use --until to let them run out)\n", pending, ts);
     }
 out:
-    free(r.out);
-    sb_free(&r.text);
+    spool_close(&r.out);
     store_free(r.store);
     rv_free(&r.rv);
     free(in.buf);
