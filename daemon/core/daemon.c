@@ -1482,14 +1482,15 @@ static void log_stats(daemon_state *d) {
     redis_store_stats(d->store, &t);
     log_info("stats", "consumed=%llu decoded=%llu dead_letter=%llu grants=%llu pushed=%llu repeats=%llu refused=%llu "
              "suppressed=%llu "
-             "inflight=%zu redis_reconnects=%llu scheduled=%llu already_pending=%llu pending_known=%llu cancelled=%llu "
+             "inflight=%zu redis_reconnects=%llu scheduled=%llu already_pending=%llu pending_known=%llu held=%llu "
+             "cancelled=%llu "
              "touches_skipped=%llu timers_fired=%llu timer_repeats=%llu waits_dropped=%llu inactivity_fired=%llu read_holds=%llu",
              (unsigned long long)kafka_source_consumed(d->src), (unsigned long long)d->events_ok,
              (unsigned long long)d->events_dead, (unsigned long long)d->grants_sent,
              (unsigned long long)d->grants_pushed, (unsigned long long)d->grants_repeat,
              (unsigned long long)d->grants_refused, (unsigned long long)d->suppressed, redis_sink_inflight(d->sink), (unsigned long long)reconnects,
              (unsigned long long)d->scheduled, (unsigned long long)d->already_pending,
-             (unsigned long long)t.pending_known, (unsigned long long)d->cancelled,
+             (unsigned long long)t.pending_known, (unsigned long long)t.held, (unsigned long long)d->cancelled,
              (unsigned long long)t.touches_skipped, (unsigned long long)t.fired, (unsigned long long)t.fired_repeats,
              (unsigned long long)t.dropped, (unsigned long long)t.inact_fired, (unsigned long long)d->read_holds);
 }

@@ -602,12 +602,15 @@ typedef struct inact_rule {
 #define PEND_SLOTS 131072
 #define PEND_RULES 4
 
+struct call_ctx;
+
 typedef struct pend_slot {
     uint64_t user;              /* pend_hash of the member's id; 0 = free */
     uint64_t cancel_sent;       /* send number of the last CANCEL that hashed here */
     struct {
         uint64_t rule, occ;     /* rule 0 = free */
-        int64_t due;
+        int64_t due;            /* INT64_MIN: no wait known (only a schedule in flight) */
+        struct call_ctx *fly;   /* the rule's schedule sent and not answered yet, or NULL */
     } w[PEND_RULES];
 } pend_slot;
 
@@ -703,12 +706,26 @@ typedef struct call_ctx {
     /* a schedule, to remember when Redis answers RS_SCHEDULED (pend_seen) */
     int pend;
     uint64_t pend_rule, pend_occ, pend_sent;
-    int64_t pend_due;
+    int64_t pend_due, pend_ts;
+    /* schedules of the same member and rule that came while this one was in
+     * flight, held until its answer (see "schedules held behind one in flight") */
+    struct parked *parked, **parked_tail;
 } call_ctx;
+
+/* A schedule built and not sent: its arguments and the context its reply
+ * would have had. */
+typedef struct parked {
+    struct parked *next;
+    call_ctx *c;
+    argv_b a;
+} parked;
 
 
 static void stats_flush(redis_store_t *st);
 static void pend_seen(redis_store_t *st, const char *user, uint64_t rule, uint64_t occ, int64_t due, uint64_t sent);
+static void pend_land(redis_store_t *st, call_ctx *c);
+static void park_release(redis_store_t *st, parked *list, int decide);
+static void call_ctx_free(call_ctx *c);
 static void tplk_learn(redis_store_t *st, uint64_t k);
 static uint64_t pend_hash_n(const char *s, size_t n);
 
@@ -799,6 +816,7 @@ static void on_call_reply(void *ud, const redisReply *reply) {
     rs_outcome k = parse_reply(reply, &n);
     if (k == RS_ERROR)
         log_error("redis_store_reply", "script=%d type=%d", c->script, reply ? reply->type : -1);
+    if (c->pend) pend_land(st, c);
     const char *why = c->reason;
     if (k == RS_EXPLAINED && reply->elements >= 2 && reply->element[1]->type == REDIS_REPLY_STRING)
         why = reply->element[1]->str; /* a policy reason, or a soft reason at fire time */
@@ -826,11 +844,11 @@ static void on_call_reply(void *ud, const redisReply *reply) {
         pend_seen(st, c->user, c->pend_rule, pend_hash_n(reply->element[2]->str, reply->element[2]->len),
                   reply->element[1]->integer, c->pend_sent);
     if (c->cb) c->cb(c->ud, k, n, k == RS_EXPLAINED || k == RS_DROPPED ? why : k == RS_PENDING ? "already pending" : NULL);
-    free(c->rule);
-    free(c->variant);
-    free(c->user);
-    free(c->reason);
-    free(c);
+    /* the schedules held behind this one, decided now that it is answered */
+    parked *held = c->parked;
+    c->parked = NULL;
+    park_release(st, held, 1);
+    call_ctx_free(c);
 }
 
 /* Queues the script with a's arguments (the sink copies them). */
@@ -878,9 +896,14 @@ static void tplk_learn(redis_store_t *st, uint64_t k) {
     st->tplk_n++;
 }
 
+static void slot_flush(redis_store_t *st, pend_slot *p);
+
 void redis_store_forget(redis_store_t *st) {
     if (st && st->tplk) memset(st->tplk, 0, TPLK_SLOTS * sizeof *st->tplk), st->tplk_n = 0;
-    if (st && st->pend) memset(st->pend, 0, PEND_SLOTS * sizeof *st->pend);
+    if (st && st->pend) {
+        for (size_t i = 0; i < PEND_SLOTS; i++) slot_flush(st, &st->pend[i]);
+        memset(st->pend, 0, PEND_SLOTS * sizeof *st->pend);
+    }
     if (st && st->seen) memset(st->seen, 0, (size_t)SEEN_SETS * SEEN_WAYS * sizeof *st->seen);
 }
 
@@ -914,29 +937,113 @@ static int pend_known(redis_store_t *st, const char *user, uint64_t rule, uint64
     return 0;
 }
 
+/* ---- schedules held behind one in flight -----------------------------------
+ * A member's triggers of a rule often come in one Kafka batch (a session's
+ * cart adds): the first schedule is in flight when the next ones are decided,
+ * so the table above cannot answer them yet, and each cost Redis a script
+ * call that says `already pending`. Such a schedule is held (built, not
+ * sent) behind the one in flight, found through the member's slot. When that
+ * one is answered, each held one is decided as if it came then: answered here
+ * if the table now knows the wait, else sent (or held again behind another).
+ * Nothing else a member's later events send reads or writes the rule's wait
+ * except a CANCEL, and a CANCEL of the member sends whatever is held first,
+ * in order; so does anything that drops the slot (another member taking it,
+ * redis_store_forget). The held schedule's offset stays uncommitted until it
+ * is answered, like any write. */
+
+/* Sends every schedule held in slot p, in order, and forgets the calls in
+ * flight there (their answers still come). */
+static void slot_flush(redis_store_t *st, pend_slot *p) {
+    for (int k = 0; k < PEND_RULES; k++) {
+        call_ctx *f = p->w[k].fly;
+        if (!f) continue;
+        p->w[k].fly = NULL;
+        parked *list = f->parked;
+        f->parked = NULL;
+        f->parked_tail = &f->parked;
+        park_release(st, list, 0);
+    }
+}
+
+/* Slot p for member u, emptied (what it held sent) if another member had it. */
+static void slot_take(redis_store_t *st, pend_slot *p, uint64_t u) {
+    if (p->user == u) return;
+    slot_flush(st, p);
+    uint64_t c = p->cancel_sent;
+    memset(p, 0, sizeof *p);
+    p->cancel_sent = c;
+    p->user = u;
+}
+
+/* The entry of rule in p: its own, else a free one, else one emptied for it. */
+static int slot_rule(redis_store_t *st, pend_slot *p, uint64_t rule) {
+    int k = 0;
+    while (k < PEND_RULES && p->w[k].rule && p->w[k].rule != rule) k++;
+    if (k < PEND_RULES) return k;
+    k = (int)(rule % PEND_RULES); /* full: any will do */
+    call_ctx *f = p->w[k].fly;
+    if (f) {
+        p->w[k].fly = NULL;
+        parked *list = f->parked;
+        f->parked = NULL;
+        f->parked_tail = &f->parked;
+        park_release(st, list, 0);
+    }
+    p->w[k].rule = 0;
+    return k;
+}
+
 /* A schedule that Redis recorded (sent as call number sent). */
 static void pend_seen(redis_store_t *st, const char *user, uint64_t rule, uint64_t occ, int64_t due, uint64_t sent) {
     uint64_t u = pend_hash(user);
     pend_slot *p = pend_slot_of(st, u);
     if (p->cancel_sent >= sent) return; /* a CANCEL sent after it may have removed it */
-    if (p->user != u) {
-        uint64_t c = p->cancel_sent;
-        memset(p, 0, sizeof *p);
-        p->cancel_sent = c;
-        p->user = u;
-    }
-    int k = 0;
-    while (k < PEND_RULES && p->w[k].rule && p->w[k].rule != rule) k++;
-    if (k == PEND_RULES) k = (int)(due % PEND_RULES); /* full: any will do */
+    slot_take(st, p, u);
+    int k = slot_rule(st, p, rule);
     p->w[k].rule = rule;
     p->w[k].occ = occ;
     p->w[k].due = due;
 }
 
-/* A CANCEL of user is being sent: whatever its slot holds may be gone. */
+/* c, a schedule, was just sent: later ones of its member and rule wait for it. */
+static void pend_fly(redis_store_t *st, call_ctx *c) {
+    uint64_t u = pend_hash(c->user);
+    pend_slot *p = pend_slot_of(st, u);
+    slot_take(st, p, u);
+    int k = slot_rule(st, p, c->pend_rule);
+    if (p->w[k].rule != c->pend_rule) {
+        p->w[k].rule = c->pend_rule;
+        p->w[k].occ = 0;
+        p->w[k].due = INT64_MIN;
+    }
+    p->w[k].fly = c;
+}
+
+/* The schedule in flight for (user, rule), if the slot still knows it. */
+static call_ctx *pend_flying(redis_store_t *st, const char *user, uint64_t rule) {
+    uint64_t u = pend_hash(user);
+    pend_slot *p = st->pend ? pend_slot_of(st, u) : NULL;
+    if (!p || p->user != u) return NULL;
+    for (int k = 0; k < PEND_RULES; k++)
+        if (p->w[k].rule == rule) return p->w[k].fly;
+    return NULL;
+}
+
+/* c's answer came: it is no longer in flight. */
+static void pend_land(redis_store_t *st, call_ctx *c) {
+    uint64_t u = pend_hash(c->user);
+    pend_slot *p = st->pend ? pend_slot_of(st, u) : NULL;
+    if (!p || p->user != u) return;
+    for (int k = 0; k < PEND_RULES; k++)
+        if (p->w[k].fly == c) p->w[k].fly = NULL;
+}
+
+/* A CANCEL of user is being sent: whatever its slot holds may be gone, and
+ * what is held there goes first. */
 static void pend_cancel(redis_store_t *st, const char *user) {
     if (!st->pend) return;
     pend_slot *p = pend_slot_of(st, pend_hash(user));
+    slot_flush(st, p);
     uint64_t c = st->sends;
     memset(p, 0, sizeof *p);
     p->cancel_sent = c;
@@ -944,16 +1051,80 @@ static void pend_cancel(redis_store_t *st, const char *user) {
 
 /* Sends the script; rule/variant/user/reason (copied) are what its reply is
  * counted under (rule NULL: nothing to count but cancels of user). */
-static call_ctx *a_send_x(redis_store_t *st, argv_b *a, int script, rs_done_cb cb, void *ud, const char *rule,
-                          const char *variant, const char *user, const char *reason) {
+static call_ctx *a_ctx_new(redis_store_t *st, int script, rs_done_cb cb, void *ud, const char *rule,
+                           const char *variant, const char *user, const char *reason) {
     call_ctx *c = xcalloc(1, sizeof *c);
     *c = (call_ctx){st, script, cb, ud, dup0(rule), dup0(variant), dup0(user), dup0(reason), st->send_at, st->tpl_sent,
-                    0, 0, 0, 0, 0};
+                    0, 0, 0, 0, 0, 0, NULL, NULL};
+    c->parked_tail = &c->parked;
     st->tpl_sent = 0;
+    return c;
+}
+
+static void a_send_ctx(redis_store_t *st, argv_b *a, call_ctx *c) {
     c->pend_sent = ++st->sends;
-    a_eval(st, a, script, on_call_reply, c);
+    a_eval(st, a, c->script, on_call_reply, c);
     a_free(a);
+}
+
+static call_ctx *a_send_x(redis_store_t *st, argv_b *a, int script, rs_done_cb cb, void *ud, const char *rule,
+                          const char *variant, const char *user, const char *reason) {
+    call_ctx *c = a_ctx_new(st, script, cb, ud, rule, variant, user, reason);
+    a_send_ctx(st, a, c);
     return c; /* valid until the reply: the caller fills in at once */
+}
+
+static void call_ctx_free(call_ctx *c) {
+    free(c->rule);
+    free(c->variant);
+    free(c->user);
+    free(c->reason);
+    free(c);
+}
+
+/* `already pending` without a call: what the reply would have done. */
+static void answer_pending(redis_store_t *st, call_ctx *c) {
+    count_outcome(st, RS_PENDING, 0);
+    stat_reason(st, c->rule, c->variant, c->user, "already pending", c->at);
+    if (c->cb) c->cb(c->ud, RS_PENDING, 0, "already pending");
+}
+
+/* A schedule c with arguments a, decided now: answered here when the table
+ * knows the rule's wait pending (2), held behind the rule's schedule in
+ * flight, else sent and then in flight itself (1). Takes a and c. */
+static int schedule_go(redis_store_t *st, argv_b *a, call_ctx *c) {
+    if (pend_known(st, c->user, c->pend_rule, c->pend_occ, c->pend_ts)) {
+        st->stats.pending_known++;
+        answer_pending(st, c);
+        a_free(a);
+        call_ctx_free(c);
+        return 2;
+    }
+    call_ctx *f = pend_flying(st, c->user, c->pend_rule);
+    if (f) {
+        parked *h = xmalloc(sizeof *h);
+        h->next = NULL;
+        h->c = c;
+        h->a = *a; /* the vector moves into h */
+        *f->parked_tail = h;
+        f->parked_tail = &h->next;
+        st->stats.held++;
+        return 1;
+    }
+    a_send_ctx(st, a, c);
+    pend_fly(st, c);
+    return 1;
+}
+
+/* Decides (decide: as schedule_go) or sends (0: in order, now) each held schedule of list. */
+static void park_release(redis_store_t *st, parked *list, int decide) {
+    while (list) {
+        parked *h = list;
+        list = h->next;
+        if (decide) schedule_go(st, &h->a, h->c);
+        else a_send_ctx(st, &h->a, h->c);
+        free(h);
+    }
 }
 
 
@@ -1444,13 +1615,14 @@ int redis_store_apply(redis_store_t *st, const intent_t *in, const char *topic, 
         return 0;
     case INTENT_GRANT:
     case INTENT_SCHEDULE: {
-        int sched = in->wait_ms > 0 && !(in->reason && !in->reason_soft);
+        int sched = in->wait_ms > 0 && !(in->reason && !in->reason_soft) && in->user;
         uint64_t rule_h = 0, occ_h = 0;
         if (sched) {
             char obuf[128];
             rule_h = pend_hash(in->rule->id);
             occ_h = pend_hash(wait_occ_of(in, NULL, obuf, sizeof obuf));
             if (pend_known(st, in->user, rule_h, occ_h, in->ts)) {
+                /* before building the call: the common answer costs no arguments */
                 a_free(&a);
                 count_outcome(st, RS_PENDING, 0);
                 st->stats.pending_known++;
@@ -1465,14 +1637,17 @@ int redis_store_apply(redis_store_t *st, const intent_t *in, const char *topic, 
             a_free(&a);
             return 0;
         }
-        call_ctx *c = a_send_x(st, &a, S_ISSUE, cb, ud, in->rule->id, in->variant, in->user, in->reason);
-        if (sched && c->user) {
-            c->pend = 1;
-            c->pend_rule = rule_h;
-            c->pend_occ = occ_h;
-            c->pend_due = in->ts + in->wait_ms;
+        call_ctx *c = a_ctx_new(st, S_ISSUE, cb, ud, in->rule->id, in->variant, in->user, in->reason);
+        if (!sched) {
+            a_send_ctx(st, &a, c);
+            return 1;
         }
-        return 1;
+        c->pend = 1;
+        c->pend_rule = rule_h;
+        c->pend_occ = occ_h;
+        c->pend_due = in->ts + in->wait_ms;
+        c->pend_ts = in->ts;
+        return schedule_go(st, &a, c);
     }
     case INTENT_COUNT_GRANT:
         k_member(st, &a, in->user, "cnt:", in->rule->id);

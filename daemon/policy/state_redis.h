@@ -94,6 +94,7 @@ typedef struct rs_stats {
     uint64_t fired, fired_repeats, dropped, stale, inact_fired, scheduled, cancelled, pending_hits, errors;
     uint64_t pending_known; /* of pending_hits, those answered without a call (redis_store_apply's 2) */
     uint64_t touches_skipped; /* activity marks not sent: already written (a rule's `resolution`) */
+    uint64_t held;          /* schedules held behind their member's and rule's schedule in flight */
     /* grant steps suppressed by policy (docs/policy.md) */
     uint64_t limited, budget, pool_empty, blocked;
 } rs_stats_t;

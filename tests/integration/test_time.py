@@ -16,6 +16,7 @@ import datetime
 import json
 import os
 import re
+import signal
 import sys
 import time
 import unittest
@@ -520,6 +521,47 @@ class TimeTest(IntegrationTest):
         st = re.findall(r"event=stats .*touches_skipped=(\d+)", d.log())
         self.assertTrue(st, "no stats line")
         self.assertEqual(int(st[-1]), skipped, "touches skipped: the daemon sent a mark it had already sent")
+
+    # ------------------------------------------------------------------ j
+    def test_j_held_behind_the_schedule_in_flight(self):
+        """Triggers of a rule that reach the daemon in one Kafka batch, while
+        their member's first schedule of the rule is in flight, are held
+        behind it and answered `already pending` by the daemon once Redis
+        has answered it; a cancel of the member sends what is held first, in
+        order, so the cancel still removes the wait those triggers found. The
+        daemon is stopped while the events are produced, so that it reads
+        them in one fetch."""
+        cart = rule("cart", "{event: Product Added}", "{benefit: coupon, sku: C, value: 1, channel: email}",
+                    "wait: 8s\ncancel_on: [Order Completed]\n")
+        d, = self.start({"cart.yaml": cart})
+        c = self.env.client()
+        b = now_ms() - 500
+        events = [tev("Product Added", "p1", "p-1", b),          # scheduled
+                  tev("Product Added", "p1", "p-2", b + 1),      # held, then sent before the cancel: Redis says pending
+                  tev("Product Added", "p1", "p-3", b + 2),      # likewise
+                  tev("Order Completed", "p1", "p-4", b + 3),    # cancels p-1's wait
+                  tev("Product Added", "p1", "p-5", b + 4),      # a new wait
+                  tev("Product Added", "p1", "p-6", b + 5),      # held, answered by the daemon
+                  tev("Product Added", "p2", "q-1", b + 6),      # another member: scheduled
+                  tev("Product Added", "p2", "q-2", b + 7)]      # held, answered by the daemon
+        path = self.events_file(events, "batch.jsonl")
+        d.send(signal.SIGSTOP)
+        try:
+            self.env.kafka.produce(path)
+        finally:
+            d.send(signal.SIGCONT)
+        self.env.wait_all_committed(timeout=20)
+        rep, rep_ids = self.replay_ids(path, b + 60000)
+        self.assertEqual({g["trigger"]["message_id"] for g in rep.grants}, {"p-5", "q-1"})
+        self.wait_ids(rep_ids, 20, "the waits of p-5 and q-1 to fire")
+        wait_for(self.quiet, 10, "every timer to be spent")
+        self.assertLiveEqualsReplay(rep_ids)
+        stats = c.hgetall("bd:stats:cart:-")
+        self.assertEqual((stats.get("triggered"), stats.get("already pending"), stats.get("cancelled"),
+                          stats.get("granted")), ("7", "4", "1", "2"), stats)
+        self.assertEqual(d.terminate(), 0)
+        st = re.findall(r"event=stats .*already_pending=(\d+) pending_known=(\d+) held=(\d+)", d.log())[-1]
+        self.assertEqual(st, ("4", "2", "4"), "already pending / answered by the daemon / held")
 
 
 if __name__ == "__main__":
