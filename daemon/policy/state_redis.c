@@ -466,7 +466,8 @@ static const char LUA_INACT[] = LUA_START
 
 /* STATS: the counters decided in C (reasons of the engine, soft reasons of a
  * fired wait, cancelled, already pending, dropped waits, triggered), as
- * (op, key, field) triples: 'h' HINCRBY key field 1, 's' SADD key field,
+ * (op, key, field) triples: 'h' HINCRBY key field 1, a number N HINCRBY key
+ * field N (the daemon sums a batch's counts), 's' SADD key field,
  * 'r' a holdout assignment into the recent hash key: field is
  * "h:RULE RS variant RS at RS window RS keep", window being the rule's
  * attribution window (kept while one inside its window stands). */
@@ -484,7 +485,8 @@ static const char LUA_STATS[] =
     "      redis.call('HSET', rk, f[1], string.sub(f[1], 3) .. RS .. f[2] .. RS .. f[3] .. RS .. f[4])\n"
     "    end\n"
     "    recent_expire(rk, keep, n == 0)\n"
-    "  elseif ARGV[k] == 's' then redis.call('SADD', ARGV[k + 1], ARGV[k + 2]) end\n"
+    "  elseif ARGV[k] == 's' then redis.call('SADD', ARGV[k + 1], ARGV[k + 2])\n"
+    "  else count(ARGV[k + 1], ARGV[k + 2], tonumber(ARGV[k])) end\n"
     "end\n"
     "return {7}\n";
 
@@ -642,6 +644,16 @@ typedef struct seen_slot {
 #define TPLK_SLOTS 4096
 #define TPL_ID_LEN 8
 
+/* ---- counters summed per stats batch (stat_add) ---------------------------- */
+#define CTR_MAX 256
+#define CTR_SLOTS 512
+
+typedef struct stat_ctr {
+    uint64_t h;       /* of (rule, variant, field) */
+    size_t off;       /* its text in ctr_text */
+    long long n;
+} stat_ctr;
+
 struct redis_store {
     redis_sink_t *sink;
     const config_t *cfg;
@@ -663,8 +675,17 @@ struct redis_store {
     size_t n_inact;
     policy_quiet_cache quiet;
     argv_b sb;        /* the pending batch of counters (LUA_STATS triples) */
+    /* counters summed until that batch goes (stat_add): entries, and an
+     * open-addressed index of them (entry + 1; 0 = free) */
+    stat_ctr ctr[CTR_MAX];
+    int n_ctr;
+    uint16_t ctr_slot[CTR_SLOTS];
+    strbuf ctr_text;  /* entries' rule, variant and field, NUL-terminated, back to back */
     int sb_recent;    /* ... holding holdout assignments ('r'), which a LOOP reads */
     int64_t send_at;  /* the decision time of what is being sent (holdout assignments) */
+    const char **evp; /* a_eval's argument pointers */
+    argv_b scratch;   /* redis_store_apply's call being built */
+    size_t evp_cap;
     pend_slot *pend;  /* PEND_SLOTS, allocated on first use */
     seen_slot *seen;  /* SEEN_SETS x SEEN_WAYS, allocated on first use */
     uint64_t sends;   /* calls sent, numbering them for the pend table */
@@ -735,11 +756,33 @@ static void k_stats(redis_store_t *st, argv_b *a, const char *rule, const char *
     a_fmt(a, "%sstats:%s:%s%s", st->cfg->key_prefix, rule, variant && *variant ? variant : "-", tail ? tail : "");
 }
 
+/* Counters are summed here until the stats batch goes: a (rule, variant,
+ * field) counted 200 times in a Kafka batch (`triggered`, mostly) is one
+ * triple for Redis, not 200 (each argument costs Redis a Lua string, each
+ * triple a turn of the script's loop). Their text is copied: a reload may
+ * free the ruleset before the batch goes. */
 static void stat_add(redis_store_t *st, const char *rule, const char *variant, const char *field) {
-    a_str(&st->sb, "h");
-    k_stats(st, &st->sb, rule, variant, NULL);
-    a_str(&st->sb, field);
-    if (st->sb.n >= 3 * TOUCH_BATCH) stats_flush(st);
+    if (!variant) variant = "";
+    size_t lr = strlen(rule), lv = strlen(variant), lf = strlen(field);
+    uint64_t h = (hash_words(rule, lr) * 31 + hash_words(variant, lv)) * 31 + hash_words(field, lf);
+    size_t j = (size_t)h & (CTR_SLOTS - 1);
+    for (;;) {
+        int e = st->ctr_slot[j] - 1;
+        if (e < 0) break;
+        stat_ctr *c = &st->ctr[e];
+        const char *t = st->ctr_text.s + c->off;
+        if (c->h == h && !strcmp(t, rule) && !strcmp(t + lr + 1, variant) && !strcmp(t + lr + lv + 2, field)) {
+            c->n++;
+            return;
+        }
+        j = (j + 1) & (CTR_SLOTS - 1);
+    }
+    st->ctr[st->n_ctr] = (stat_ctr){h, st->ctr_text.len, 1};
+    st->ctr_slot[j] = ++st->n_ctr;
+    sb_append(&st->ctr_text, rule, lr + 1);
+    sb_append(&st->ctr_text, variant, lv + 1);
+    sb_append(&st->ctr_text, field, lf + 1);
+    if (st->n_ctr >= CTR_MAX || st->sb.n >= 3 * TOUCH_BATCH) stats_flush(st);
 }
 
 /* A decision that granted nothing; a holdout also adds its member to the
@@ -853,13 +896,14 @@ static void on_call_reply(void *ud, const redisReply *reply) {
 
 /* Queues the script with a's arguments (the sink copies them). */
 static void a_eval(redis_store_t *st, const argv_b *a, int script, sink_reply_cb reply, void *ctx) {
-    const char **p = xmalloc((size_t)(a->n ? a->n : 1) * sizeof *p);
-    for (int i = 0; i < a->n; i++) p[i] = a->buf.s + a->off[i];
-    redis_sink_eval(st->sink, st->sh[script], a->n, p, a->len, reply, ctx);
-    free(p);
+    if ((size_t)a->n > st->evp_cap) {
+        st->evp_cap = (size_t)a->n * 2;
+        st->evp = xrealloc(st->evp, st->evp_cap * sizeof *st->evp);
+    }
+    for (int i = 0; i < a->n; i++) st->evp[i] = a->buf.s + a->off[i];
+    redis_sink_eval(st->sink, st->sh[script], a->n, st->evp, a->len, reply, ctx);
 }
 
-static char *dup0(const char *s) { return s ? xstrdup(s) : NULL; }
 
 static uint64_t pend_hash_n(const char *s, size_t n) { return hash_words(s, n) | 1; /* never 0: 0 is a free entry */ }
 static uint64_t pend_hash(const char *s) { return pend_hash_n(s, strlen(s)); }
@@ -1051,20 +1095,36 @@ static void pend_cancel(redis_store_t *st, const char *user) {
 
 /* Sends the script; rule/variant/user/reason (copied) are what its reply is
  * counted under (rule NULL: nothing to count but cancels of user). */
+/* The context of a call about to be sent, with its copies of the strings
+ * after it (one allocation: there is one per write). */
 static call_ctx *a_ctx_new(redis_store_t *st, int script, rs_done_cb cb, void *ud, const char *rule,
                            const char *variant, const char *user, const char *reason) {
-    call_ctx *c = xcalloc(1, sizeof *c);
-    *c = (call_ctx){st, script, cb, ud, dup0(rule), dup0(variant), dup0(user), dup0(reason), st->send_at, st->tpl_sent,
+    const char *in[4] = {rule, variant, user, reason};
+    size_t len[4], total = 0;
+    for (int k = 0; k < 4; k++) total += in[k] ? (len[k] = strlen(in[k])) + 1 : 0;
+    call_ctx *c = xmalloc(sizeof *c + total);
+    char *o = (char *)(c + 1), *out[4];
+    for (int k = 0; k < 4; k++) {
+        out[k] = in[k] ? memcpy(o, in[k], len[k] + 1) : NULL;
+        if (in[k]) o += len[k] + 1;
+    }
+    *c = (call_ctx){st, script, cb, ud, out[0], out[1], out[2], out[3], st->send_at, st->tpl_sent,
                     0, 0, 0, 0, 0, 0, NULL, NULL};
     c->parked_tail = &c->parked;
     st->tpl_sent = 0;
     return c;
 }
 
+/* Done with a: the store's own vector is kept for the next call. */
+static void a_release(redis_store_t *st, argv_b *a) {
+    if (a == &st->scratch) a_reset(a);
+    else a_free(a);
+}
+
 static void a_send_ctx(redis_store_t *st, argv_b *a, call_ctx *c) {
     c->pend_sent = ++st->sends;
     a_eval(st, a, c->script, on_call_reply, c);
-    a_free(a);
+    a_release(st, a);
 }
 
 static call_ctx *a_send_x(redis_store_t *st, argv_b *a, int script, rs_done_cb cb, void *ud, const char *rule,
@@ -1074,13 +1134,7 @@ static call_ctx *a_send_x(redis_store_t *st, argv_b *a, int script, rs_done_cb c
     return c; /* valid until the reply: the caller fills in at once */
 }
 
-static void call_ctx_free(call_ctx *c) {
-    free(c->rule);
-    free(c->variant);
-    free(c->user);
-    free(c->reason);
-    free(c);
-}
+static void call_ctx_free(call_ctx *c) { free(c); }
 
 /* `already pending` without a call: what the reply would have done. */
 static void answer_pending(redis_store_t *st, call_ctx *c) {
@@ -1096,7 +1150,7 @@ static int schedule_go(redis_store_t *st, argv_b *a, call_ctx *c) {
     if (pend_known(st, c->user, c->pend_rule, c->pend_occ, c->pend_ts)) {
         st->stats.pending_known++;
         answer_pending(st, c);
-        a_free(a);
+        a_release(st, a);
         call_ctx_free(c);
         return 2;
     }
@@ -1105,7 +1159,13 @@ static int schedule_go(redis_store_t *st, argv_b *a, call_ctx *c) {
         parked *h = xmalloc(sizeof *h);
         h->next = NULL;
         h->c = c;
-        h->a = *a; /* the vector moves into h */
+        if (a == &st->scratch) { /* a copy: the store's vector stays */
+            a_init(&h->a);
+            for (int k = 0; k < a->n; k++) a_add(&h->a, a->buf.s + a->off[k], a->len[k]);
+            a_reset(a);
+        } else {
+            h->a = *a; /* the vector moves into h */
+        }
         *f->parked_tail = h;
         f->parked_tail = &h->next;
         st->stats.held++;
@@ -1156,6 +1216,19 @@ static void on_stats_reply(void *ud, const redisReply *reply) {
 }
 
 static void stats_flush(redis_store_t *st) {
+    for (int e = 0; e < st->n_ctr; e++) {
+        const stat_ctr *c = &st->ctr[e];
+        const char *rule = st->ctr_text.s + c->off, *variant = rule + strlen(rule) + 1;
+        if (c->n == 1) a_str(&st->sb, "h");
+        else a_ll(&st->sb, c->n);
+        k_stats(st, &st->sb, rule, variant, NULL);
+        a_str(&st->sb, variant + strlen(variant) + 1);
+    }
+    if (st->n_ctr) {
+        memset(st->ctr_slot, 0, sizeof st->ctr_slot);
+        st->n_ctr = 0;
+        sb_reset(&st->ctr_text);
+    }
     if (!st->sb.n) return;
     a_eval(st, &st->sb, S_STATS, on_stats_reply, NULL);
     a_reset(&st->sb);
@@ -1573,8 +1646,11 @@ void redis_store_free(redis_store_t *st) {
     free(st->tcb);
     a_free(&st->tb);
     a_free(&st->sb);
+    a_free(&st->scratch);
+    sb_free(&st->ctr_text);
     inact_clear(st);
     free(st->pend);
+    free(st->evp);
     free(st->seen);
     free(st->tplk);
     sb_free(&st->tmp);
@@ -1591,8 +1667,9 @@ void redis_store_stats(const redis_store_t *st, rs_stats_t *out) { *out = st->st
 
 int redis_store_apply(redis_store_t *st, const intent_t *in, const char *topic, int32_t partition, rs_done_cb cb,
                       void *ud) {
-    argv_b a;
-    a_init(&a);
+    /* the store's vector, kept with its capacity from call to call */
+    argv_b *a = &st->scratch;
+    a_reset(a);
     st->send_at = in->ts;
     if (in->kind != INTENT_TOUCH && in->kind != INTENT_CANCEL && in->kind != INTENT_LOOP && in->rule)
         stat_add(st, in->rule->id, in->variant, "triggered");
@@ -1601,14 +1678,14 @@ int redis_store_apply(redis_store_t *st, const intent_t *in, const char *topic, 
         /* holdout assignments still in the counters' batch go first (the
          * counters alone may wait: increments commute) */
         if (st->sb_recent) stats_flush(st);
-        a_str(&a, in->loop_kind == 'r' ? "r" : "c");
-        a_str(&a, st->cfg->key_prefix);
-        a_str(&a, in->user);
-        a_ll(&a, in->ts);
-        a_ll(&a, in->within_ms);
-        a_ll(&a, in->within_ms + LOOP_MARGIN_MS);
-        a_str(&a, in->grant_id ? in->grant_id : "");
-        a_send_x(st, &a, S_LOOP, cb, ud, NULL, NULL, NULL, NULL);
+        a_str(a, in->loop_kind == 'r' ? "r" : "c");
+        a_str(a, st->cfg->key_prefix);
+        a_str(a, in->user);
+        a_ll(a, in->ts);
+        a_ll(a, in->within_ms);
+        a_ll(a, in->within_ms + LOOP_MARGIN_MS);
+        a_str(a, in->grant_id ? in->grant_id : "");
+        a_send_x(st, a, S_LOOP, cb, ud, NULL, NULL, NULL, NULL);
         return 1;
     case INTENT_EXPLAIN:
         stat_reason(st, in->rule->id, in->variant, in->user, in->reason, in->ts);
@@ -1623,7 +1700,7 @@ int redis_store_apply(redis_store_t *st, const intent_t *in, const char *topic, 
             occ_h = pend_hash(wait_occ_of(in, NULL, obuf, sizeof obuf));
             if (pend_known(st, in->user, rule_h, occ_h, in->ts)) {
                 /* before building the call: the common answer costs no arguments */
-                a_free(&a);
+                a_reset(a);
                 count_outcome(st, RS_PENDING, 0);
                 st->stats.pending_known++;
                 stat_reason(st, in->rule->id, in->variant, in->user, "already pending", in->ts);
@@ -1631,15 +1708,15 @@ int redis_store_apply(redis_store_t *st, const intent_t *in, const char *topic, 
                 return 2;
             }
         }
-        add_issue(st, &a, in, in->ts, topic, partition, NULL, in->trigger ? in->trigger->ts_ms : INT64_MIN);
-        if (a.len[0] == 1 && a.buf.s[0] == 'x') { /* nothing to write */
+        add_issue(st, a, in, in->ts, topic, partition, NULL, in->trigger ? in->trigger->ts_ms : INT64_MIN);
+        if (a->len[0] == 1 && a->buf.s[0] == 'x') { /* nothing to write */
             stat_reason(st, in->rule->id, in->variant, in->user, in->reason, in->ts);
-            a_free(&a);
+            a_reset(a);
             return 0;
         }
         call_ctx *c = a_ctx_new(st, S_ISSUE, cb, ud, in->rule->id, in->variant, in->user, in->reason);
         if (!sched) {
-            a_send_ctx(st, &a, c);
+            a_send_ctx(st, a, c);
             return 1;
         }
         c->pend = 1;
@@ -1647,29 +1724,29 @@ int redis_store_apply(redis_store_t *st, const intent_t *in, const char *topic, 
         c->pend_occ = occ_h;
         c->pend_due = in->ts + in->wait_ms;
         c->pend_ts = in->ts;
-        return schedule_go(st, &a, c);
+        return schedule_go(st, a, c);
     }
     case INTENT_COUNT_GRANT:
-        k_member(st, &a, in->user, "cnt:", in->rule->id);
-        a_ll(&a, in->ts);
-        a_fmt(&a, "(%lld", (long long)(in->ts - in->within_ms));
-        a_ll(&a, in->within_ms + 60000); /* the window's own pruning is exact; the TTL only collects garbage */
-        a_ll(&a, in->count);
-        a_str(&a, in->occurrence);
-        add_issue(st, &a, in, in->ts, topic, partition, NULL, in->trigger ? in->trigger->ts_ms : INT64_MIN);
-        a_send_x(st, &a, S_COUNT, cb, ud, in->rule->id, in->variant, in->user, in->reason);
+        k_member(st, a, in->user, "cnt:", in->rule->id);
+        a_ll(a, in->ts);
+        a_fmt(a, "(%lld", (long long)(in->ts - in->within_ms));
+        a_ll(a, in->within_ms + 60000); /* the window's own pruning is exact; the TTL only collects garbage */
+        a_ll(a, in->count);
+        a_str(a, in->occurrence);
+        add_issue(st, a, in, in->ts, topic, partition, NULL, in->trigger ? in->trigger->ts_ms : INT64_MIN);
+        a_send_x(st, a, S_COUNT, cb, ud, in->rule->id, in->variant, in->user, in->reason);
         return 1;
     case INTENT_CANCEL:
         pend_cancel(st, in->user);
-        k_member(st, &a, in->user, "w", NULL);
-        k_member(st, &a, in->user, "waits", NULL);
-        k_member(st, &a, in->user, "wait:", NULL);
-        k_wtimers(st, &a, topic, partition);
-        a_str(&a, in->user);
-        a_ll(&a, in->ts);
-        a_str(&a, in->event);
-        a_fmt(&a, "%swtpl", st->cfg->key_prefix);
-        a_send_x(st, &a, S_CANCEL, cb, ud, NULL, NULL, in->user, NULL);
+        k_member(st, a, in->user, "w", NULL);
+        k_member(st, a, in->user, "waits", NULL);
+        k_member(st, a, in->user, "wait:", NULL);
+        k_wtimers(st, a, topic, partition);
+        a_str(a, in->user);
+        a_ll(a, in->ts);
+        a_str(a, in->event);
+        a_fmt(a, "%swtpl", st->cfg->key_prefix);
+        a_send_x(st, a, S_CANCEL, cb, ud, NULL, NULL, in->user, NULL);
         return 1;
     case INTENT_TOUCH: {
         /* Appended to the pending batch (redis_store_flush sends it). */
@@ -1700,7 +1777,7 @@ int redis_store_apply(redis_store_t *st, const intent_t *in, const char *topic, 
         return 1;
     }
     }
-    a_free(&a);
+    a_reset(a);
     return 0;
 }
 
