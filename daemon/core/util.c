@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <time.h>
 
 void *xmalloc(size_t n) {
@@ -20,6 +21,15 @@ void *xrealloc(void *p, size_t n) {
     void *q = realloc(p, n ? n : 1);
     if (!q) { fputs("benefitd: out of memory\n", stderr); abort(); }
     return q;
+}
+void *xcalloc_huge(size_t n) {
+    void *p = mmap(NULL, n ? n : 1, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) { fputs("benefitd: out of memory\n", stderr); abort(); }
+    (void)madvise(p, n, MADV_HUGEPAGE); /* advice: refused (no THP) changes nothing */
+    return p;
+}
+void xfree_huge(void *p, size_t n) {
+    if (p) munmap(p, n ? n : 1);
 }
 char *xstrdup(const char *s) { return xstrndup(s, strlen(s)); }
 char *xstrndup(const char *s, size_t n) {
