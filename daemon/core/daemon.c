@@ -482,7 +482,7 @@ static void metrics_teardown(daemon_state *d) {
 
 static void update_backpressure(daemon_state *d) {
     if (d->stopping) return;
-    size_t inflight = redis_sink_inflight(d->sink);
+    size_t inflight = redis_sink_inflight(d->sink) + redis_store_held(d->store);
     int ready = redis_sink_ready(d->sink);
     /* Redis away: pause the partitions (nothing can be acknowledged, so
      * nothing should be fetched). Too many writes in flight: only stop
@@ -1505,7 +1505,7 @@ static void stats_cb(evutil_socket_t fd, short what, void *arg) {
  * closes the consumer, which commits the stored offsets. */
 static void drain_cb(evutil_socket_t fd, short what, void *arg) {
     daemon_state *d = arg;
-    size_t left = redis_sink_inflight(d->sink);
+    size_t left = redis_sink_inflight(d->sink) + redis_store_held(d->store);
     if (left > 0 && now_mono_us() < d->stop_deadline_us) return;
     if (left > 0) log_warn("shutdown_timeout", "unacknowledged=%zu note=\"left uncommitted, redelivered on restart\"", left);
     event_del(d->drain_ev);

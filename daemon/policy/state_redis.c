@@ -536,17 +536,21 @@ typedef struct argv_b {
     strbuf buf;
     size_t *off, *len;
     int n, cap;
+    int view;   /* points into a block it does not own (a held schedule's): a_free leaves it */
 } argv_b;
 
 static void a_init(argv_b *a) {
     sb_init(&a->buf);
     a->off = a->len = NULL;
     a->n = a->cap = 0;
+    a->view = 0;
 }
 static void a_free(argv_b *a) {
-    sb_free(&a->buf);
-    free(a->off);
-    free(a->len);
+    if (!a->view) {
+        sb_free(&a->buf);
+        free(a->off);
+        free(a->len);
+    }
     a_init(a);
 }
 static void a_reset(argv_b *a) { /* keeps capacity */
@@ -689,6 +693,7 @@ struct redis_store {
     pend_slot *pend;  /* PEND_SLOTS, allocated on first use */
     seen_slot *seen;  /* SEEN_SETS x SEEN_WAYS, allocated on first use */
     uint64_t sends;   /* calls sent, numbering them for the pend table */
+    size_t held_now;  /* schedules held behind one in flight, now */
     uint64_t *tplk;   /* TPLK_SLOTS template ids known written, allocated on first use */
     size_t tplk_n;
     uint64_t tpl_sent; /* the template id that add_issue just sent with its text (0: none) */
@@ -733,12 +738,14 @@ typedef struct call_ctx {
     struct parked *parked, **parked_tail;
 } call_ctx;
 
-/* A schedule built and not sent: its arguments and the context its reply
- * would have had. */
+/* A schedule built and not sent: the context its reply would have had, and
+ * its arguments, copied into the same block at their exact size (thousands
+ * may be held while Redis is behind). */
 typedef struct parked {
     struct parked *next;
     call_ctx *c;
-    argv_b a;
+    argv_b a;          /* a view of data */
+    _Alignas(size_t) char data[];  /* off[n], len[n], then the text */
 } parked;
 
 
@@ -1156,19 +1163,21 @@ static int schedule_go(redis_store_t *st, argv_b *a, call_ctx *c) {
     }
     call_ctx *f = pend_flying(st, c->user, c->pend_rule);
     if (f) {
-        parked *h = xmalloc(sizeof *h);
+        size_t idx = (size_t)a->n * sizeof(size_t);
+        parked *h = xmalloc(sizeof *h + 2 * idx + a->buf.len + 1);
         h->next = NULL;
         h->c = c;
-        if (a == &st->scratch) { /* a copy: the store's vector stays */
-            a_init(&h->a);
-            for (int k = 0; k < a->n; k++) a_add(&h->a, a->buf.s + a->off[k], a->len[k]);
-            a_reset(a);
-        } else {
-            h->a = *a; /* the vector moves into h */
-        }
+        h->a = (argv_b){{h->data + 2 * idx, a->buf.len, a->buf.len + 1}, (size_t *)h->data,
+                        (size_t *)(h->data + idx), a->n, a->n, 1};
+        memcpy(h->a.off, a->off, idx);
+        memcpy(h->a.len, a->len, idx);
+        memcpy(h->a.buf.s, a->buf.s ? a->buf.s : "", a->buf.len);
+        h->a.buf.s[a->buf.len] = '\0';
+        a_release(st, a);
         *f->parked_tail = h;
         f->parked_tail = &h->next;
         st->stats.held++;
+        st->held_now++;
         return 1;
     }
     a_send_ctx(st, a, c);
@@ -1181,6 +1190,7 @@ static void park_release(redis_store_t *st, parked *list, int decide) {
     while (list) {
         parked *h = list;
         list = h->next;
+        st->held_now--;
         if (decide) schedule_go(st, &h->a, h->c);
         else a_send_ctx(st, &h->a, h->c);
         free(h);
@@ -1662,6 +1672,8 @@ void redis_store_free(redis_store_t *st) {
 }
 
 void redis_store_stats(const redis_store_t *st, rs_stats_t *out) { *out = st->stats; }
+
+size_t redis_store_held(const redis_store_t *st) { return st ? st->held_now : 0; }
 
 /* ---- intents ------------------------------------------------------------------- */
 

@@ -100,4 +100,8 @@ typedef struct rs_stats {
 } rs_stats_t;
 void redis_store_stats(const redis_store_t *st, rs_stats_t *out);
 
+/* Schedules held now behind their member's schedule in flight: writes still
+ * to make, counted with the sink's in flight for backpressure. */
+size_t redis_store_held(const redis_store_t *st);
+
 #endif
