@@ -433,7 +433,7 @@ static void metrics_setup(daemon_state *d) {
                                "state scripts, read: timer polls).",
                                metrics_latency_buckets, metrics_latency_nbuckets, "op", NULL);
     for (int i = 0; i < SINK_N_OPS; i++) m->rtt_op[i] = metrics_labels(m->rtt, sink_op_names[i]);
-    m->inflight = metrics_gauge(r, "benefitd_redis_inflight", "Redis requests sent or queued, not yet answered.", NULL);
+    m->inflight = metrics_gauge(r, "benefitd_redis_inflight", "Redis requests sent or queued (or held behind one), not yet answered.", NULL);
     m->redis_up = metrics_gauge(r, "benefitd_redis_up", "1 when connected to Redis with every script loaded.", NULL);
     m->reconnects = metrics_counter(r, "benefitd_redis_reconnects_total", "Redis connections lost and retried.", NULL);
     m->lag = metrics_gauge(r, "benefitd_kafka_consumer_lag",
@@ -1400,7 +1400,7 @@ static void collect(void *ud) {
     daemon_state *d = ud;
     daemon_metrics *m = &d->m;
     if (!d->sink) return;
-    metrics_gauge_set(m->inflight, (double)redis_sink_inflight(d->sink));
+    metrics_gauge_set(m->inflight, (double)(redis_sink_inflight(d->sink) + redis_store_held(d->store)));
     metrics_gauge_set(m->redis_up, redis_sink_ready(d->sink) ? 1 : 0);
     uint64_t acked, repeats, reconnects;
     redis_sink_stats(d->sink, &acked, &repeats, &reconnects);
