@@ -86,8 +86,8 @@ test-integration: all
 # sanitizer report in a daemon log fails its test (leaks are left to valgrind
 # on the unit suites: librdkafka's threads make LeakSanitizer noisy).
 # `make test` runs the profile suite, the pipeline tests that drive the
-# daemon's own paths and the wait test that takes every path of a grant
-# rebuilt at fire time this way (`check`, the stalled stop and the broker
+# daemon's own paths, the wait test that takes every path of a grant
+# rebuilt at fire time and the one of schedules held behind another this way (`check`, the stalled stop and the broker
 # outage are left to the plain run and the fault suite, to keep CI short;
 # SAN_SUITES changes it).
 P_ := tests.integration.test_pipeline.PipelineTest.test_
@@ -96,7 +96,8 @@ SAN_SUITES ?= $(P_)a_end_to_end_matches_replay $(P_)b_exact_grants_for_hand_writ
               $(P_)f_duplicate_delivery_grants_once $(P_)g_reload_swaps_good_rules_and_refuses_bad_ones \
               $(P_)i_backpressure_pauses_and_loses_nothing $(P_)l_failed_push_is_retried_not_dropped \
               tests.integration.test_profiles \
-              tests.integration.test_time.TimeTest.test_g_wait_parts_that_the_body_cannot_rebuild
+              tests.integration.test_time.TimeTest.test_g_wait_parts_that_the_body_cannot_rebuild \
+              tests.integration.test_time.TimeTest.test_j_held_behind_the_schedule_in_flight
 test-integration-san: all
 	$(MAKE) BUILD=build-san CFLAGS="$(SAN_FLAGS)" build-san/benefitd
 	BENEFITD_BIN=$(CURDIR)/build-san/benefitd ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 \
