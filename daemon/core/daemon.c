@@ -811,11 +811,13 @@ static void hset_field(hset_b *h, const char *name, const cJSON *v) {
         h->dels[h->ndels++] = xstrdup(name);
         return;
     }
-    char *t = cJSON_PrintUnformatted(v);
+    /* most traits print in a few bytes: on the stack, not in two mallocs */
+    char buf[256];
+    char *t = cJSON_PrintPreallocated((cJSON *)v, buf, (int)sizeof buf, 0) ? buf : cJSON_PrintUnformatted(v);
     if (!t) return;
     wc_arg(h->w, name, strlen(name), 1);
     wc_arg(h->w, t, strlen(t), 1);
-    free(t);
+    if (t != buf) free(t);
     h->nset++;
 }
 

@@ -81,6 +81,11 @@ struct redis_sink {
     int n_scripts;
     char *batch_lua;               /* built at start from the prelude and the scripts */
     char batch_sha[41];
+    /* send_batch's command, kept from batch to batch: a fresh 100+ KB
+     * buffer per batch made malloc consolidate its free lists each time
+     * (2.5% of the daemon's time in the bench) */
+    char *cmd;
+    size_t cmd_cap;
     int loaded;                    /* the batch script is loaded on this connection */
     write_req *head, *tail;
     write_req *unsent;             /* the first request not yet sent on this connection; all after it too */
@@ -254,7 +259,12 @@ static void send_batch(redis_sink_t *s, write_req *first, int n) {
         nargs += (size_t)w->frag_n;
         bytes += w->frag_len;
     }
-    char *cmd = xmalloc(bytes), *o = cmd;
+    if (bytes > s->cmd_cap) {
+        free(s->cmd);
+        s->cmd_cap = bytes * 2;
+        s->cmd = xmalloc(s->cmd_cap);
+    }
+    char *cmd = s->cmd, *o = cmd;
     o += snprintf(o, 24, "*%zu\r\n", nargs);
     o = resp_bulk(o, "EVALSHA", 7);
     o = resp_bulk(o, s->batch_sha, 40);
@@ -277,7 +287,6 @@ static void send_batch(redis_sink_t *s, write_req *first, int n) {
     } else {
         free(b);
     }
-    free(cmd);
 }
 
 /* Sends every request not yet sent, in order, consecutive script calls
@@ -513,6 +522,7 @@ void redis_sink_free(redis_sink_t *s) {
     for (int i = 0; i < s->n_scripts; i++) free(s->lua[i]);
     free(s->prelude);
     free(s->batch_lua);
+    free(s->cmd);
     event_free(s->retry_ev);
     event_free(s->flush_ev);
     free(s);
