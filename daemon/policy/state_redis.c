@@ -85,13 +85,23 @@
      * wait's body. */ \
     "local function read_pol()\n" \
     "  if nx() ~= '1' then return nil end\n" \
-    /* one constructor: the table is sized once (fields are read in order) */ \
-    "  return {at = tonumber(nx()), iso = nx(), gid = nx(), rule = nx(), user = nx(), target = nx(),\n" \
-    "          dev = nx(), ip = nx(), pool = nx(), P = nx(),\n" \
-    "          lu = tonumber(nx()), pu = tonumber(nx()), ld = tonumber(nx()), pd = tonumber(nx()),\n" \
-    "          li = tonumber(nx()), pi = tonumber(nx()), budget = tonumber(nx()), daily = tonumber(nx()), day = nx(),\n" \
-    "          fc = tonumber(nx()), fp = tonumber(nx()), skey = nx(), variant = nx(), lw = tonumber(nx()),\n" \
-    "          keep = tonumber(nx()), grp = nx(), quiet = nx(), checks = false, bkey = false, dkey = false}\n" \
+    /* one constructor: the table is sized once (fields are read in order); \
+     * the limits come as one argument, '' when the rule and the daemon set \
+     * none (most grants: an argument costs Redis a Lua string), else \
+     * per_user, per_device, per_ip (count, period each), budget, daily \
+     * budget, its day, frequency cap (count, period), RS-separated */ \
+    "  local p = {at = tonumber(nx()), iso = nx(), gid = nx(), rule = nx(), user = nx(), target = nx(),\n" \
+    "          dev = nx(), ip = nx(), pool = nx(), P = nx(), lim = nx(), skey = nx(), variant = nx(),\n" \
+    "          lw = tonumber(nx()), keep = tonumber(nx()), grp = nx(), quiet = nx(), checks = false, bkey = false,\n" \
+    "          dkey = false, lu = 0, pu = 0, ld = 0, pd = 0, li = 0, pi = 0, budget = 0, daily = 0, day = '',\n" \
+    "          fc = 0, fp = 0}\n" \
+    "  if p.lim ~= '' then\n" \
+    "    local f = parts(p.lim, 11)\n" \
+    "    p.lu, p.pu, p.ld, p.pd = tonumber(f[1]), tonumber(f[2]), tonumber(f[3]), tonumber(f[4])\n" \
+    "    p.li, p.pi, p.budget, p.daily = tonumber(f[5]), tonumber(f[6]), tonumber(f[7]), tonumber(f[8])\n" \
+    "    p.day, p.fc, p.fp = f[9], tonumber(f[10]), tonumber(f[11])\n" \
+    "  end\n" \
+    "  return p\n" \
     "end\n" \
     /* the cancel_on names of the wait templates read so far (a template never \
      * changes: its id is its content's hash) */ \
@@ -1360,17 +1370,19 @@ static void add_policy(redis_store_t *st, argv_b *a, const rule_t *r, const char
     a_str(a, ip);
     a_str(a, pool);
     a_str(a, st->cfg->key_prefix);
-    a_ll(a, r->per_user.count);
-    a_ll(a, r->per_user.period_ms);
-    a_ll(a, r->per_device.count);
-    a_ll(a, r->per_device.period_ms);
-    a_ll(a, r->per_ip.count);
-    a_ll(a, r->per_ip.period_ms);
-    a_ll(a, r->budget);
-    a_ll(a, r->daily_budget);
-    a_str(a, r->daily_budget ? policy_day(&st->day, st->cfg->timezone, at) : "");
-    a_ll(a, st->cfg->fcap_count);
-    a_ll(a, st->cfg->fcap_period_ms);
+    if (r->per_user.count > 0 || r->per_device.count > 0 || r->per_ip.count > 0 || r->budget > 0 ||
+        r->daily_budget > 0 || st->cfg->fcap_count > 0) {
+        char lim[320];
+        snprintf(lim, sizeof lim, "%lld\x1e%lld\x1e%lld\x1e%lld\x1e%lld\x1e%lld\x1e%lld\x1e%lld\x1e%s\x1e%lld\x1e%lld",
+                 (long long)r->per_user.count, (long long)r->per_user.period_ms, (long long)r->per_device.count,
+                 (long long)r->per_device.period_ms, (long long)r->per_ip.count, (long long)r->per_ip.period_ms,
+                 (long long)r->budget, (long long)r->daily_budget,
+                 r->daily_budget ? policy_day(&st->day, st->cfg->timezone, at) : "", (long long)st->cfg->fcap_count,
+                 (long long)st->cfg->fcap_period_ms);
+        a_str(a, lim);
+    } else {
+        a_str(a, ""); /* no limit: the script reads zeros */
+    }
     k_stats(st, a, r->id, variant, NULL);
     a_str(a, variant && *variant ? variant : "-");
     long long w = rule_attribution_ms(r, st->cfg->loop_window_ms);
