@@ -567,12 +567,15 @@ static void a_reset(argv_b *a) { /* keeps capacity */
     sb_reset(&a->buf);
     a->n = 0;
 }
+/* Room for one more argument. */
+static void a_room(argv_b *a) {
+    if (a->n < a->cap) return;
+    a->cap = a->cap ? 2 * a->cap : 32;
+    a->off = xrealloc(a->off, (size_t)a->cap * sizeof *a->off);
+    a->len = xrealloc(a->len, (size_t)a->cap * sizeof *a->len);
+}
 static void a_add(argv_b *a, const char *s, size_t n) {
-    if (a->n == a->cap) {
-        a->cap = a->cap ? 2 * a->cap : 32;
-        a->off = xrealloc(a->off, (size_t)a->cap * sizeof *a->off);
-        a->len = xrealloc(a->len, (size_t)a->cap * sizeof *a->len);
-    }
+    a_room(a);
     a->off[a->n] = a->buf.len;
     sb_append(&a->buf, s, n);
     a->len[a->n++] = n;
@@ -741,11 +744,7 @@ static void a_ll(argv_b *a, long long v) {
 /* One argument: the strings given, up to a NULL, back to back. */
 static void a_cat(argv_b *a, ...) __attribute__((sentinel));
 static void a_cat(argv_b *a, ...) {
-    if (a->n == a->cap) {
-        a->cap = a->cap ? 2 * a->cap : 32;
-        a->off = xrealloc(a->off, (size_t)a->cap * sizeof *a->off);
-        a->len = xrealloc(a->len, (size_t)a->cap * sizeof *a->len);
-    }
+    a_room(a);
     size_t start = a->buf.len;
     va_list ap;
     va_start(ap, a);
@@ -1038,18 +1037,21 @@ static int pend_known(redis_store_t *st, const char *user, uint64_t rule, uint64
  * redis_store_forget). The held schedule's offset stays uncommitted until it
  * is answered, like any write. */
 
-/* Sends every schedule held in slot p, in order, and forgets the calls in
- * flight there (their answers still come). */
+/* Sends what is held behind *fly, in order, and forgets the call in flight
+ * (its answer still comes). */
+static void fly_flush(redis_store_t *st, call_ctx **fly) {
+    call_ctx *f = *fly;
+    if (!f) return;
+    *fly = NULL;
+    parked *list = f->parked;
+    f->parked = NULL;
+    f->parked_tail = &f->parked;
+    park_release(st, list, 0);
+}
+
+/* Likewise for every rule of slot p. */
 static void slot_flush(redis_store_t *st, pend_slot *p) {
-    for (int k = 0; k < PEND_RULES; k++) {
-        call_ctx *f = p->w[k].fly;
-        if (!f) continue;
-        p->w[k].fly = NULL;
-        parked *list = f->parked;
-        f->parked = NULL;
-        f->parked_tail = &f->parked;
-        park_release(st, list, 0);
-    }
+    for (int k = 0; k < PEND_RULES; k++) fly_flush(st, &p->w[k].fly);
 }
 
 /* Slot p for member u, emptied (what it held sent) if another member had it. */
@@ -1068,14 +1070,7 @@ static int slot_rule(redis_store_t *st, pend_slot *p, uint64_t rule) {
     while (k < PEND_RULES && p->w[k].rule && p->w[k].rule != rule) k++;
     if (k < PEND_RULES) return k;
     k = (int)(rule % PEND_RULES); /* full: any will do */
-    call_ctx *f = p->w[k].fly;
-    if (f) {
-        p->w[k].fly = NULL;
-        parked *list = f->parked;
-        f->parked = NULL;
-        f->parked_tail = &f->parked;
-        park_release(st, list, 0);
-    }
+    fly_flush(st, &p->w[k].fly);
     p->w[k].rule = 0;
     return k;
 }
@@ -1136,10 +1131,9 @@ static void pend_cancel(redis_store_t *st, const char *user) {
     p->cancel_sent = c;
 }
 
-/* Sends the script; rule/variant/user/reason (copied) are what its reply is
+/* The context of a call about to be sent; rule/variant/user/reason (copied
+ * after it: one allocation, there is one per write) are what its reply is
  * counted under (rule NULL: nothing to count but cancels of user). */
-/* The context of a call about to be sent, with its copies of the strings
- * after it (one allocation: there is one per write). */
 static call_ctx *a_ctx_new(redis_store_t *st, int script, rs_done_cb cb, void *ud, const char *rule,
                            const char *variant, const char *user, const char *reason) {
     const char *in[4] = {rule, variant, user, reason};
@@ -1170,6 +1164,7 @@ static void a_send_ctx(redis_store_t *st, argv_b *a, call_ctx *c) {
     a_release(st, a);
 }
 
+/* Sends the script with a new context (a_ctx_new). */
 static call_ctx *a_send_x(redis_store_t *st, argv_b *a, int script, rs_done_cb cb, void *ud, const char *rule,
                           const char *variant, const char *user, const char *reason) {
     call_ctx *c = a_ctx_new(st, script, cb, ud, rule, variant, user, reason);
@@ -1332,12 +1327,12 @@ void redis_store_flush(redis_store_t *st) {
 static void k_member(redis_store_t *st, argv_b *a, const char *user, const char *what, const char *tail) {
     a_cat(a, st->cfg->key_prefix, "{u:", user, "}:", what, tail ? tail : "", NULL);
 }
-/* the timer sets of a partition: per wait (the layout of the builds before
- * this one, still polled) and per member (m:) */
 static const char *part_str(int32_t part, char *b, size_t n) {
     snprintf(b, n, "%d", (int)part);
     return b;
 }
+/* the timer sets of a partition: per wait (the layout of the builds before
+ * this one, still polled) and per member (m:) */
 static void k_timers(redis_store_t *st, argv_b *a, const char *topic, int32_t part) {
     char pb[16];
     a_cat(a, st->cfg->key_prefix, "timers:", topic, ":", part_str(part, pb, sizeof pb), NULL);

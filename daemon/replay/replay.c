@@ -20,7 +20,6 @@
 #include <string.h>
 #include <unistd.h>
 
-
 /* Revisits plugins asked for (host->revisit_at): a min-heap by due time
  * (ties: request order), with the latest request per (plugin, member) in a
  * map so a replaced request is skipped when it comes up. */
