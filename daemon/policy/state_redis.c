@@ -258,18 +258,25 @@
     "  if tpl ~= '' and redis.call('HEXISTS', T, id) == 0 then redis.call('HSET', T, id, tpl) end\n" \
     "  if redis.call('EXISTS', claim) == 1 then return {0} end\n" \
     "  local occ = wait_occ(head)\n" \
-    /* the common answer first: the rule's wait, pending, of another trigger \
-     * (the daemon answers it itself while the member stays in its table) */ \
-    "  local cur = redis.call('HGET', w, rule)\n" \
-    /* with the pending wait's due and occurrence, which the daemon learns */ \
-    "  if cur and wait_due(cur) >= now and wait_occ(cur) ~= occ then return {3, wait_due(cur), wait_occ(cur)} end\n" \
+    /* the member's waits, read once: most schedules that reach Redis now \
+     * record a new wait (the daemon answers most `already pending` itself), \
+     * and a small hash costs one HGETALL as it costs one HGET */ \
+    "  local all, meta, taken, other = redis.call('HGETALL', w), nil, false, false\n" \
+    /* the common answer first: the rule's wait, pending, of another trigger, \
+     * with its due and occurrence, which the daemon learns */ \
+    "  for k = 1, #all, 2 do\n" \
+    "    if all[k] == rule then\n" \
+    "      local cur = all[k + 1]\n" \
+    "      if wait_due(cur) >= now and wait_occ(cur) ~= occ then return {3, wait_due(cur), wait_occ(cur)} end\n" \
+    "      break\n" \
+    "    end\n" \
+    "  end\n" \
     /* a wait of the rule kept in the layout of the builds before this one */ \
     "  local old = redis.call('HGETALL', legacy)\n" \
     "  for k = 1, #old, 2 do\n" \
     "    local o = parts(old[k + 1], 3)\n" \
     "    if o[2] == rule and tonumber(o[1]) >= now then return {3} end\n" \
     "  end\n" \
-    "  local all, meta, taken, other = redis.call('HGETALL', w), nil, false, false\n" \
     "  for k = 1, #all, 2 do\n" \
     "    local f = all[k]\n" \
     "    if f == RS then meta = all[k + 1]\n" \
