@@ -480,9 +480,15 @@ static void metrics_teardown(daemon_state *d) {
     memset(&d->m, 0, sizeof d->m);
 }
 
+/* Writes not yet acknowledged: in the sink, or schedules the store holds
+ * behind one in flight. */
+static size_t writes_pending(const daemon_state *d) {
+    return redis_sink_inflight(d->sink) + redis_store_held(d->store);
+}
+
 static void update_backpressure(daemon_state *d) {
     if (d->stopping) return;
-    size_t inflight = redis_sink_inflight(d->sink) + redis_store_held(d->store);
+    size_t inflight = writes_pending(d);
     int ready = redis_sink_ready(d->sink);
     /* Redis away: pause the partitions (nothing can be acknowledged, so
      * nothing should be fetched). Too many writes in flight: only stop
@@ -1402,7 +1408,7 @@ static void collect(void *ud) {
     daemon_state *d = ud;
     daemon_metrics *m = &d->m;
     if (!d->sink) return;
-    metrics_gauge_set(m->inflight, (double)(redis_sink_inflight(d->sink) + redis_store_held(d->store)));
+    metrics_gauge_set(m->inflight, (double)writes_pending(d));
     metrics_gauge_set(m->redis_up, redis_sink_ready(d->sink) ? 1 : 0);
     uint64_t acked, repeats, reconnects;
     redis_sink_stats(d->sink, &acked, &repeats, &reconnects);
@@ -1507,7 +1513,7 @@ static void stats_cb(evutil_socket_t fd, short what, void *arg) {
  * closes the consumer, which commits the stored offsets. */
 static void drain_cb(evutil_socket_t fd, short what, void *arg) {
     daemon_state *d = arg;
-    size_t left = redis_sink_inflight(d->sink) + redis_store_held(d->store);
+    size_t left = writes_pending(d);
     if (left > 0 && now_mono_us() < d->stop_deadline_us) return;
     if (left > 0) log_warn("shutdown_timeout", "unacknowledged=%zu note=\"left uncommitted, redelivered on restart\"", left);
     event_del(d->drain_ev);

@@ -773,7 +773,7 @@ typedef struct call_ctx {
     uint64_t tpl;     /* a template sent with its text: known written once answered */
     /* a schedule, to remember when Redis answers RS_SCHEDULED (pend_seen) */
     int pend;
-    uint64_t pend_rule, pend_occ, pend_sent;
+    uint64_t pend_user, pend_rule, pend_occ, pend_sent;  /* pend_user: pend_hash of user */
     int64_t pend_due, pend_ts;
     /* schedules of the same member and rule that came while this one was in
      * flight, held until its answer (see "schedules held behind one in flight") */
@@ -792,7 +792,7 @@ typedef struct parked {
 
 
 static void stats_flush(redis_store_t *st);
-static void pend_seen(redis_store_t *st, const char *user, uint64_t rule, uint64_t occ, int64_t due, uint64_t sent);
+static void pend_seen(redis_store_t *st, uint64_t u, uint64_t rule, uint64_t occ, int64_t due, uint64_t sent);
 static void pend_land(redis_store_t *st, call_ctx *c);
 static void park_release(redis_store_t *st, parked *list, int decide);
 static void call_ctx_free(call_ctx *c);
@@ -927,13 +927,13 @@ static void on_call_reply(void *ud, const redisReply *reply) {
     /* only the schedule step answers these, and it writes the template first
      * (a count below N or a stale silence never reach it) */
     if (c->tpl && (k == RS_REPEAT || k == RS_SCHEDULED || k == RS_PENDING)) tplk_learn(st, c->tpl);
-    if (c->pend && k == RS_SCHEDULED) pend_seen(st, c->user, c->pend_rule, c->pend_occ, c->pend_due, c->pend_sent);
+    if (c->pend && k == RS_SCHEDULED) pend_seen(st, c->pend_user, c->pend_rule, c->pend_occ, c->pend_due, c->pend_sent);
     /* `already pending`, with the pending wait's due and occurrence: the next
      * trigger of the rule is answered here (after a CANCEL emptied the
      * member's slot, say, or a restart) */
     if (c->pend && k == RS_PENDING && reply->elements >= 3 && reply->element[1]->type == REDIS_REPLY_INTEGER &&
         reply->element[2]->type == REDIS_REPLY_STRING)
-        pend_seen(st, c->user, c->pend_rule, pend_hash_n(reply->element[2]->str, reply->element[2]->len),
+        pend_seen(st, c->pend_user, c->pend_rule, pend_hash_n(reply->element[2]->str, reply->element[2]->len),
                   reply->element[1]->integer, c->pend_sent);
     if (c->cb) c->cb(c->ud, k, n, k == RS_EXPLAINED || k == RS_DROPPED ? why : k == RS_PENDING ? "already pending" : NULL);
     /* the schedules held behind this one, decided now that it is answered */
@@ -1021,8 +1021,7 @@ static int seen_sent(redis_store_t *st, const char *user, uint64_t rule_h, int64
 }
 
 /* 1: the member has a pending wait of the rule, due at or after now, from another occurrence. */
-static int pend_known(redis_store_t *st, const char *user, uint64_t rule, uint64_t occ, int64_t now) {
-    uint64_t u = pend_hash(user);
+static int pend_known(redis_store_t *st, uint64_t u, uint64_t rule, uint64_t occ, int64_t now) {
     pend_slot *p = st->pend ? pend_slot_of(st, u) : NULL;
     if (!p || p->user != u) return 0;
     for (int k = 0; k < PEND_RULES; k++)
@@ -1083,8 +1082,7 @@ static int slot_rule(redis_store_t *st, pend_slot *p, uint64_t rule) {
 }
 
 /* A schedule that Redis recorded (sent as call number sent). */
-static void pend_seen(redis_store_t *st, const char *user, uint64_t rule, uint64_t occ, int64_t due, uint64_t sent) {
-    uint64_t u = pend_hash(user);
+static void pend_seen(redis_store_t *st, uint64_t u, uint64_t rule, uint64_t occ, int64_t due, uint64_t sent) {
     pend_slot *p = pend_slot_of(st, u);
     if (p->cancel_sent >= sent) return; /* a CANCEL sent after it may have removed it */
     slot_take(st, p, u);
@@ -1096,7 +1094,7 @@ static void pend_seen(redis_store_t *st, const char *user, uint64_t rule, uint64
 
 /* c, a schedule, was just sent: later ones of its member and rule wait for it. */
 static void pend_fly(redis_store_t *st, call_ctx *c) {
-    uint64_t u = pend_hash(c->user);
+    uint64_t u = c->pend_user;
     pend_slot *p = pend_slot_of(st, u);
     slot_take(st, p, u);
     int k = slot_rule(st, p, c->pend_rule);
@@ -1109,8 +1107,7 @@ static void pend_fly(redis_store_t *st, call_ctx *c) {
 }
 
 /* The schedule in flight for (user, rule), if the slot still knows it. */
-static call_ctx *pend_flying(redis_store_t *st, const char *user, uint64_t rule) {
-    uint64_t u = pend_hash(user);
+static call_ctx *pend_flying(redis_store_t *st, uint64_t u, uint64_t rule) {
     pend_slot *p = st->pend ? pend_slot_of(st, u) : NULL;
     if (!p || p->user != u) return NULL;
     for (int k = 0; k < PEND_RULES; k++)
@@ -1120,7 +1117,7 @@ static call_ctx *pend_flying(redis_store_t *st, const char *user, uint64_t rule)
 
 /* c's answer came: it is no longer in flight. */
 static void pend_land(redis_store_t *st, call_ctx *c) {
-    uint64_t u = pend_hash(c->user);
+    uint64_t u = c->pend_user;
     pend_slot *p = st->pend ? pend_slot_of(st, u) : NULL;
     if (!p || p->user != u) return;
     for (int k = 0; k < PEND_RULES; k++)
@@ -1153,7 +1150,7 @@ static call_ctx *a_ctx_new(redis_store_t *st, int script, rs_done_cb cb, void *u
         if (in[k]) o += len[k] + 1;
     }
     *c = (call_ctx){st, script, cb, ud, out[0], out[1], out[2], out[3], st->send_at, st->tpl_sent,
-                    0, 0, 0, 0, 0, 0, NULL, NULL};
+                    0, 0, 0, 0, 0, 0, 0, NULL, NULL};
     c->parked_tail = &c->parked;
     st->tpl_sent = 0;
     return c;
@@ -1191,15 +1188,22 @@ static void answer_pending(redis_store_t *st, call_ctx *c) {
 /* A schedule c with arguments a, decided now: answered here when the table
  * knows the rule's wait pending (2), held behind the rule's schedule in
  * flight, else sent and then in flight itself (1). Takes a and c. */
+static int schedule_send(redis_store_t *st, argv_b *a, call_ctx *c);
+
 static int schedule_go(redis_store_t *st, argv_b *a, call_ctx *c) {
-    if (pend_known(st, c->user, c->pend_rule, c->pend_occ, c->pend_ts)) {
+    if (pend_known(st, c->pend_user, c->pend_rule, c->pend_occ, c->pend_ts)) {
         st->stats.pending_known++;
         answer_pending(st, c);
         a_release(st, a);
         call_ctx_free(c);
         return 2;
     }
-    call_ctx *f = pend_flying(st, c->user, c->pend_rule);
+    return schedule_send(st, a, c);
+}
+
+/* schedule_go for a schedule the table does not know pending (1). */
+static int schedule_send(redis_store_t *st, argv_b *a, call_ctx *c) {
+    call_ctx *f = pend_flying(st, c->pend_user, c->pend_rule);
     if (f) {
         size_t idx = (size_t)a->n * sizeof(size_t);
         parked *h = xmalloc(sizeof *h + 2 * idx + a->buf.len + 1);
@@ -1752,12 +1756,13 @@ int redis_store_apply(redis_store_t *st, const intent_t *in, const char *topic, 
     case INTENT_GRANT:
     case INTENT_SCHEDULE: {
         int sched = in->wait_ms > 0 && !(in->reason && !in->reason_soft) && in->user;
-        uint64_t rule_h = 0, occ_h = 0;
+        uint64_t user_h = 0, rule_h = 0, occ_h = 0;
         if (sched) {
             char obuf[128];
+            user_h = pend_hash(in->user);
             rule_h = pend_hash(in->rule->id);
             occ_h = pend_hash(wait_occ_of(in, NULL, obuf, sizeof obuf));
-            if (pend_known(st, in->user, rule_h, occ_h, in->ts)) {
+            if (pend_known(st, user_h, rule_h, occ_h, in->ts)) {
                 /* before building the call: the common answer costs no arguments */
                 a_reset(a);
                 count_outcome(st, RS_PENDING, 0);
@@ -1779,11 +1784,12 @@ int redis_store_apply(redis_store_t *st, const intent_t *in, const char *topic, 
             return 1;
         }
         c->pend = 1;
+        c->pend_user = user_h;
         c->pend_rule = rule_h;
         c->pend_occ = occ_h;
         c->pend_due = in->ts + in->wait_ms;
         c->pend_ts = in->ts;
-        return schedule_go(st, a, c);
+        return schedule_send(st, a, c); /* the table was asked above, before the call was built */
     }
     case INTENT_COUNT_GRANT:
         k_member(st, a, in->user, "cnt:", in->rule->id);
