@@ -5,7 +5,7 @@
  * store. It is the ceiling the daemon's live rate is compared with.
  *
  *   limit_k --brokers B --topic T --group G --expect N [--timeout S]
- *           [--dump-ts FILE]
+ *           [--dump-ts FILE] [--latency] [--lat-out FILE] [-X prop=value]
  *
  * Prints one JSON object on stdout: msgs, bytes, join_s (subscribe to first
  * message), read_s (first to last message), rate (msgs/read_s), peak_rss_kb
@@ -14,7 +14,9 @@
  * --dump-ts writes "messageId<TAB>kafka timestamp ms" per message: the
  * produce time the latency phase compares grants with. --latency adds
  * lat_p50_ms/lat_p99_ms/lat_p999_ms: receive time minus produce time, the
- * transport's own latency (the floor under the daemon's). -X prop=value sets
+ * transport's own latency (the floor under the daemon's); --lat-out FILE
+ * (implies --latency) also writes "produce ms<TAB>receive ms" per message.
+ * -X prop=value sets
  * a librdkafka property. */
 #include <getopt.h>
 #include <inttypes.h>
@@ -84,15 +86,15 @@ static int message_id(const char *p, size_t n, const char **out, size_t *len) {
 }
 
 int main(int argc, char **argv) {
-    const char *brokers = NULL, *topic = NULL, *group = NULL, *dump = NULL, *xprops[MAX_X];
+    const char *brokers = NULL, *topic = NULL, *group = NULL, *dump = NULL, *lat_path = NULL, *xprops[MAX_X];
     int nx = 0, want_lat = 0;
     long expect = 0;
     double timeout = 120;
     static const struct option opts[] = {{"brokers", 1, 0, 'b'}, {"topic", 1, 0, 't'}, {"group", 1, 0, 'g'},
                                          {"expect", 1, 0, 'n'},  {"timeout", 1, 0, 'T'}, {"dump-ts", 1, 0, 'd'},
-                                         {"latency", 0, 0, 'l'}, {0, 0, 0, 0}};
+                                         {"latency", 0, 0, 'l'}, {"lat-out", 1, 0, 'L'}, {0, 0, 0, 0}};
     int c;
-    while ((c = getopt_long(argc, argv, "b:t:g:n:T:d:X:l", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "b:t:g:n:T:d:X:lL:", opts, NULL)) != -1) {
         switch (c) {
         case 'b': brokers = optarg; break;
         case 't': topic = optarg; break;
@@ -101,6 +103,7 @@ int main(int argc, char **argv) {
         case 'T': timeout = atof(optarg); break;
         case 'd': dump = optarg; break;
         case 'l': want_lat = 1; break;
+        case 'L': lat_path = optarg; want_lat = 1; break;
         case 'X':
             if (nx == MAX_X) return 2;
             xprops[nx++] = optarg;
@@ -112,9 +115,15 @@ int main(int argc, char **argv) {
         fprintf(stderr, "usage: limit_k --brokers B --topic T --group G --expect N [--timeout S] [--dump-ts FILE]\n");
         return 2;
     }
-    FILE *df = NULL;
+    FILE *df = NULL, *lf = NULL;
     if (dump && !(df = fopen(dump, "w"))) {
         perror(dump);
+        return 1;
+    }
+    /* every message's produce and receive time, so that the bench can take
+     * the floor over the same window as the daemon's grants */
+    if (lat_path && !(lf = fopen(lat_path, "w"))) {
+        perror(lat_path);
         return 1;
     }
     rd_kafka_conf_t *conf = rd_kafka_conf_new();
@@ -158,7 +167,11 @@ int main(int argc, char **argv) {
             rd_kafka_message_t *m = msgs[i];
             if (!m->err) {
                 if (!n) t_first = now_s();
-                if (lat && n < expect) lat[n] = wall_ms() - rd_kafka_message_timestamp(m, NULL);
+                if (lat && n < expect) {
+                    int64_t ts = rd_kafka_message_timestamp(m, NULL), at = wall_ms();
+                    lat[n] = at - ts;
+                    if (lf) fprintf(lf, "%" PRId64 "\t%" PRId64 "\n", ts, at);
+                }
                 n++;
                 bytes += m->len;
                 if (df) {
@@ -183,6 +196,10 @@ int main(int argc, char **argv) {
         free(lat);
     }
     if (df) fclose(df);
+    if (lf && fclose(lf) != 0) {
+        perror(lat_path);
+        return 1;
+    }
     rd_kafka_queue_destroy(q);
     rd_kafka_consumer_close(rk);
     rd_kafka_destroy(rk);

@@ -11,7 +11,10 @@ $(BUILD)/bench/%: $(BUILD)/bench/%.o
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -o $@ $^ $(LDLIBS)
 
-# Like `make test`, it installs what it needs first (a fresh machine included).
+# Like `make test`, it installs what it needs first (a fresh machine included),
+# and the Python consumer's Kafka client (bench/py_consumer: the issue's baseline).
+BENCH_PKGS := python3-confluent-kafka
 bench: deps
+	scripts/install-deps $(BENCH_PKGS)
 	$(MAKE) all bench-tools
 	/usr/bin/python3 bench/run --build $(BUILD) $(BENCH_ARGS)
