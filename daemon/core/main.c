@@ -8,7 +8,6 @@
 #include "../rules/rules.h"
 
 #include <getopt.h>
-#include <malloc.h>
 #include "../enrich/plugin_host.h"
 #include <stdio.h>
 #include <string.h>
@@ -103,15 +102,6 @@ static int run_main(int argc, char **argv) {
         else { usage(stderr); return 1; }
     }
     if (!config_path && access("/etc/benefitd/benefitd.yaml", R_OK) == 0) config_path = "/etc/benefitd/benefitd.yaml";
-    /* librdkafka's broker threads take a fresh buffer for every fetch
-     * response. glibc maps a large one and unmaps it on free, or trims its
-     * arena's top back to the kernel, so each response is faulted in again
-     * page by page (~2.5 us a fault in a VM: ~10% of the daemon's CPU with
-     * one rule, measured). Freed buffers now stay in the arenas for the
-     * next response; the price is an RSS that stays near its peak after a
-     * burst instead of shrinking. Advisory: the daemon runs without it. */
-    if (!mallopt(M_MMAP_THRESHOLD, 32 << 20) || !mallopt(M_TRIM_THRESHOLD, 256 << 20))
-        log_warn("malloc_tuning_failed", "mmap_threshold=32MiB trim_threshold=256MiB");
     return daemon_run(config_path);
 }
 
