@@ -232,11 +232,14 @@
     "local function wait_due(b) return tonumber(string.match(b, '^[^\\30]*'), 36) end\n" \
     "local function wait_occ(b) return parts(b, 4)[3] end\n" \
     /* The member's entry in the timer set is the earliest due time of its \
-     * waits; none left: the hash (its subjects alone) and the entry go. */ \
-    "local function retime(w, tkey, user)\n" \
-    "  local all, min = redis.call('HGETALL', w), nil\n" \
+     * waits; none left: the hash (its subjects alone) and the entry go. \
+     * A caller that read the hash and deleted fields of it since passes \
+     * what it read and what it deleted (one HGETALL fewer). */ \
+    "local function retime(w, tkey, user, all, gone)\n" \
+    "  local min\n" \
+    "  all, gone = all or redis.call('HGETALL', w), gone or {}\n" \
     "  for k = 1, #all, 2 do\n" \
-    "    if all[k] ~= RS then\n" \
+    "    if all[k] ~= RS and not gone[all[k]] then\n" \
     "      local d = wait_due(all[k + 1])\n" \
     "      if not min or d < min then min = d end\n" \
     "    end\n" \
@@ -342,7 +345,7 @@ static const char LUA_CANCEL[] = LUA_START
     "  end\n"
     "end\n"
     "all = redis.call('HGETALL', w)\n"
-    "local names, gone = tplnames, false\n"
+    "local names, gone = tplnames, nil\n"
     "for k = 1, #all, 2 do\n"
     "  local f, b = all[k], all[k + 1]\n"
     "  if f ~= RS and wait_due(b) >= ts then\n"
@@ -355,12 +358,13 @@ static const char LUA_CANCEL[] = LUA_START
     "    end\n"
     "    if string.find(c, US .. name .. US, 1, true) then\n"
     "      redis.call('HDEL', w, f)\n"
-    "      gone = true\n"
+    "      gone = gone or {}\n"
+    "      gone[f] = true\n"
     "      out[#out + 1] = string.match(f, '^[^\\31]*')\n"
     "    end\n"
     "  end\n"
     "end\n"
-    "if gone then retime(w, tkey, user) end\n"
+    "if gone then retime(w, tkey, user, all, gone) end\n"
     "return out\n";
 
 /* TOUCHES: the TOUCH intents of a batch of events, grouped by last-seen set

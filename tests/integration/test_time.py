@@ -55,6 +55,8 @@ CART = rule("cart", "{event: Product Added}",
             "wait: 2s\ncancel_on: [Order Completed]\n")
 POST = rule("post", "{event: Order Completed, where: properties.total >= 100}",
             "{benefit: coupon, sku: NEXT-5, value: 5, expires_in: 30d, channel: email}", "wait: 2s\n")
+VIEWED = rule("viewed", "{event: Product Viewed}", "{benefit: coupon, sku: VIEW-5, value: 5, channel: email}",
+              "wait: 3s\n")
 THIRD = rule("third", "{event: Order Completed, count: 3, within: 10s}",
              "{benefit: points, sku: PTS, value: 300, channel: email}")
 WINBACK = rule("winback", "{inactive_for: 3s}",
@@ -274,14 +276,19 @@ class TimeTest(IntegrationTest):
 
     # ------------------------------------------------------------------ d
     def test_d_cancel_on_before_due(self):
-        self.start({"cart.yaml": CART})
+        # c3 also waits on a rule the order does not cancel, due later: the
+        # cancel keeps the member's timer entry, moved to that wait's due
+        self.start({"cart.yaml": CART, "viewed.yaml": VIEWED})
         b = now_ms() - 500
         evs = [tev("Product Added", "c1", "c-1", b, name="Lamp"),
                tev("Order Completed", "c1", "c-2", b + 200, total=20),
-               tev("Product Added", "c2", "c-3", b, name="Desk")]      # not cancelled: the witness
+               tev("Product Added", "c2", "c-3", b, name="Desk"),      # not cancelled: the witness
+               tev("Product Viewed", "c3", "c-4", b),
+               tev("Product Added", "c3", "c-5", b + 100, name="Rug"),
+               tev("Order Completed", "c3", "c-6", b + 200, total=20)]
         path = self.events_file(evs)
         rep, rep_ids = self.replay_ids(path, b + 60000)
-        self.assertEqual({g["user_id"] for g in rep.grants}, {"c2"})
+        self.assertEqual(sorted((g["user_id"], g["rule"]) for g in rep.grants), [("c2", "cart"), ("c3", "viewed")])
         self.env.kafka.produce(path)
         self.wait_ids(rep_ids, 15, "the uncancelled wait to fire")
         wait_for(self.quiet, 5, "no timer left")
