@@ -16,8 +16,7 @@
  * lat_p50_ms/lat_p99_ms/lat_p999_ms: receive time minus produce time, the
  * transport's own latency (the floor under the daemon's); --lat-out FILE
  * (implies --latency) also writes "produce ms<TAB>receive ms" per message.
- * -X prop=value sets
- * a librdkafka property. */
+ * -X prop=value sets a librdkafka property. */
 #include <getopt.h>
 #include <inttypes.h>
 #include <stdio.h>
@@ -112,7 +111,8 @@ int main(int argc, char **argv) {
         }
     }
     if (!brokers || !topic || !group || expect <= 0) {
-        fprintf(stderr, "usage: limit_k --brokers B --topic T --group G --expect N [--timeout S] [--dump-ts FILE]\n");
+        fprintf(stderr, "usage: limit_k --brokers B --topic T --group G --expect N [--timeout S] [--dump-ts FILE]\n"
+                        "               [--latency] [--lat-out FILE] [-X prop=value]...\n");
         return 2;
     }
     FILE *df = NULL, *lf = NULL;
