@@ -13,6 +13,7 @@
 #include "../source/kafka_source.h"
 
 #include <event2/event.h>
+#include <malloc.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -110,7 +111,7 @@ typedef struct daemon_metrics {
     metric_counter_t *decode_errors, *decode_err[DR_N];
     metric_counter_t *matches, *grants, *writes, *w_pushed, *w_repeat, *supp;
     metric_histogram_t *rtt, *rtt_op[SINK_N_OPS];
-    metric_gauge_t *inflight, *redis_up;
+    metric_gauge_t *inflight, *redis_up, *heap;
     metric_counter_t *reconnects;
     uint64_t reconnects_seen;
     metric_gauge_t *lag, *paused;
@@ -435,6 +436,9 @@ static void metrics_setup(daemon_state *d) {
     for (int i = 0; i < SINK_N_OPS; i++) m->rtt_op[i] = metrics_labels(m->rtt, sink_op_names[i]);
     m->inflight = metrics_gauge(r, "benefitd_redis_inflight", "Redis requests sent or queued (or held behind one), not yet answered.", NULL);
     m->redis_up = metrics_gauge(r, "benefitd_redis_up", "1 when connected to Redis with every script loaded.", NULL);
+    m->heap = metrics_gauge(r, "benefitd_heap_bytes",
+                            "Memory the daemon has allocated and not freed (malloc, every thread): unlike RSS, "
+                            "without the freed memory the allocator keeps for reuse after a burst.", NULL);
     m->reconnects = metrics_counter(r, "benefitd_redis_reconnects_total", "Redis connections lost and retried.", NULL);
     m->lag = metrics_gauge(r, "benefitd_kafka_consumer_lag",
                            "Messages between the consumer position and the high watermark, per owned partition.",
@@ -1410,6 +1414,8 @@ static void collect(void *ud) {
     if (!d->sink) return;
     metrics_gauge_set(m->inflight, (double)writes_pending(d));
     metrics_gauge_set(m->redis_up, redis_sink_ready(d->sink) ? 1 : 0);
+    struct mallinfo2 mi = mallinfo2(); /* sums every arena: librdkafka's threads have their own */
+    metrics_gauge_set(m->heap, (double)(mi.uordblks + mi.hblkhd));
     uint64_t acked, repeats, reconnects;
     redis_sink_stats(d->sink, &acked, &repeats, &reconnects);
     metrics_counter_inc(m->reconnects, (double)(reconnects - m->reconnects_seen));

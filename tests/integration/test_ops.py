@@ -39,6 +39,7 @@ FAMILIES = {
     "benefitd_redis_roundtrip_seconds": "histogram",
     "benefitd_redis_inflight": "gauge",
     "benefitd_redis_up": "gauge",
+    "benefitd_heap_bytes": "gauge",
     "benefitd_redis_reconnects_total": "counter",
     "benefitd_kafka_consumer_lag": "gauge",
     "benefitd_kafka_paused": "gauge",
@@ -265,6 +266,10 @@ class OpsTest(IntegrationTest):
                          s.value("benefitd_redis_roundtrip_seconds_count", op="script"))
         self.assertEqual(s.value("benefitd_redis_up"), 1)
         self.assertEqual(s.value("benefitd_redis_inflight"), 0)
+        # malloc's bytes in use: the rules, the tables' bookkeeping, librdkafka's
+        # buffers; a daemon this small holds more than 64 KiB and far less than 1 GiB
+        self.assertGreater(s.value("benefitd_heap_bytes"), 64 << 10)
+        self.assertLess(s.value("benefitd_heap_bytes"), 1 << 30)
         self.assertEqual(s.value("benefitd_kafka_paused"), 0)
         lag = s.series("benefitd_kafka_consumer_lag", topic="events")
         self.assertTrue(lag, "no consumer lag series")
