@@ -97,7 +97,8 @@ SAN_SUITES ?= $(P_)a_end_to_end_matches_replay $(P_)b_exact_grants_for_hand_writ
               $(P_)i_backpressure_pauses_and_loses_nothing $(P_)l_failed_push_is_retried_not_dropped \
               tests.integration.test_profiles \
               tests.integration.test_time.TimeTest.test_g_wait_parts_that_the_body_cannot_rebuild \
-              tests.integration.test_time.TimeTest.test_j_held_behind_the_schedule_in_flight
+              tests.integration.test_time.TimeTest.test_j_held_behind_the_schedule_in_flight \
+              tests.integration.test_ops.OpsTest.test_metrics_health_and_notify
 test-integration-san: all
 	$(MAKE) BUILD=build-san CFLAGS="$(SAN_FLAGS)" build-san/benefitd
 	BENEFITD_BIN=$(CURDIR)/build-san/benefitd ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 \
