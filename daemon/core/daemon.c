@@ -1411,7 +1411,6 @@ static void notify_state(daemon_state *d) {
     }
 }
 
-/* Refreshes, at each scrape, what is cheaper to read than to track. */
 /* Bytes allocated and not freed. glibc's figure sums every arena
  * (librdkafka's threads have their own); under AddressSanitizer glibc's
  * arenas are unused, so its allocator is asked instead. */
@@ -1424,6 +1423,7 @@ static size_t heap_in_use(void) {
 #endif
 }
 
+/* Refreshes, at each scrape, what is cheaper to read than to track. */
 static void collect(void *ud) {
     daemon_state *d = ud;
     daemon_metrics *m = &d->m;

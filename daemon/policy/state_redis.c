@@ -1189,23 +1189,9 @@ static void answer_pending(redis_store_t *st, call_ctx *c) {
     if (c->cb) c->cb(c->ud, RS_PENDING, 0, "already pending");
 }
 
-/* A schedule c with arguments a, decided now: answered here when the table
- * knows the rule's wait pending (2), held behind the rule's schedule in
- * flight, else sent and then in flight itself (1). Takes a and c. */
-static int schedule_send(redis_store_t *st, argv_b *a, call_ctx *c);
-
-static int schedule_go(redis_store_t *st, argv_b *a, call_ctx *c) {
-    if (pend_known(st, c->pend_user, c->pend_rule, c->pend_occ, c->pend_ts)) {
-        st->stats.pending_known++;
-        answer_pending(st, c);
-        a_release(st, a);
-        call_ctx_free(c);
-        return 2;
-    }
-    return schedule_send(st, a, c);
-}
-
-/* schedule_go for a schedule the table does not know pending (1). */
+/* A schedule c with arguments a that the table does not know pending:
+ * held behind the rule's schedule in flight, else sent and then in flight
+ * itself. Takes a and c; returns 1. */
 static int schedule_send(redis_store_t *st, argv_b *a, call_ctx *c) {
     call_ctx *f = pend_flying(st, c->pend_user, c->pend_rule);
     if (f) {
@@ -1229,6 +1215,19 @@ static int schedule_send(redis_store_t *st, argv_b *a, call_ctx *c) {
     a_send_ctx(st, a, c);
     pend_fly(st, c);
     return 1;
+}
+
+/* A schedule c with arguments a, decided now: answered here when the table
+ * knows the rule's wait pending (2), else as schedule_send (1). Takes a and c. */
+static int schedule_go(redis_store_t *st, argv_b *a, call_ctx *c) {
+    if (pend_known(st, c->pend_user, c->pend_rule, c->pend_occ, c->pend_ts)) {
+        st->stats.pending_known++;
+        answer_pending(st, c);
+        a_release(st, a);
+        call_ctx_free(c);
+        return 2;
+    }
+    return schedule_send(st, a, c);
 }
 
 /* Decides (decide: as schedule_go) or sends (0: in order, now) each held schedule of list. */
