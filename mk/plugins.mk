@@ -48,4 +48,4 @@ test-plugins: $(PLUGIN_SOS) $(PLUGIN_TEST_BINS)
 
 test-plugins-valgrind: $(PLUGIN_SOS) $(PLUGIN_TEST_BINS)
 	@set -e; for t in $(PLUGIN_TEST_BINS); do echo "== valgrind $$t"; \
-	    BD_PLUGIN_DIR=$(BUILD)/plugins valgrind -q --error-exitcode=1 --leak-check=full $$t; done
+	    BD_PLUGIN_DIR=$(BUILD)/plugins $(VALGRIND) $$t; done
