@@ -624,7 +624,10 @@ typedef struct inact_rule {
  * (a miss, an overdue or unconfirmed wait, the same occurrence, a layout of
  * earlier builds) asks Redis. A CANCEL of the member drops its slot when it
  * is sent, and a schedule's answer is kept only if no CANCEL touched its slot
- * since it was sent; redis_store_forget drops everything. */
+ * since it was sent; redis_store_forget drops everything, those CANCELs'
+ * marks with it, so an answer to a call sent before the forget is not kept
+ * either: a schedule resent after a Redis restart is answered `recorded`
+ * while the CANCEL resent behind it is about to remove the wait. */
 /* 131072 slots of 144 bytes (18 MB in huge pages, xcalloc_huge): at 32768 a
  * bench of 100,000 members found 17% of its pending triggers here, the rest
  * evicted by other members of the slot. A member is known by a 64-bit hash
@@ -717,6 +720,7 @@ struct redis_store {
     pend_slot *pend;  /* PEND_SLOTS, allocated on first use */
     seen_slot *seen;  /* SEEN_SETS x SEEN_WAYS, allocated on first use */
     uint64_t sends;   /* calls sent, numbering them for the pend table */
+    uint64_t forgot_sent; /* sends at the last redis_store_forget: older answers teach nothing */
     size_t held_now;  /* schedules held behind one in flight, now */
     uint64_t *tplk;   /* TPLK_SLOTS template ids known written, allocated on first use */
     size_t tplk_n;
@@ -996,6 +1000,7 @@ static void tplk_learn(redis_store_t *st, uint64_t k) {
 static void slot_flush(redis_store_t *st, pend_slot *p);
 
 void redis_store_forget(redis_store_t *st) {
+    if (st) st->forgot_sent = st->sends;
     if (st && st->tplk) memset(st->tplk, 0, TPLK_SLOTS * sizeof *st->tplk), st->tplk_n = 0;
     if (st && st->pend) {
         for (size_t i = 0; i < PEND_SLOTS; i++) slot_flush(st, &st->pend[i]);
@@ -1088,7 +1093,9 @@ static int slot_rule(redis_store_t *st, pend_slot *p, uint64_t rule) {
 /* A schedule that Redis recorded (sent as call number sent). */
 static void pend_seen(redis_store_t *st, uint64_t u, uint64_t rule, uint64_t occ, int64_t due, uint64_t sent) {
     pend_slot *p = pend_slot_of(st, u);
-    if (p->cancel_sent >= sent) return; /* a CANCEL sent after it may have removed it */
+    /* a CANCEL sent after it may have removed it, or a forget dropped the
+     * mark of such a CANCEL */
+    if (p->cancel_sent >= sent || st->forgot_sent >= sent) return;
     slot_take(st, p, u);
     int k = slot_rule(st, p, rule);
     p->w[k].rule = rule;

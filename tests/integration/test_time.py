@@ -20,6 +20,7 @@ import signal
 import sys
 import time
 import unittest
+import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from harness import IntegrationTest, duplicates, replay, wait_for  # noqa: E402
@@ -96,6 +97,13 @@ def owned_partitions(daemon):
         if m:
             (owned.add if m.group(1) == "owned" else owned.discard)(int(m.group(2)))
     return owned
+
+
+def metric(port, name):
+    """A sample of the daemon's /metrics page, as a float (0 when absent)."""
+    with urllib.request.urlopen("http://127.0.0.1:%d/metrics" % port, timeout=5) as r:
+        m = re.search(r"^%s (\S+)$" % re.escape(name), r.read().decode(), re.M)
+    return float(m.group(1)) if m else 0.0
 
 
 class TimeTest(IntegrationTest):
@@ -569,6 +577,44 @@ class TimeTest(IntegrationTest):
         self.assertEqual(d.terminate(), 0)
         st = re.findall(r"event=stats .*already_pending=(\d+) pending_known=(\d+) held=(\d+)", d.log())[-1]
         self.assertEqual(st, ("4", "2", "4"), "already pending / answered by the daemon / held")
+
+    # ------------------------------------------------------------------ k
+    def test_k_redis_restart_does_not_revive_a_cancelled_wait(self):
+        """A schedule and the CANCEL after it are in flight when Redis
+        restarts. The daemon resends both in order, so Redis records the wait
+        and removes it, and the daemon forgets what it knew of pending waits.
+        The resent schedule's answer must not teach it the wait again: the
+        member's next trigger would then be answered `already pending` by the
+        daemon, with no wait behind it, and its grant lost (seen once in the
+        fault suite, a Redis crash with writes in flight)."""
+        cart = rule("cart", "{event: Product Added}", "{benefit: coupon, sku: C, value: 1, channel: email}",
+                    "wait: 8s\ncancel_on: [Order Completed]\n")
+        d, = self.start({"cart.yaml": cart})
+        port = int(d.wait_log(r"event=http_listening .*port=(\d+)", 10).group(1))
+        c = self.env.client()
+        c.execute_command("CLIENT", "PAUSE", "10000", "WRITE")
+        b = now_ms()
+        events = [tev("Product Added", "p1", "p-1", b),       # scheduled, held by the pause
+                  tev("Order Completed", "p1", "p-2", b + 1)]  # cancels it, held behind it
+        self.env.kafka.produce(self.events_file(events, "first.jsonl"))
+        wait_for(lambda: metric(port, 'benefitd_events_total{outcome="decoded"}') >= 2, 10, "both events decided")
+        wait_for(lambda: any("b" in cl.get("flags", "") for cl in c.client_list()), 10,
+                 "the daemon's write held by CLIENT PAUSE")
+        self.env.redis.stop()
+        d.wait_log(r"event=redis_disconnected", 10)
+        self.env.redis.start()
+        d.wait_log(r"event=redis_ready .*resent=[1-9]", 20)
+        wait_for(lambda: metric(port, "benefitd_redis_inflight") == 0, 10, "the resent writes answered")
+        self.assertEqual(pending_waits(self.env.client()), 0, "the cancel ran after the resent schedule")
+        b3 = now_ms()
+        events.append(tev("Product Added", "p1", "p-3", b3))  # a new wait, due 8 s later
+        self.env.kafka.produce(self.events_file(events[2:], "third.jsonl"))
+        rep, rep_ids = self.replay_ids(self.events_file(events, "all.jsonl"), b3 + 60000)
+        self.assertEqual({g["trigger"]["message_id"] for g in rep.grants}, {"p-3"})
+        self.wait_ids(rep_ids, 30, "the wait of p-3 to fire")
+        self.env.wait_all_committed(timeout=20)
+        self.assertLiveEqualsReplay(rep_ids)
+        self.assertEqual(d.terminate(), 0)
 
 
 if __name__ == "__main__":
