@@ -57,6 +57,11 @@ $(BUILD)/tests/test_plugins: | $(FIXTURE_SOS)
 
 # `make test` is the README's test command: it installs what it needs, builds,
 # starts real servers on loopback, runs every suite and stops them.
+# The last three suites run side by side: each has its own servers, ports and
+# temp dirs, and spends most of its time waiting (group joins, timers, a paced
+# producer), not computing. Together they take about 3.5 minutes, one after
+# another 7, and the load they put on each other shakes out races (test_time's
+# test_k was found so). Their output is grouped per suite.
 test: deps
 	$(MAKE) all $(UNIT_BINS)
 	$(MAKE) test-unit
@@ -65,10 +70,6 @@ test: deps
 	$(MAKE) test-replay
 	$(MAKE) fuzz-run FUZZ_SECONDS=5
 	$(MAKE) BUILD=build-san CFLAGS="$(SAN_FLAGS)" build-san/benefitd
-	# The three suites side by side: each has its own servers, ports and temp
-	# dirs, and spends most of its time waiting (group joins, timers, a paced
-	# producer), not computing. Together they take about 3.5 minutes, one after
-	# another 7; the load also shakes out races (test_time's test_k was found so).
 	$(MAKE) -j3 --output-sync=target test-integration test-faults test-integration-san
 
 # The unit suites again under AddressSanitizer + UndefinedBehaviorSanitizer.
