@@ -21,6 +21,8 @@ import sys
 import tempfile
 import time
 import unittest
+import urllib.error
+import urllib.request
 from collections import Counter
 from pathlib import Path
 
@@ -278,6 +280,49 @@ def default_config(brokers, redis_port, rules_dir, channels=None, kafka_props=No
         "dead_letter: {key: \"{prefix}deadletter\", maxlen: 100000}\n"
         "daemon: {allow_root: true, shutdown_timeout: 10s}\n"
         "%s" % (brokers, TOPIC, GROUP, pr, redis_port, PREFIX, json.dumps(str(rules_dir)), ch, extra))
+
+
+# ---- the daemon's /metrics page (test_ops checks the format; others read values)
+
+def http_get(port, path):
+    try:
+        with urllib.request.urlopen("http://127.0.0.1:%d%s" % (port, path), timeout=5) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def parse_exposition(text):
+    """-> (help {family: text}, type {family: type}, samples [(name, {labels}, value)])."""
+    helps, types, samples = {}, {}, []
+    for line in text.splitlines():
+        if not line:
+            continue
+        m = re.match(r"# (HELP|TYPE) (\S+) ?(.*)$", line)
+        if m:
+            (helps if m.group(1) == "HELP" else types)[m.group(2)] = m.group(3)
+            continue
+        m = re.match(r"([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$", line)
+        if not m:
+            raise AssertionError("unparsable exposition line: %r" % line)
+        labels = dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', m.group(2) or ""))
+        samples.append((m.group(1), labels, float(m.group(3))))
+    return helps, types, samples
+
+
+class Scrape:
+    def __init__(self, text):
+        self.text = text
+        self.help, self.type, self.samples = parse_exposition(text)
+
+    def series(self, name, **match):
+        return [(l, v) for n, l, v in self.samples if n == name and all(l.get(k) == w for k, w in match.items())]
+
+    def value(self, name, **match):
+        s = self.series(name, **match)
+        if len(s) != 1:
+            raise AssertionError("%d series of %s%s on the page:\n%s" % (len(s), name, match, self.text))
+        return s[0][1]
 
 
 class Daemon:

@@ -17,16 +17,14 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 import unittest
-import urllib.error
-import urllib.request
 from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from harness import (  # noqa: E402
-    BENEFITD, REPO, IntegrationTest, check, free_port, read_dead_letters, read_grants, sig_mod, wait_for)
+    BENEFITD, REPO, IntegrationTest, Scrape, check, free_port, http_get, read_dead_letters, read_grants, sig_mod,
+    wait_for)
 
 # Every family the daemon must register (issue 6), with its type.
 FAMILIES = {
@@ -112,39 +110,6 @@ def events():
     return out
 
 
-def parse_exposition(text):
-    """-> (help {family: text}, type {family: type}, samples [(name, {labels}, value)])."""
-    helps, types, samples = {}, {}, []
-    for line in text.splitlines():
-        if not line:
-            continue
-        m = re.match(r"# (HELP|TYPE) (\S+) ?(.*)$", line)
-        if m:
-            (helps if m.group(1) == "HELP" else types)[m.group(2)] = m.group(3)
-            continue
-        m = re.match(r"([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$", line)
-        if not m:
-            raise AssertionError("unparsable exposition line: %r" % line)
-        labels = dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', m.group(2) or ""))
-        samples.append((m.group(1), labels, float(m.group(3))))
-    return helps, types, samples
-
-
-class Scrape:
-    def __init__(self, text):
-        self.text = text
-        self.help, self.type, self.samples = parse_exposition(text)
-
-    def series(self, name, **match):
-        return [(l, v) for n, l, v in self.samples if n == name and all(l.get(k) == w for k, w in match.items())]
-
-    def value(self, name, **match):
-        s = self.series(name, **match)
-        if len(s) != 1:
-            raise AssertionError("%d series of %s%s on the page:\n%s" % (len(s), name, match, self.text))
-        return s[0][1]
-
-
 class NotifySocket:
     """A stand-in for systemd's notification socket (sd_notify(3))."""
 
@@ -168,14 +133,6 @@ class NotifySocket:
 
     def close(self):
         self.sock.close()
-
-
-def http_get(port, path):
-    try:
-        with urllib.request.urlopen("http://127.0.0.1:%d%s" % (port, path), timeout=5) as r:
-            return r.status, r.read().decode()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read().decode()
 
 
 class OpsTest(IntegrationTest):

@@ -20,10 +20,9 @@ import signal
 import sys
 import time
 import unittest
-import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import IntegrationTest, duplicates, replay, wait_for  # noqa: E402
+from harness import IntegrationTest, Scrape, duplicates, http_get, replay, wait_for  # noqa: E402
 
 TOPIC = "events"
 
@@ -99,11 +98,9 @@ def owned_partitions(daemon):
     return owned
 
 
-def metric(port, name):
-    """A sample of the daemon's /metrics page, as a float (0 when absent)."""
-    with urllib.request.urlopen("http://127.0.0.1:%d/metrics" % port, timeout=5) as r:
-        m = re.search(r"^%s (\S+)$" % re.escape(name), r.read().decode(), re.M)
-    return float(m.group(1)) if m else 0.0
+def metric(port, name, **labels):
+    """One sample of the daemon's /metrics page."""
+    return Scrape(http_get(port, "/metrics")[1]).value(name, **labels)
 
 
 class TimeTest(IntegrationTest):
@@ -597,7 +594,7 @@ class TimeTest(IntegrationTest):
         events = [tev("Product Added", "p1", "p-1", b),       # scheduled, held by the pause
                   tev("Order Completed", "p1", "p-2", b + 1)]  # cancels it, held behind it
         self.env.kafka.produce(self.events_file(events, "first.jsonl"))
-        wait_for(lambda: metric(port, 'benefitd_events_total{outcome="decoded"}') >= 2, 10, "both events decided")
+        wait_for(lambda: metric(port, "benefitd_events_total", outcome="decoded") >= 2, 10, "both events decided")
         wait_for(lambda: any("b" in cl.get("flags", "") for cl in c.client_list()), 10,
                  "the daemon's write held by CLIENT PAUSE")
         self.env.redis.stop()
