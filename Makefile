@@ -23,7 +23,7 @@ UNIT_SRCS := $(wildcard tests/unit/test_*.c)
 UNIT_BINS := $(UNIT_SRCS:tests/unit/%.c=$(BUILD)/tests/%)
 TOOL_BINS := $(BUILD)/kafkatool
 
-.PHONY: all deps test test-unit test-unit-valgrind test-valgrind test-integration test-integration-san test-sanitize test-replay demo install clean check-rules
+.PHONY: all deps test test-unit test-unit-valgrind test-valgrind test-integration test-integration-san san-daemon test-sanitize test-replay demo install clean check-rules
 all: $(BUILD)/benefitd $(TOOL_BINS) $(PLUGIN_SOS)
 
 deps:
@@ -69,7 +69,7 @@ test: deps
 	$(MAKE) test-sanitize
 	$(MAKE) test-replay
 	$(MAKE) fuzz-run FUZZ_SECONDS=5
-	$(MAKE) BUILD=build-san CFLAGS="$(SAN_FLAGS)" build-san/benefitd
+	$(MAKE) san-daemon
 	$(MAKE) -j3 --output-sync=target test-integration test-faults test-integration-san
 
 # The unit suites again under AddressSanitizer + UndefinedBehaviorSanitizer.
@@ -100,7 +100,8 @@ test-integration: all
 # on the unit suites: librdkafka's threads make LeakSanitizer noisy).
 # `make test` runs the profile suite, the pipeline tests that drive the
 # daemon's own paths, the wait test that takes every path of a grant
-# rebuilt at fire time and the one of schedules held behind another this way (`check`, the stalled stop and the broker
+# rebuilt at fire time, the one of schedules held behind another and the one of a Redis restart
+# with a schedule and its cancel in flight this way (`check`, the stalled stop and the broker
 # outage are left to the plain run and the fault suite, to keep CI short;
 # SAN_SUITES changes it).
 P_ := tests.integration.test_pipeline.PipelineTest.test_
@@ -111,9 +112,14 @@ SAN_SUITES ?= $(P_)a_end_to_end_matches_replay $(P_)b_exact_grants_for_hand_writ
               tests.integration.test_profiles \
               tests.integration.test_time.TimeTest.test_g_wait_parts_that_the_body_cannot_rebuild \
               tests.integration.test_time.TimeTest.test_j_held_behind_the_schedule_in_flight \
+              tests.integration.test_time.TimeTest.test_k_redis_restart_does_not_revive_a_cancelled_wait \
               tests.integration.test_ops.OpsTest.test_metrics_health_and_notify
-test-integration-san: all
+# build-san/benefitd, built by a make of its own (BUILD and CFLAGS are the
+# whole build's); `make test` builds it before the suites run side by side.
+san-daemon:
 	$(MAKE) BUILD=build-san CFLAGS="$(SAN_FLAGS)" build-san/benefitd
+
+test-integration-san: all san-daemon
 	BENEFITD_BIN=$(CURDIR)/build-san/benefitd ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 \
 	    UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
 	    /usr/bin/python3 -m unittest $(SAN_SUITES)
