@@ -612,6 +612,8 @@ class TimeTest(IntegrationTest):
         self.env.wait_all_committed(timeout=20)
         self.assertLiveEqualsReplay(rep_ids)
         self.assertEqual(d.terminate(), 0)
+        st = re.findall(r"event=stats .*already_pending=(\d+) pending_known=(\d+)", d.log())[-1]
+        self.assertEqual(st, ("0", "0"), "already pending / answered by the daemon: p-3 went to Redis")
 
 
 if __name__ == "__main__":
